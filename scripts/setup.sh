@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything specd needs to build and test (Debian/Ubuntu). Idempotent.
+# Usage: scripts/setup.sh [--no-server]   (--no-server: engine/kernels only, no gRPC/ICU/PCRE2)
+set -euo pipefail
+want_server=1
+[ "${1:-}" = "--no-server" ] && want_server=0
+pkgs=(cmake ninja-build g++ pkg-config libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev
+      nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev python3)
+if [ "$want_server" = 1 ]; then
+  pkgs+=(libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libpcre2-dev
+         libicu-dev libcpp-httplib-dev)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+echo "setup: all packages present"
