@@ -1,0 +1,173 @@
+#include "qwen35/model.h"
+
+#include "model/safetensors.h"
+
+namespace specd {
+
+StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string& dir, Backend* backend) {
+  SPECD_ASSIGN_OR_RETURN(ModelConfig cfg, LoadModelConfig(dir));
+  SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
+  SPECD_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(cfg, *ckpt, backend));
+  return std::unique_ptr<Qwen35Model>(new Qwen35Model(std::move(cfg), std::move(w), backend));
+}
+
+std::unique_ptr<Qwen35Model> Qwen35Model::Random(const ModelConfig& cfg, Backend* backend, uint64_t seed) {
+  return std::unique_ptr<Qwen35Model>(new Qwen35Model(cfg, RandomWeights(cfg, backend, seed), backend));
+}
+
+StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, ModelCache& cache) {
+  // ---- validate everything before touching any state ----
+  BatchInfo b;
+  std::vector<int32_t> ids;
+  ForwardOutput out;
+  std::vector<int64_t> logit_rows;
+  std::vector<bool> seen(static_cast<size_t>(cache.num_slots()), false);
+  for (const auto& s : seqs) {
+    if (s.slot < 0 || s.slot >= cache.num_slots() || !cache.in_use(s.slot)) {
+      return InvalidArgument("slot {} is not an allocated cache slot", s.slot);
+    }
+    if (seen[s.slot]) return InvalidArgument("slot {} appears twice in one batch", s.slot);
+    seen[s.slot] = true;
+    if (s.tokens.empty()) return InvalidArgument("empty token list for slot {}", s.slot);
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= cfg_.vocab_size) {
+        return InvalidArgument("token id {} is out of the vocabulary [0, {})", t, cfg_.vocab_size);
+      }
+    }
+    const int64_t len = static_cast<int64_t>(s.tokens.size());
+    SeqSpan sp;
+    sp.slot = s.slot;
+    sp.offset = b.num_tokens;
+    sp.len = len;
+    sp.n_past = cache.length(s.slot);
+    sp.mode = s.mode;
+    sp.all_logits = s.all_logits;
+    sp.log_offset = cache.log_count(s.slot);
+    if (sp.n_past + len > cache.options().max_ctx) {
+      return ResourceExhausted("slot {}: {} + {} tokens exceed the context capacity {}", s.slot, sp.n_past,
+                               len, cache.options().max_ctx);
+    }
+    if (s.mode == StateMode::kLog && sp.log_offset != 0) {
+      return FailedPrecondition("slot {}: a verify forward must be the only one in its speculation step", s.slot);
+    }
+    if (WritesLog(s.mode) && sp.log_offset + len > cache.options().log_capacity) {
+      return ResourceExhausted("slot {}: {} logged tokens exceed the log capacity {}", s.slot,
+                               sp.log_offset + len, cache.options().log_capacity);
+    }
+    b.seqs.push_back(sp);
+    b.num_tokens += len;
+    b.max_len = std::max(b.max_len, len);
+    ids.insert(ids.end(), s.tokens.begin(), s.tokens.end());
+    out.row0.push_back(static_cast<int64_t>(logit_rows.size()));
+    if (s.all_logits) {
+      for (int64_t t = 0; t < len; ++t) logit_rows.push_back(sp.offset + t);
+      out.rows.push_back(len);
+    } else {
+      logit_rows.push_back(sp.offset + len - 1);
+      out.rows.push_back(1);
+    }
+  }
+  if (b.seqs.empty()) return InvalidArgument("empty batch");
+
+  Backend& be = *backend_;
+  const DType act = be.act_dtype();
+  const int64_t N = b.num_tokens, H = cfg_.hidden_size;
+  Tensor tok = be.Upload(ids.data(), DType::kI32, {N}, DType::kI32);
+  Tensor h = be.Alloc(act, {N, H});
+  be.Embedding(w_.embed, tok, h);
+  Tensor a = be.Alloc(act, {N, H});
+  Tensor mix = be.Alloc(act, {N, H});
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const auto& L = w_.layers[i];
+    be.RmsNorm(h, L.input_norm, eps, /*unit_offset=*/true, a);
+    if (L.type == LayerType::kLinearAttention) {
+      GdnLayer(L, cache.gdn()[cache.state_index(i)], a, b, mix);
+    } else {
+      AttnLayer(L, cache.attn()[cache.state_index(i)], a, b, mix);
+    }
+    be.Add(h, mix, h);
+    be.RmsNorm(h, L.post_norm, eps, true, a);
+    Ffn(L, a, mix);
+    be.Add(h, mix, h);
+  }
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  Tensor hs = be.Alloc(act, {R, H});
+  be.GatherRows(h, logit_rows, hs);
+  Tensor hn = be.Alloc(act, {R, H});
+  be.RmsNorm(hs, w_.final_norm, eps, true, hn);
+  out.logits = be.Alloc(act, {R, cfg_.vocab_size});
+  be.Gemm(hn, w_.lm_head, out.logits);
+  for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);
+  return out;
+}
+
+void Qwen35Model::GdnLayer(const LayerWeights& L, GdnLayerState& st, const Tensor& a, const BatchInfo& b,
+                           Tensor& out) {
+  Backend& be = *backend_;
+  const DType act = be.act_dtype();
+  const int64_t N = b.num_tokens;
+  const GdnDims d{cfg_.linear_num_key_heads, cfg_.linear_num_value_heads, cfg_.linear_key_head_dim,
+                  cfg_.linear_value_head_dim, cfg_.linear_conv_kernel_dim};
+  const int64_t C = d.conv_dim(), Vd = int64_t{d.num_v_heads} * d.head_v;
+  Tensor p = be.Alloc(act, {N, C});
+  Tensor z = be.Alloc(act, {N, Vd});
+  Tensor braw = be.Alloc(act, {N, d.num_v_heads});
+  Tensor araw = be.Alloc(act, {N, d.num_v_heads});
+  be.Gemm(a, L.gdn.in_qkv, p);
+  be.Gemm(a, L.gdn.in_z, z);
+  be.Gemm(a, L.gdn.in_b, braw);
+  be.Gemm(a, L.gdn.in_a, araw);
+  Tensor y = be.Alloc(act, {N, C});
+  be.CausalConvSilu(p, L.gdn.conv, d, st, b, y);
+  Tensor o = be.Alloc(act, {N, Vd});
+  be.GatedDeltaRule(y, braw, araw, L.gdn.a_log, L.gdn.dt_bias, d, st, b, o);
+  Tensor on = be.Alloc(act, {N, Vd});
+  be.GatedRmsNorm(o, z, L.gdn.norm, static_cast<float>(cfg_.rms_norm_eps), on);
+  be.Gemm(on, L.gdn.out, out);
+}
+
+void Qwen35Model::AttnLayer(const LayerWeights& L, AttnLayerState& st, const Tensor& a, const BatchInfo& b,
+                            Tensor& out) {
+  Backend& be = *backend_;
+  const DType act = be.act_dtype();
+  const int64_t N = b.num_tokens;
+  const int hq = cfg_.num_attention_heads, hkv = cfg_.num_key_value_heads, D = cfg_.head_dim;
+  const AttnDims d{hq, hkv, D, cfg_.rotary_dim(), static_cast<float>(cfg_.rope_theta)};
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  Tensor q2 = be.Alloc(act, {N, 2LL * hq * D});
+  Tensor k = be.Alloc(act, {N, int64_t{hkv} * D});
+  Tensor v = be.Alloc(act, {N, int64_t{hkv} * D});
+  be.Gemm(a, L.attn.q, q2);
+  be.Gemm(a, L.attn.k, k);
+  be.Gemm(a, L.attn.v, v);
+  Tensor q = be.Alloc(act, {N, int64_t{hq} * D});
+  Tensor gate = be.Alloc(act, {N, int64_t{hq} * D});
+  be.SplitQueryGate(q2, hq, D, q, gate);
+  be.RmsNorm(q, L.attn.q_norm, eps, true, q);
+  be.RmsNorm(k, L.attn.k_norm, eps, true, k);
+  be.Rope(q, hq, d, b);
+  be.Rope(k, hkv, d, b);
+  Tensor o = be.Alloc(act, {N, int64_t{hq} * D});
+  be.Attention(q, k, v, d, st, b, o);
+  be.SigmoidMul(o, gate, o);
+  be.Gemm(o, L.attn.o, out);
+}
+
+void Qwen35Model::Ffn(const LayerWeights& L, const Tensor& m, Tensor& out) {
+  Backend& be = *backend_;
+  if (cfg_.is_moe) {
+    be.MoeFfn(m, L.moe, out);
+    return;
+  }
+  const DType act = be.act_dtype();
+  const int64_t N = m.dim(0), I = cfg_.intermediate_size;
+  Tensor g = be.Alloc(act, {N, I});
+  Tensor u = be.Alloc(act, {N, I});
+  be.Gemm(m, L.mlp.gate, g);
+  be.Gemm(m, L.mlp.up, u);
+  be.SwiGlu(g, u, g);
+  be.Gemm(g, L.mlp.down, out);
+}
+
+}  // namespace specd

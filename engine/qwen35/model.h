@@ -1,0 +1,61 @@
+// The Qwen3.5 forward, written once against the Backend op set, over a flattened
+// variable-length batch in which every sequence has its own cache slot and its own mode
+// (prefill chunk, single decode token, k+1-token verify, draft step).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "cache/model_cache.h"
+#include "model/config.h"
+#include "qwen35/weights.h"
+#include "runtime/backend.h"
+
+namespace specd {
+
+struct SeqInput {
+  int slot = 0;
+  std::vector<int32_t> tokens;
+  StateMode mode = StateMode::kUpdate;
+  bool all_logits = false;
+};
+
+struct ForwardOutput {
+  Tensor logits;              // [rows, V] on the backend, rows in input order
+  std::vector<int64_t> row0;  // first logits row of each input sequence
+  std::vector<int64_t> rows;  // number of rows of each input sequence (len or 1)
+};
+
+class Qwen35Model {
+ public:
+  // Loads config.json + safetensors weights from `dir`.
+  static StatusOr<std::unique_ptr<Qwen35Model>> Load(const std::string& dir, Backend* backend);
+  // A model with random weights (benchmarks at real shapes).
+  static std::unique_ptr<Qwen35Model> Random(const ModelConfig& cfg, Backend* backend, uint64_t seed);
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend* backend() const { return backend_; }
+  int64_t weight_bytes() const { return w_.bytes; }
+
+  StatusOr<std::unique_ptr<ModelCache>> NewCache(const CacheOptions& opt) const {
+    return ModelCache::Create(cfg_, backend_, opt);
+  }
+
+  // One forward over all `seqs`; validates ids, slots, capacities and modes first, so a bad
+  // request changes no state.
+  StatusOr<ForwardOutput> Forward(const std::vector<SeqInput>& seqs, ModelCache& cache);
+
+ private:
+  Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be) : cfg_(std::move(cfg)), w_(std::move(w)), backend_(be) {}
+  void GdnLayer(const LayerWeights& L, GdnLayerState& st, const Tensor& a, const BatchInfo& b, Tensor& out);
+  void AttnLayer(const LayerWeights& L, AttnLayerState& st, const Tensor& a, const BatchInfo& b, Tensor& out);
+  void Ffn(const LayerWeights& L, const Tensor& m, Tensor& out);
+
+  ModelConfig cfg_;
+  ModelWeights w_;
+  Backend* backend_;
+};
+
+}  // namespace specd

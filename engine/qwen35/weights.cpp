@@ -1,0 +1,211 @@
+#include "qwen35/weights.h"
+
+#include <cmath>
+#include <random>
+
+#include "model/safetensors.h"
+
+namespace specd {
+namespace {
+
+class Loader {
+ public:
+  Loader(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* be) : cfg_(cfg), ckpt_(ckpt), be_(be) {
+    // Real Qwen3.5 releases nest the text model under model.language_model.; text-only
+    // checkpoints use model. directly.
+    prefix_ = ckpt.Find("model.language_model.embed_tokens.weight") != nullptr ? "model.language_model."
+                                                                                : "model.";
+  }
+
+  StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool backbone = true) {
+    const std::string full = backbone ? prefix_ + name : name;
+    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(full, shape));
+    // Stored shapes like conv1d [C, 1, K] collapse to what the op reads.
+    Tensor t = be_->Upload(v.data(), DType::kF32, shape, be_->act_dtype());
+    bytes_ += static_cast<int64_t>(t.nbytes());
+    return t;
+  }
+  // Fp32 parameters that stay fp32 on every backend (gate math is fp32, qwen35-model.md §13).
+  StatusOr<Tensor> GetF32(const std::string& name, std::vector<int64_t> shape) {
+    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(prefix_ + name, shape));
+    Tensor t = be_->Upload(v.data(), DType::kF32, shape, DType::kF32);
+    bytes_ += static_cast<int64_t>(t.nbytes());
+    return t;
+  }
+  bool Has(const std::string& name) const { return ckpt_.Find(prefix_ + name) != nullptr; }
+  const std::string& prefix() const { return prefix_; }
+  int64_t bytes() const { return bytes_; }
+
+  // MoE experts: fused 3-D tensors, or per-expert 2-D ones fused here (gate rows, then up).
+  Status Experts(const std::string& p, MoeTensors& m) {
+    const int64_t E = cfg_.num_experts, Ie = cfg_.moe_intermediate_size, H = cfg_.hidden_size;
+    if (Has(p + "experts.gate_up_proj")) {
+      SPECD_ASSIGN_OR_RETURN(m.gate_up, Get(p + "experts.gate_up_proj", {E, 2 * Ie, H}));
+      SPECD_ASSIGN_OR_RETURN(m.down, Get(p + "experts.down_proj", {E, H, Ie}));
+      return Status::Ok();
+    }
+    std::vector<float> gu(static_cast<size_t>(E * 2 * Ie * H)), dn(static_cast<size_t>(E * H * Ie));
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string q = fmt::format("{}{}experts.{}.", prefix_, p, e);
+      SPECD_ASSIGN_OR_RETURN(auto g, ckpt_.ReadF32(q + "gate_proj.weight", {Ie, H}));
+      SPECD_ASSIGN_OR_RETURN(auto u, ckpt_.ReadF32(q + "up_proj.weight", {Ie, H}));
+      SPECD_ASSIGN_OR_RETURN(auto d, ckpt_.ReadF32(q + "down_proj.weight", {H, Ie}));
+      std::copy(g.begin(), g.end(), gu.begin() + e * 2 * Ie * H);
+      std::copy(u.begin(), u.end(), gu.begin() + e * 2 * Ie * H + Ie * H);
+      std::copy(d.begin(), d.end(), dn.begin() + e * H * Ie);
+    }
+    m.gate_up = be_->Upload(gu.data(), DType::kF32, {E, 2 * Ie, H}, be_->act_dtype());
+    m.down = be_->Upload(dn.data(), DType::kF32, {E, H, Ie}, be_->act_dtype());
+    bytes_ += static_cast<int64_t>(m.gate_up.nbytes() + m.down.nbytes());
+    return Status::Ok();
+  }
+
+ private:
+  const ModelConfig& cfg_;
+  const Checkpoint& ckpt_;
+  Backend* be_;
+  std::string prefix_;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace
+
+StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be) {
+  Loader ld(c, ckpt, be);
+  ModelWeights w;
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  SPECD_ASSIGN_OR_RETURN(w.embed, ld.Get("embed_tokens.weight", {V, H}));
+  SPECD_ASSIGN_OR_RETURN(w.final_norm, ld.Get("norm.weight", {H}));
+  if (c.tie_word_embeddings) {
+    w.lm_head = w.embed;
+  } else {
+    SPECD_ASSIGN_OR_RETURN(w.lm_head, ld.Get("lm_head.weight", {V, H}, /*backbone=*/false));
+  }
+  const int64_t C = c.conv_dim(), Hv = c.linear_num_value_heads, dv = c.linear_value_head_dim;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights L;
+    L.type = c.layer_types[i];
+    const std::string p = fmt::format("layers.{}.", i);
+    SPECD_ASSIGN_OR_RETURN(L.input_norm, ld.Get(p + "input_layernorm.weight", {H}));
+    SPECD_ASSIGN_OR_RETURN(L.post_norm, ld.Get(p + "post_attention_layernorm.weight", {H}));
+    if (L.type == LayerType::kLinearAttention) {
+      const std::string q = p + "linear_attn.";
+      auto& g = L.gdn;
+      SPECD_ASSIGN_OR_RETURN(g.in_qkv, ld.Get(q + "in_proj_qkv.weight", {C, H}));
+      SPECD_ASSIGN_OR_RETURN(g.in_z, ld.Get(q + "in_proj_z.weight", {Hv * dv, H}));
+      SPECD_ASSIGN_OR_RETURN(g.in_b, ld.Get(q + "in_proj_b.weight", {Hv, H}));
+      SPECD_ASSIGN_OR_RETURN(g.in_a, ld.Get(q + "in_proj_a.weight", {Hv, H}));
+      SPECD_ASSIGN_OR_RETURN(g.conv, ld.Get(q + "conv1d.weight", {C, 1, c.linear_conv_kernel_dim}));
+      g.conv = g.conv.Reshape({C, c.linear_conv_kernel_dim});
+      SPECD_ASSIGN_OR_RETURN(g.dt_bias, ld.GetF32(q + "dt_bias", {Hv}));
+      SPECD_ASSIGN_OR_RETURN(g.a_log, ld.GetF32(q + "A_log", {Hv}));
+      SPECD_ASSIGN_OR_RETURN(g.norm, ld.Get(q + "norm.weight", {dv}));
+      SPECD_ASSIGN_OR_RETURN(g.out, ld.Get(q + "out_proj.weight", {H, Hv * dv}));
+    } else {
+      const std::string q = p + "self_attn.";
+      auto& a = L.attn;
+      SPECD_ASSIGN_OR_RETURN(a.q, ld.Get(q + "q_proj.weight", {2 * Hq * D, H}));
+      SPECD_ASSIGN_OR_RETURN(a.k, ld.Get(q + "k_proj.weight", {Hkv * D, H}));
+      SPECD_ASSIGN_OR_RETURN(a.v, ld.Get(q + "v_proj.weight", {Hkv * D, H}));
+      SPECD_ASSIGN_OR_RETURN(a.o, ld.Get(q + "o_proj.weight", {H, Hq * D}));
+      SPECD_ASSIGN_OR_RETURN(a.q_norm, ld.Get(q + "q_norm.weight", {D}));
+      SPECD_ASSIGN_OR_RETURN(a.k_norm, ld.Get(q + "k_norm.weight", {D}));
+    }
+    const std::string m = p + "mlp.";
+    if (c.is_moe) {
+      auto& e = L.moe;
+      e.top_k = c.num_experts_per_tok;
+      SPECD_ASSIGN_OR_RETURN(e.router, ld.Get(m + "gate.weight", {c.num_experts, H}));
+      SPECD_RETURN_IF_ERROR(ld.Experts(m, e));
+      if (c.shared_expert_intermediate_size > 0) {
+        const int64_t Is = c.shared_expert_intermediate_size;
+        SPECD_ASSIGN_OR_RETURN(e.shared_gate, ld.Get(m + "shared_expert.gate_proj.weight", {Is, H}));
+        SPECD_ASSIGN_OR_RETURN(e.shared_up, ld.Get(m + "shared_expert.up_proj.weight", {Is, H}));
+        SPECD_ASSIGN_OR_RETURN(e.shared_down, ld.Get(m + "shared_expert.down_proj.weight", {H, Is}));
+        SPECD_ASSIGN_OR_RETURN(e.shared_router, ld.Get(m + "shared_expert_gate.weight", {1, H}));
+      }
+    } else {
+      const int64_t I = c.intermediate_size;
+      SPECD_ASSIGN_OR_RETURN(L.mlp.gate, ld.Get(m + "gate_proj.weight", {I, H}));
+      SPECD_ASSIGN_OR_RETURN(L.mlp.up, ld.Get(m + "up_proj.weight", {I, H}));
+      SPECD_ASSIGN_OR_RETURN(L.mlp.down, ld.Get(m + "down_proj.weight", {H, I}));
+    }
+    w.layers.push_back(std::move(L));
+  }
+  w.bytes = ld.bytes();
+  return w;
+}
+
+ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  int64_t bytes = 0;
+  auto make = [&](std::vector<int64_t> shape, float scale, float offset = 0.f, DType dt = DType::kF32) {
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    std::vector<float> v(static_cast<size_t>(n));
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (auto& x : v) x = offset + scale * nd(rng);
+    Tensor t = be->Upload(v.data(), DType::kF32, shape, dt == DType::kF32 ? be->act_dtype() : dt);
+    bytes += static_cast<int64_t>(t.nbytes());
+    return t;
+  };
+  const int64_t H = c.hidden_size, V = c.vocab_size, C = c.conv_dim();
+  const int64_t Hv = c.linear_num_value_heads, dv = c.linear_value_head_dim;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  const float sh = 1.f / std::sqrt(static_cast<float>(H));
+  ModelWeights w;
+  w.embed = make({V, H}, 1.f);
+  w.final_norm = make({H}, 0.1f);
+  w.lm_head = c.tie_word_embeddings ? w.embed : make({V, H}, sh);
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights L;
+    L.type = c.layer_types[i];
+    L.input_norm = make({H}, 0.1f);
+    L.post_norm = make({H}, 0.1f);
+    if (L.type == LayerType::kLinearAttention) {
+      auto& g = L.gdn;
+      g.in_qkv = make({C, H}, sh);
+      g.in_z = make({Hv * dv, H}, sh);
+      g.in_b = make({Hv, H}, sh);
+      g.in_a = make({Hv, H}, sh);
+      g.conv = make({C, c.linear_conv_kernel_dim}, 0.4f);
+      g.dt_bias = make({Hv}, 0.5f, 0.f, DType::kF32);
+      g.a_log = make({Hv}, 0.5f, 1.f, DType::kF32);
+      g.norm = make({dv}, 0.1f, 1.f);
+      g.out = make({H, Hv * dv}, 1.f / std::sqrt(static_cast<float>(Hv * dv)));
+    } else {
+      auto& a = L.attn;
+      a.q = make({2 * Hq * D, H}, sh);
+      a.k = make({Hkv * D, H}, sh);
+      a.v = make({Hkv * D, H}, sh);
+      a.o = make({H, Hq * D}, 1.f / std::sqrt(static_cast<float>(Hq * D)));
+      a.q_norm = make({D}, 0.1f);
+      a.k_norm = make({D}, 0.1f);
+    }
+    if (c.is_moe) {
+      auto& e = L.moe;
+      const int64_t E = c.num_experts, Ie = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size;
+      e.top_k = c.num_experts_per_tok;
+      e.router = make({E, H}, sh);
+      e.gate_up = make({E, 2 * Ie, H}, sh);
+      e.down = make({E, H, Ie}, 1.f / std::sqrt(static_cast<float>(Ie)));
+      if (Is > 0) {
+        e.shared_gate = make({Is, H}, sh);
+        e.shared_up = make({Is, H}, sh);
+        e.shared_down = make({H, Is}, 1.f / std::sqrt(static_cast<float>(Is)));
+        e.shared_router = make({1, H}, sh);
+      }
+    } else {
+      const int64_t I = c.intermediate_size;
+      L.mlp.gate = make({I, H}, sh);
+      L.mlp.up = make({I, H}, sh);
+      L.mlp.down = make({H, I}, 1.f / std::sqrt(static_cast<float>(I)));
+    }
+    w.layers.push_back(std::move(L));
+  }
+  w.bytes = bytes;
+  return w;
+}
+
+}  // namespace specd

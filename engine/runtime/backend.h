@@ -1,0 +1,139 @@
+// The op set the Qwen3.5 forward is written against, once, for every device. The CPU backend is
+// the fp32 reference; the CUDA backend implements the same ops with bf16 activations. Ops take
+// their outputs as arguments (destination-passing) so a device backend can preallocate and
+// capture them in graphs.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/batch.h"
+#include "runtime/tensor.h"
+#include "util/status.h"
+
+namespace specd {
+
+struct GdnDims {
+  int num_k_heads = 0;   // Hk
+  int num_v_heads = 0;   // Hv (each q/k head serves Hv/Hk consecutive value heads)
+  int head_k = 0;        // dk
+  int head_v = 0;        // dv
+  int conv_kernel = 0;   // K
+  int64_t conv_dim() const { return 2LL * num_k_heads * head_k + int64_t{num_v_heads} * head_v; }
+};
+
+// Per-layer GDN state of every slot, plus the verify log and the rollback checkpoint.
+struct GdnLayerState {
+  Tensor conv;       // [slots, K, C]   raw pre-conv in_proj_qkv rows, oldest first (act dtype)
+  Tensor rec;        // [slots, Hv, dk, dv] recurrent state, fp32
+  Tensor log_raw;    // [slots, L, C]   raw rows of logged tokens
+  Tensor log_k;      // [slots, L, Hk, dk] l2-normalised keys, fp32
+  Tensor log_v;      // [slots, L, Hv, dv] values, fp32
+  Tensor log_g;      // [slots, L, Hv] log-decay, fp32
+  Tensor log_beta;   // [slots, L, Hv] write strength, fp32
+  Tensor ckpt_conv;  // [slots, K, C]   (only when the cache keeps checkpoints)
+  Tensor ckpt_rec;   // [slots, Hv, dk, dv]
+};
+
+// Per-layer KV cache of every slot (post k_norm, post RoPE keys).
+struct AttnLayerState {
+  Tensor k;  // [slots, Hkv, max_ctx, D]
+  Tensor v;  // [slots, Hkv, max_ctx, D]
+};
+
+struct AttnDims {
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int rotary_dim = 0;
+  float rope_theta = 10000.f;
+};
+
+struct MoeTensors {
+  Tensor router;        // [E, H]
+  Tensor gate_up;       // [E, 2*Ie, H] (gate rows first)
+  Tensor down;          // [E, H, Ie]
+  Tensor shared_gate;   // [Is, H]
+  Tensor shared_up;     // [Is, H]
+  Tensor shared_down;   // [H, Is]
+  Tensor shared_router; // [1, H]
+  int top_k = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+  // Dtype of activations and stored weights (the CPU reference computes in fp32).
+  virtual DType act_dtype() const = 0;
+
+  // ---- memory ----
+  // Zero-initialised storage.
+  virtual Tensor Alloc(DType dtype, std::vector<int64_t> shape) = 0;
+  // Copies host data of `src_dtype` into a new tensor of `dst_dtype` (converting floats).
+  virtual Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) = 0;
+  // Copies a float tensor to the host as fp32.
+  virtual std::vector<float> DownloadF32(const Tensor& t) = 0;
+  virtual void CopyRows(const Tensor& src, Tensor& dst) = 0;  // same numel, same dtype
+  virtual void Zero(Tensor& t) = 0;
+  virtual void Synchronize() {}
+
+  // ---- dense ops ----
+  // out[n, :] = table[ids[n], :]
+  virtual void Embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  // out[N, M] = x[N, K] · w[M, K]^T
+  virtual void Gemm(const Tensor& x, const Tensor& w, Tensor& out) = 0;
+  // RMSNorm over rows of length w.numel(): y = x·rsqrt(mean(x²)+eps)·(unit_offset ? 1+w : w)
+  virtual void RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) = 0;
+  // out = a + b (out may alias a)
+  virtual void Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // out = silu(gate) * up
+  virtual void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // out = x * sigmoid(gate)
+  virtual void SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) = 0;
+  // out[r, :] = x[rows[r], :]
+  virtual void GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) = 0;
+
+  // ---- attention ----
+  // q2 [N, Hq*2D] (per head: D query then D gate) -> q [N, Hq*D], gate [N, Hq*D]
+  virtual void SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) = 0;
+  // Rotate-half partial RoPE in place on x [N, heads*D] at each token's absolute position.
+  virtual void Rope(Tensor& x, int num_heads, const AttnDims& d, const BatchInfo& b) = 0;
+  // Appends k/v of each span at positions n_past.. and attends causally over the slot's cache.
+  virtual void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d,
+                         AttnLayerState& st, const BatchInfo& b, Tensor& out) = 0;
+
+  // ---- gated delta net ----
+  // y[t] = silu(causal depthwise conv over [conv window | p]) per span; updates/logs the window
+  // per span mode.
+  virtual void CausalConvSilu(const Tensor& p, const Tensor& w, const GdnDims& d, GdnLayerState& st,
+                              const BatchInfo& b, Tensor& y) = 0;
+  // The gated delta rule: splits y into q/k/v, l2-normalises q and k, computes beta =
+  // sigmoid(braw), g = -exp(A_log)·softplus(araw + dt_bias), runs the chunked (T > 1) or
+  // recurrent (T = 1) form from the slot's state; writes o [N, Hv*dv].
+  virtual void GatedDeltaRule(const Tensor& y, const Tensor& braw, const Tensor& araw,
+                              const Tensor& a_log, const Tensor& dt_bias, const GdnDims& d,
+                              GdnLayerState& st, const BatchInfo& b, Tensor& o) = 0;
+  // out = (rmsnorm(o) * w) * silu(z), per value head rows of dv.
+  virtual void GatedRmsNorm(const Tensor& o, const Tensor& z, const Tensor& w, float eps, Tensor& out) = 0;
+  // Makes the slot's state that of having consumed the first `keep` logged tokens: starts from
+  // the checkpoint when `from_checkpoint`, else from the live state, and replays the log.
+  virtual void GdnCommit(GdnLayerState& st, const GdnDims& d, int slot, int keep, bool from_checkpoint) = 0;
+  // Copies the slot's live conv window and recurrent state into its checkpoint.
+  virtual void GdnCheckpoint(GdnLayerState& st, int slot) = 0;
+  // Zeroes the slot's conv window and recurrent state (a fresh sequence).
+  virtual void GdnReset(GdnLayerState& st, int slot) = 0;
+
+  // ---- MoE ----
+  // Routed experts (fp32 softmax router, top-k, renormalised) + sigmoid-gated shared expert.
+  virtual void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) = 0;
+};
+
+std::unique_ptr<Backend> MakeCpuBackend();
+// Returns an error when the build has no CUDA or no device is present.
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device);
+
+}  // namespace specd
