@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "server/cli_generate.h"
 #include "server/cli_logits.h"
 
 int main(int argc, char** argv) {
@@ -18,10 +19,34 @@ int main(int argc, char** argv) {
   logits->add_option("--device", la.device, "cpu or cuda");
   logits->add_option("--out", la.out, "Output .safetensors (tensor 'logits', f32 [T, V])")->required();
 
+  specd::cli::GenerateArgs ga;
+  auto* gen = app.add_subcommand("generate", "Generate offline (no server), with optional speculation");
+  gen->add_option("--model", ga.model, "Target model directory")->required();
+  gen->add_option("--draft", ga.draft, "Draft model directory (implies --drafter draft)");
+  gen->add_option("--drafter", ga.drafter, "none | ngram | draft");
+  gen->add_option("--k", ga.k, "Drafts per step (0..16)");
+  gen->add_flag("--adaptive-k", ga.adaptive_k, "Choose k per step from the running acceptance");
+  auto* p_text = gen->add_option("--prompt", ga.prompt, "Prompt text (needs the model's tokenizer.json)");
+  auto* p_ids = gen->add_option("--prompt-ids", ga.prompt_ids, "Prompt token ids, comma-separated");
+  p_text->excludes(p_ids);
+  gen->add_option("--max-tokens", ga.max_tokens, "Tokens to generate at most");
+  gen->add_option("--min-tokens", ga.min_tokens, "No eos/stop before this many tokens");
+  gen->add_option("--temperature", ga.temperature, "0 = greedy");
+  gen->add_option("--top-p", ga.top_p);
+  gen->add_option("--top-k", ga.top_k);
+  gen->add_option("--min-p", ga.min_p);
+  gen->add_option("--seed", ga.seed);
+  gen->add_option("--sampling-mode", ga.sampling_mode, "rejection | coupled");
+  gen->add_option("--stop-ids", ga.stop_ids, "Stop token ids, comma-separated");
+  gen->add_flag("--ignore-eos", ga.ignore_eos);
+  gen->add_option("--device", ga.device, "cpu or cuda");
+  gen->add_flag("--json", ga.json, "Print one JSON object");
+
   CLI11_PARSE(app, argc, argv);
 
   specd::Status st;
   if (*logits) st = specd::cli::RunLogits(la);
+  if (*gen) st = specd::cli::RunGenerate(ga);
   if (!st.ok()) {
     fmt::print(stderr, "specd: {}\n", st.ToString());
     return 1;

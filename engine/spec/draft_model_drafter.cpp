@@ -1,0 +1,138 @@
+// Drafting with a small Qwen3.5 model. Each sequence owns a slot in the draft's cache. Per step:
+// the tokens the draft has not consumed yet go in one cached forward (kUpdate), then a checkpoint,
+// then k-1 single-token steps that advance AND log (kUpdateLog). After the verify, Commit
+// restores the checkpoint and replays exactly the accepted drafts — no re-run of the model.
+#include <algorithm>
+#include <map>
+
+#include "qwen35/model.h"
+#include "spec/drafter.h"
+#include "spec/rng.h"
+
+namespace specd {
+namespace {
+
+class DraftModelDrafter final : public Drafter {
+ public:
+  DraftModelDrafter(Qwen35Model* m, std::unique_ptr<ModelCache> c) : model_(m), cache_(std::move(c)) {}
+  std::string name() const override { return "draft"; }
+
+  Status AddSequence(int seq_id) override {
+    SPECD_ASSIGN_OR_RETURN(int slot, cache_->AllocSlot());
+    seqs_[seq_id] = Seq{slot, 0, 0};
+    return Status::Ok();
+  }
+  void RemoveSequence(int seq_id) override {
+    auto it = seqs_.find(seq_id);
+    if (it == seqs_.end()) return;
+    cache_->FreeSlot(it->second.slot);
+    seqs_.erase(it);
+  }
+
+  Status Propose(const std::vector<DraftRequest>& reqs, std::vector<DraftProposal>& out) override {
+    out.assign(reqs.size(), {});
+    const int64_t V = model_->config().vocab_size;
+    std::vector<SeqInput> batch;
+    std::vector<size_t> who;
+    for (size_t r = 0; r < reqs.size(); ++r) {
+      if (reqs[r].k <= 0) continue;
+      auto it = seqs_.find(reqs[r].seq_id);
+      if (it == seqs_.end()) return Internal("draft: unknown sequence {}", reqs[r].seq_id);
+      Seq& s = it->second;
+      const auto& ctx = *reqs[r].context;
+      if (s.consumed >= static_cast<int64_t>(ctx.size())) return Internal("draft: nothing new to consume");
+      batch.push_back(SeqInput{s.slot, {ctx.begin() + s.consumed, ctx.end()}, StateMode::kUpdate, false});
+      who.push_back(r);
+    }
+    for (int j = 1; !batch.empty(); ++j) {
+      SPECD_ASSIGN_OR_RETURN(ForwardOutput fo, model_->Forward(batch, *cache_));
+      const std::vector<float> logits = model_->backend()->DownloadF32(fo.logits);
+      std::vector<SeqInput> next;
+      std::vector<size_t> next_who;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const size_t r = who[b];
+        const DraftRequest& rq = reqs[r];
+        Seq& s = seqs_[rq.seq_id];
+        if (j == 1) {
+          s.consumed = static_cast<int64_t>(rq.context->size());
+          SPECD_RETURN_IF_ERROR(cache_->BeginLog(s.slot, /*checkpoint=*/true));
+        }
+        const int64_t pos = static_cast<int64_t>(rq.context->size()) + j - 1;
+        std::vector<float> q;
+        ProcessedProbs(logits.data() + fo.row0[b] * V, V, *rq.sampling, q);
+        int32_t d;
+        const SamplingParams& sp = *rq.sampling;
+        if (sp.greedy()) {
+          d = static_cast<int32_t>(std::max_element(q.begin(), q.end()) - q.begin());
+        } else if (sp.mode == SamplingMode::kCoupled) {
+          d = GumbelArgmax(q, sp.seed, pos);  // the target's noise: equal tokens mean acceptance
+        } else {
+          d = SampleFrom(q, CounterUniform(sp.seed, static_cast<uint64_t>(pos), static_cast<uint64_t>(j),
+                                           RngStream::kDraft));
+        }
+        out[r].tokens.push_back(d);
+        if (!sp.greedy() && sp.mode == SamplingMode::kRejection) out[r].probs.push_back(std::move(q));
+        if (j < rq.k) {
+          next.push_back(SeqInput{s.slot, {d}, StateMode::kUpdateLog, false});
+          next_who.push_back(r);
+        }
+      }
+      batch = std::move(next);
+      who = std::move(next_who);
+    }
+    for (size_t r = 0; r < reqs.size(); ++r) {
+      if (reqs[r].k > 0) seqs_[reqs[r].seq_id].proposed = static_cast<int>(out[r].tokens.size());
+    }
+    return Status::Ok();
+  }
+
+  Status Accept(const std::vector<DraftOutcome>& outcomes) override {
+    for (const auto& o : outcomes) {
+      auto it = seqs_.find(o.seq_id);
+      if (it == seqs_.end() || o.proposed <= 0) continue;
+      Seq& s = it->second;
+      // The draft consumed d1..d_{k-1}; keep those the target accepted. An accepted d_k was never
+      // consumed: it stays pending and goes into the next step's first forward.
+      const int keep = std::min(o.accepted, o.proposed - 1);
+      SPECD_RETURN_IF_ERROR(cache_->Commit(s.slot, keep));
+      s.consumed += keep;
+      s.proposed = 0;
+    }
+    return Status::Ok();
+  }
+
+  ModelCache* state_cache() override { return cache_.get(); }
+  int slot_of(int seq_id) const override {
+    auto it = seqs_.find(seq_id);
+    return it == seqs_.end() ? -1 : it->second.slot;
+  }
+
+ private:
+  struct Seq {
+    int slot = 0;
+    int64_t consumed = 0;  // context tokens the draft's slot has consumed
+    int proposed = 0;
+  };
+  Qwen35Model* model_;
+  std::unique_ptr<ModelCache> cache_;
+  std::map<int, Seq> seqs_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Drafter>> MakeDraftModelDrafter(Qwen35Model* draft, int64_t target_vocab,
+                                                         int max_seqs, int64_t max_ctx, int max_k) {
+  if (draft->config().vocab_size != target_vocab) {
+    return InvalidArgument("draft model vocab size {} differs from the target's {}",
+                           draft->config().vocab_size, target_vocab);
+  }
+  CacheOptions co;
+  co.num_slots = max_seqs;
+  co.max_ctx = max_ctx;
+  co.log_capacity = std::max(1, max_k);
+  co.checkpoints = true;
+  SPECD_ASSIGN_OR_RETURN(auto cache, draft->NewCache(co));
+  return std::unique_ptr<Drafter>(new DraftModelDrafter(draft, std::move(cache)));
+}
+
+}  // namespace specd

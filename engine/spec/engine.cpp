@@ -1,0 +1,254 @@
+#include "spec/engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "spec/verifier.h"
+
+namespace specd {
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kAborted: return "abort";
+  }
+  return "none";
+}
+
+StatusOr<std::unique_ptr<SpecEngine>> SpecEngine::Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
+                                                         const EngineOptions& opt) {
+  if (opt.max_k < 0 || opt.max_k > 16) return InvalidArgument("max_k must be in [0, 16] (got {})", opt.max_k);
+  if (opt.default_k < 0 || opt.default_k > opt.max_k) {
+    return InvalidArgument("k must be in [0, {}] (got {})", opt.max_k, opt.default_k);
+  }
+  if (opt.prefill_chunk <= 0) return InvalidArgument("prefill chunk must be positive");
+  auto e = std::unique_ptr<SpecEngine>(new SpecEngine());
+  e->target_ = target;
+  e->drafter_ = std::move(drafter);
+  e->opt_ = opt;
+  if (e->opt_.eos_ids.empty()) e->opt_.eos_ids = target->config().eos_token_ids;
+  CacheOptions co;
+  co.num_slots = opt.max_seqs;
+  co.max_ctx = opt.max_ctx;
+  co.log_capacity = opt.max_k + 1;
+  SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
+  return e;
+}
+
+StatusOr<int> SpecEngine::Add(GenerationRequest req) {
+  const int64_t V = target_->config().vocab_size;
+  if (req.prompt.empty()) return InvalidArgument("empty prompt");
+  for (int32_t t : req.prompt) {
+    if (t < 0 || t >= V) return InvalidArgument("prompt token id {} is out of the vocabulary [0, {})", t, V);
+  }
+  for (int32_t t : req.stop_ids) {
+    if (t < 0 || t >= V) return InvalidArgument("stop token id {} is out of the vocabulary [0, {})", t, V);
+  }
+  SPECD_RETURN_IF_ERROR(ValidateSampling(req.sampling));
+  if (req.max_tokens < 1) return InvalidArgument("max_tokens must be >= 1 (got {})", req.max_tokens);
+  if (req.min_tokens < 0 || req.min_tokens > req.max_tokens) {
+    return InvalidArgument("min_tokens must be in [0, max_tokens] (got {})", req.min_tokens);
+  }
+  if (req.k < -1 || req.k > opt_.max_k) return InvalidArgument("k must be in [0, {}] (got {})", opt_.max_k, req.k);
+  if (req.k == -1) req.k = opt_.default_k;
+  if (!drafter_) req.k = 0;
+  const int64_t need = static_cast<int64_t>(req.prompt.size()) + req.max_tokens;
+  if (need > opt_.max_ctx) {
+    return InvalidArgument("prompt ({} tokens) + max_tokens ({}) exceed the context length {}",
+                           req.prompt.size(), req.max_tokens, opt_.max_ctx);
+  }
+  SPECD_ASSIGN_OR_RETURN(int slot, cache_->AllocSlot());
+  const int id = next_id_++;
+  if (drafter_) {
+    Status st = drafter_->AddSequence(id);
+    if (!st.ok()) {
+      cache_->FreeSlot(slot);
+      return st;
+    }
+  }
+  Seq s;
+  s.slot = slot;
+  s.context = req.prompt;
+  s.req = std::move(req);
+  seqs_.emplace(id, std::move(s));
+  return id;
+}
+
+bool SpecEngine::HasWork() const {
+  for (const auto& [id, s] : seqs_) {
+    if (s.reason == FinishReason::kNone) return true;
+  }
+  return false;
+}
+
+int SpecEngine::active() const {
+  int n = 0;
+  for (const auto& [id, s] : seqs_) n += s.reason == FinishReason::kNone;
+  return n;
+}
+
+bool SpecEngine::Finished(int id) const { return seqs_.at(id).reason != FinishReason::kNone; }
+FinishReason SpecEngine::Reason(int id) const { return seqs_.at(id).reason; }
+const std::vector<int32_t>& SpecEngine::Generated(int id) const { return seqs_.at(id).generated; }
+const SpecStats& SpecEngine::Stats(int id) const { return seqs_.at(id).stats; }
+
+void SpecEngine::Finish(int id, Seq& s, FinishReason r) {
+  s.reason = r;
+  if (s.slot >= 0) cache_->FreeSlot(s.slot);
+  s.slot = -1;
+  if (drafter_) drafter_->RemoveSequence(id);
+}
+
+void SpecEngine::Release(int id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  if (it->second.reason == FinishReason::kNone) Finish(id, it->second, FinishReason::kAborted);
+  seqs_.erase(it);
+}
+
+int SpecEngine::ChooseK(Seq& s) const {
+  const int remaining = s.req.max_tokens - static_cast<int>(s.generated.size());
+  // Never draft past the last token the request may emit, nor past the context.
+  const int64_t room = opt_.max_ctx - static_cast<int64_t>(s.context.size());
+  int kmax = std::min<int64_t>({s.req.k, remaining - 1, room});
+  kmax = std::max(kmax, 0);
+  if (!s.req.adaptive_k || kmax == 0) return kmax;
+  // Expected tokens per step with per-draft acceptance a: (1 - a^{k+1}) / (1 - a); cost 1 + c·k.
+  const double a = std::clamp(s.alpha, 0.0, 0.999), c = opt_.adaptive_token_cost;
+  int best = 0;
+  double best_v = 1.0;
+  for (int k = 1; k <= kmax; ++k) {
+    const double v = (1.0 - std::pow(a, k + 1)) / (1.0 - a) / (1.0 + c * k);
+    if (v > best_v) {
+      best_v = v;
+      best = k;
+    }
+  }
+  // A sequence parked at k = 0 probes with one draft every 16 steps, so it can recover.
+  if (best == 0 && ++s.probe % 16 == 0) best = 1;
+  return best;
+}
+
+void SpecEngine::MaskForMinTokens(const Seq& s, int64_t gen_index, float* logits) const {
+  if (gen_index >= s.req.min_tokens) return;
+  if (!s.req.ignore_eos) {
+    for (int32_t e : opt_.eos_ids) {
+      if (e >= 0 && e < target_->config().vocab_size) logits[e] = -INFINITY;
+    }
+  }
+  for (int32_t e : s.req.stop_ids) logits[e] = -INFINITY;
+}
+
+bool SpecEngine::Emit(Seq& s, int32_t tok) {
+  s.generated.push_back(tok);
+  s.context.push_back(tok);
+  const int64_t n = static_cast<int64_t>(s.generated.size());
+  if (!s.req.ignore_eos && std::find(opt_.eos_ids.begin(), opt_.eos_ids.end(), tok) != opt_.eos_ids.end()) {
+    s.reason = FinishReason::kEos;
+  } else if (std::find(s.req.stop_ids.begin(), s.req.stop_ids.end(), tok) != s.req.stop_ids.end()) {
+    s.reason = FinishReason::kStop;
+  } else if (n >= s.req.max_tokens) {
+    s.reason = FinishReason::kLength;
+  }
+  return s.reason != FinishReason::kNone;
+}
+
+Status SpecEngine::Step() {
+  const int64_t V = target_->config().vocab_size;
+  std::vector<int> prefill_ids, decode_ids;
+  for (auto& [id, s] : seqs_) {
+    if (s.reason != FinishReason::kNone) continue;
+    (s.decoding ? decode_ids : prefill_ids).push_back(id);
+  }
+  if (prefill_ids.empty() && decode_ids.empty()) return Status::Ok();
+
+  // ---- drafts for the decoding sequences (one batched drafter pass) ----
+  std::vector<DraftRequest> dreq;
+  std::vector<int> dk(decode_ids.size());
+  for (size_t i = 0; i < decode_ids.size(); ++i) {
+    Seq& s = seqs_[decode_ids[i]];
+    dk[i] = ChooseK(s);
+    dreq.push_back(DraftRequest{decode_ids[i], &s.context, dk[i], &s.req.sampling});
+  }
+  std::vector<DraftProposal> props(decode_ids.size());
+  if (drafter_ && !dreq.empty()) SPECD_RETURN_IF_ERROR(drafter_->Propose(dreq, props));
+
+  // ---- ONE target forward: prefill chunks + verify spans ----
+  std::vector<SeqInput> in;
+  for (int id : prefill_ids) {
+    Seq& s = seqs_[id];
+    const int64_t P = static_cast<int64_t>(s.req.prompt.size());
+    const int64_t end = std::min(P, s.prefilled + opt_.prefill_chunk);
+    in.push_back(SeqInput{s.slot, {s.req.prompt.begin() + s.prefilled, s.req.prompt.begin() + end},
+                          StateMode::kUpdate, false});
+  }
+  for (size_t i = 0; i < decode_ids.size(); ++i) {
+    Seq& s = seqs_[decode_ids[i]];
+    auto& d = props[i].tokens;
+    if (static_cast<int>(d.size()) > dk[i]) d.resize(dk[i]);
+    std::vector<int32_t> toks{s.context.back()};
+    toks.insert(toks.end(), d.begin(), d.end());
+    if (d.empty()) {
+      in.push_back(SeqInput{s.slot, std::move(toks), StateMode::kUpdate, false});
+    } else {
+      SPECD_RETURN_IF_ERROR(cache_->BeginLog(s.slot, false));
+      in.push_back(SeqInput{s.slot, std::move(toks), StateMode::kLog, true});
+    }
+  }
+  SPECD_ASSIGN_OR_RETURN(ForwardOutput fo, target_->Forward(in, *cache_));
+  std::vector<float> logits = target_->backend()->DownloadF32(fo.logits);
+
+  size_t row = 0;
+  for (int id : prefill_ids) {
+    Seq& s = seqs_[id];
+    const int64_t P = static_cast<int64_t>(s.req.prompt.size());
+    s.prefilled = std::min(P, s.prefilled + opt_.prefill_chunk);
+    const size_t r = row++;
+    if (s.prefilled < P) continue;
+    // The prompt is in: its last logits give the first generated token (position P).
+    s.decoding = true;
+    float* l = logits.data() + fo.row0[r] * V;
+    MaskForMinTokens(s, 0, l);
+    std::vector<float> p;
+    ProcessedProbs(l, V, s.req.sampling, p);
+    if (Emit(s, SampleToken(p, s.req.sampling, P))) Finish(id, s, s.reason);
+  }
+  std::vector<DraftOutcome> outcomes;
+  for (size_t i = 0; i < decode_ids.size(); ++i) {
+    const int id = decode_ids[i];
+    Seq& s = seqs_[id];
+    const size_t r = row++;
+    const auto& d = props[i].tokens;
+    const int k = static_cast<int>(d.size());
+    const int64_t n_gen = static_cast<int64_t>(s.generated.size());
+    const int64_t pos = static_cast<int64_t>(s.context.size());  // position of d1
+    std::vector<std::vector<float>> P(static_cast<size_t>(k + 1));
+    for (int j = 0; j <= k; ++j) {
+      float* l = logits.data() + (fo.row0[r] + j) * V;
+      MaskForMinTokens(s, n_gen + j, l);
+      ProcessedProbs(l, V, s.req.sampling, P[j]);
+    }
+    const auto& q = props[i].probs;
+    VerifyInput vi{&P, &d, q.size() == d.size() ? &q : nullptr, &s.req.sampling, pos};
+    const VerifyResult vr = Verify(vi);
+    if (k > 0) SPECD_RETURN_IF_ERROR(cache_->Commit(s.slot, vr.accepted + 1));
+    s.stats.Record(k, vr.accepted);
+    if (k > 0) s.alpha = 0.8 * s.alpha + 0.2 * static_cast<double>(vr.accepted) / k;
+    outcomes.push_back(DraftOutcome{id, k, vr.accepted});
+    bool done = false;
+    for (int j = 0; j < vr.accepted && !done; ++j) done = Emit(s, d[j]);
+    if (!done) Emit(s, vr.next);
+  }
+  // Finished sequences free their slots only after the drafter has seen their outcome.
+  if (drafter_ && !outcomes.empty()) SPECD_RETURN_IF_ERROR(drafter_->Accept(outcomes));
+  for (int id : decode_ids) {
+    Seq& s = seqs_[id];
+    if (s.reason != FinishReason::kNone && s.slot >= 0) Finish(id, s, s.reason);
+  }
+  return Status::Ok();
+}
+
+}  // namespace specd

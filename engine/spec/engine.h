@@ -1,0 +1,98 @@
+// SpecEngine: continuous batching over the speculative step. Each Step() runs ONE target forward
+// over every active sequence — prefill chunks of new ones, and [t0, d1..dk] verify spans of
+// running ones — then verifies, commits the accepted prefix and rolls back the drafter.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/model_cache.h"
+#include "qwen35/model.h"
+#include "spec/drafter.h"
+#include "spec/sampling.h"
+#include "spec/stats.h"
+
+namespace specd {
+
+enum class FinishReason { kNone, kLength, kEos, kStop, kAborted };
+const char* FinishReasonName(FinishReason r);
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  int max_tokens = 16;
+  int min_tokens = 0;
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_ids;
+  int k = -1;               // drafts per step; -1 = the engine's default
+  bool adaptive_k = false;  // choose k per step from the running acceptance
+};
+
+struct EngineOptions {
+  int max_seqs = 8;
+  int64_t max_ctx = 4096;
+  int default_k = 4;
+  int max_k = 16;
+  int64_t prefill_chunk = 512;
+  std::vector<int32_t> eos_ids;  // from the target's config
+  // Adaptive k: cost of one extra drafted+verified token relative to a plain decode step.
+  double adaptive_token_cost = 0.1;
+};
+
+class SpecEngine {
+ public:
+  // `drafter` may be null (plain decoding).
+  static StatusOr<std::unique_ptr<SpecEngine>> Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
+                                                      const EngineOptions& opt);
+
+  // Validates and queues a request; it starts prefilling at the next Step().
+  StatusOr<int> Add(GenerationRequest req);
+  // One batched step over every unfinished sequence.
+  Status Step();
+  bool HasWork() const;
+
+  bool Finished(int id) const;
+  FinishReason Reason(int id) const;
+  const std::vector<int32_t>& Generated(int id) const;
+  const SpecStats& Stats(int id) const;
+  // Forgets the sequence (aborting it if it still runs) and frees its slots.
+  void Release(int id);
+
+  int slots_in_use() const { return cache_->slots_in_use(); }
+  int active() const;
+  const EngineOptions& options() const { return opt_; }
+  Drafter* drafter() { return drafter_.get(); }
+  ModelCache& target_cache() { return *cache_; }
+  int target_slot(int id) const { return seqs_.at(id).slot; }
+
+ private:
+  struct Seq {
+    int slot = -1;
+    GenerationRequest req;
+    std::vector<int32_t> context;  // prompt + generated; the last token is pending in decode
+    std::vector<int32_t> generated;
+    int64_t prefilled = 0;
+    bool decoding = false;
+    FinishReason reason = FinishReason::kNone;
+    SpecStats stats;
+    double alpha = 0.6;  // running per-draft acceptance, for adaptive k
+    int probe = 0;
+  };
+  SpecEngine() = default;
+  int ChooseK(Seq& s) const;
+  void MaskForMinTokens(const Seq& s, int64_t gen_index, float* logits) const;
+  // Appends a token; returns true when the sequence finished with it.
+  bool Emit(Seq& s, int32_t tok);
+  void Finish(int id, Seq& s, FinishReason r);
+
+  Qwen35Model* target_ = nullptr;
+  std::unique_ptr<Drafter> drafter_;
+  std::unique_ptr<ModelCache> cache_;
+  EngineOptions opt_;
+  std::map<int, Seq> seqs_;
+  int next_id_ = 0;
+};
+
+}  // namespace specd
