@@ -28,7 +28,7 @@ void CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v, co
         std::memcpy(st.v.ptr<float>() + dst, v.ptr<float>() + src, sizeof(float) * D);
       }
     }
-#pragma omp parallel for collapse(2) if (s.len * hq > 8)
+#pragma omp parallel for collapse(2) if (s.len * hq * (s.n_past + s.len) * D > (1 << 20))
     for (int64_t t = 0; t < s.len; ++t) {
       for (int h = 0; h < hq; ++h) {
         const int kvh = h / group;

@@ -90,7 +90,7 @@ void CpuBackend::Gemm(const Tensor& x, const Tensor& w, Tensor& out) {
 void CpuBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) {
   const int64_t d = w.numel(), rows = x.numel() / d;
   const float* wp = w.ptr<float>();
-#pragma omp parallel for if (rows > 64)
+#pragma omp parallel for if (rows * d > (1 << 18))
   for (int64_t r = 0; r < rows; ++r) {
     const float* xi = x.ptr<float>() + r * d;
     float* yo = out.ptr<float>() + r * d;
@@ -112,7 +112,7 @@ void CpuBackend::SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
   const float *g = gate.ptr<float>(), *u = up.ptr<float>();
   float* o = out.ptr<float>();
-#pragma omp parallel for if (n > 65536)
+#pragma omp parallel for if (n > (1 << 18))
   for (int64_t i = 0; i < n; ++i) o[i] = cpu_ref::Silu(g[i]) * u[i];
 }
 

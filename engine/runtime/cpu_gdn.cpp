@@ -131,7 +131,7 @@ void CpuBackend::CausalConvSilu(const Tensor& p, const Tensor& w, const GdnDims&
     auto row = [&](int64_t r) -> const float* {
       return r < K ? win + r * C : p.ptr<float>() + (s.offset + r - K) * C;
     };
-#pragma omp parallel for if (s.len * C > 65536)
+#pragma omp parallel for if (s.len * C > (1 << 18))
     for (int64_t t = 0; t < s.len; ++t) {
       float* yo = y.ptr<float>() + (s.offset + t) * C;
       for (int64_t c = 0; c < C; ++c) {
@@ -162,7 +162,7 @@ void CpuBackend::GatedDeltaRule(const Tensor& y, const Tensor& braw, const Tenso
   // Per-token fp32 q, k (l2-normalised, q scaled by dk^-1/2), v, g, beta.
   std::vector<float> q(N * hk * dk), k(N * hk * dk), v(N * hv * dv), g(N * hv), beta(N * hv);
   const float qscale = 1.f / std::sqrt(static_cast<float>(dk));
-#pragma omp parallel for if (N > 16)
+#pragma omp parallel for if (N * C > (1 << 18))
   for (int64_t t = 0; t < N; ++t) {
     const float* yr = y.ptr<float>() + t * C;
     for (int h = 0; h < hk; ++h) {
@@ -188,39 +188,44 @@ void CpuBackend::GatedDeltaRule(const Tensor& y, const Tensor& braw, const Tenso
   }
   const int64_t L = st.log_k.defined() ? st.log_k.dim(1) : 0;
   for (const auto& s : b.seqs) {
-    if (WritesLog(s.mode)) {
-      const int64_t base = int64_t{s.slot} * L + s.log_offset;
-      std::memcpy(st.log_k.ptr<float>() + base * hk * dk, &k[s.offset * hk * dk], sizeof(float) * s.len * hk * dk);
-      std::memcpy(st.log_v.ptr<float>() + base * hv * dv, &v[s.offset * hv * dv], sizeof(float) * s.len * hv * dv);
-      std::memcpy(st.log_g.ptr<float>() + base * hv, &g[s.offset * hv], sizeof(float) * s.len * hv);
-      std::memcpy(st.log_beta.ptr<float>() + base * hv, &beta[s.offset * hv], sizeof(float) * s.len * hv);
+    if (!WritesLog(s.mode)) continue;
+    const int64_t base = int64_t{s.slot} * L + s.log_offset;
+    std::memcpy(st.log_k.ptr<float>() + base * hk * dk, &k[s.offset * hk * dk], sizeof(float) * s.len * hk * dk);
+    std::memcpy(st.log_v.ptr<float>() + base * hv * dv, &v[s.offset * hv * dv], sizeof(float) * s.len * hv * dv);
+    std::memcpy(st.log_g.ptr<float>() + base * hv, &g[s.offset * hv], sizeof(float) * s.len * hv);
+    std::memcpy(st.log_beta.ptr<float>() + base * hv, &beta[s.offset * hv], sizeof(float) * s.len * hv);
+  }
+  // One parallel region over every (sequence, value head) pair; small batches stay serial, since
+  // a thread team costs more than a few tiny recurrences.
+  const int64_t pairs = static_cast<int64_t>(b.seqs.size()) * hv;
+  const int64_t work = N * hv * int64_t{dk} * dv;
+#pragma omp parallel for schedule(dynamic) if (work > (1 << 20))
+  for (int64_t pi = 0; pi < pairs; ++pi) {
+    const auto& s = b.seqs[pi / hv];
+    const int h = static_cast<int>(pi % hv);
+    const int kh = h / r;
+    float* live = st.rec.ptr<float>() + (int64_t{s.slot} * hv + h) * dk * dv;
+    std::vector<float> scratch;
+    float* S = live;
+    if (!WritesState(s.mode)) {  // verify: the live state stays as it was
+      scratch.assign(live, live + dk * dv);
+      S = scratch.data();
     }
-#pragma omp parallel for
-    for (int h = 0; h < hv; ++h) {
-      const int kh = h / r;
-      float* live = st.rec.ptr<float>() + (int64_t{s.slot} * hv + h) * dk * dv;
-      std::vector<float> scratch;
-      float* S = live;
-      if (!WritesState(s.mode)) {  // verify: the live state stays as it was
-        scratch.assign(live, live + dk * dv);
-        S = scratch.data();
+    const int64_t t0 = s.offset;
+    float* out = o.ptr<float>() + t0 * hv * dv + h * dv;
+    if (s.len == 1) {
+      cpu_ref::GdnStep(S, &k[(t0 * hk + kh) * dk], &v[(t0 * hv + h) * dv], g[t0 * hv + h], beta[t0 * hv + h], dk,
+                       dv, &q[(t0 * hk + kh) * dk], out);
+    } else {
+      // g and beta of this head for the span, contiguous.
+      std::vector<float> gh(s.len), bh(s.len);
+      for (int64_t t = 0; t < s.len; ++t) {
+        gh[t] = g[(t0 + t) * hv + h];
+        bh[t] = beta[(t0 + t) * hv + h];
       }
-      const int64_t t0 = s.offset;
-      float* out = o.ptr<float>() + t0 * hv * dv + h * dv;
-      if (s.len == 1) {
-        cpu_ref::GdnStep(S, &k[(t0 * hk + kh) * dk], &v[(t0 * hv + h) * dv], g[t0 * hv + h],
-                         beta[t0 * hv + h], dk, dv, &q[(t0 * hk + kh) * dk], out);
-      } else {
-        // g and beta of this head for the span, contiguous.
-        std::vector<float> gh(s.len), bh(s.len);
-        for (int64_t t = 0; t < s.len; ++t) {
-          gh[t] = g[(t0 + t) * hv + h];
-          bh[t] = beta[(t0 + t) * hv + h];
-        }
-        cpu_ref::GdnChunked(S, &q[(t0 * hk + kh) * dk], &k[(t0 * hk + kh) * dk], &v[(t0 * hv + h) * dv],
-                            gh.data(), bh.data(), s.len, int64_t{hk} * dk, int64_t{hk} * dk,
-                            int64_t{hv} * dv, dk, dv, out, int64_t{hv} * dv);
-      }
+      cpu_ref::GdnChunked(S, &q[(t0 * hk + kh) * dk], &k[(t0 * hk + kh) * dk], &v[(t0 * hv + h) * dv], gh.data(),
+                          bh.data(), s.len, int64_t{hk} * dk, int64_t{hk} * dk, int64_t{hv} * dv, dk, dv, out,
+                          int64_t{hv} * dv);
     }
   }
 }
@@ -258,7 +263,7 @@ void CpuBackend::GdnCommit(GdnLayerState& st, const GdnDims& d, int slot, int ke
   std::memcpy(win, hist.data() + int64_t{keep} * C, sizeof(float) * K * C);
   // Recurrent state: replay the same step decode runs, token by token.
   const int64_t base = int64_t{slot} * L;
-#pragma omp parallel for
+#pragma omp parallel for if (int64_t{keep} * hv * dk * dv > (1 << 20))
   for (int h = 0; h < hv; ++h) {
     float* S = rec + int64_t{h} * dk * dv;
     for (int t = 0; t < keep; ++t) {
