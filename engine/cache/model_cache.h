@@ -41,6 +41,7 @@ class ModelCache {
 
   int64_t length(int slot) const { return meta_.at(slot).length; }
   int log_count(int slot) const { return meta_.at(slot).log_count; }
+  bool logging(int slot) const { return meta_.at(slot).logging; }
 
   // Starts a speculation step on the slot: clears its log; with `checkpoint` also saves the
   // live state for a later rollback (needs CacheOptions::checkpoints).

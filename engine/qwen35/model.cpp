@@ -47,6 +47,9 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
       return ResourceExhausted("slot {}: {} + {} tokens exceed the context capacity {}", s.slot, sp.n_past,
                                len, cache.options().max_ctx);
     }
+    if (WritesLog(s.mode) && !cache.logging(s.slot)) {
+      return FailedPrecondition("slot {}: a logging forward needs BeginLog first", s.slot);
+    }
     if (s.mode == StateMode::kLog && sp.log_offset != 0) {
       return FailedPrecondition("slot {}: a verify forward must be the only one in its speculation step", s.slot);
     }
@@ -98,6 +101,7 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
   be.RmsNorm(hs, w_.final_norm, eps, true, hn);
   out.logits = be.Alloc(act, {R, cfg_.vocab_size});
   be.Gemm(hn, w_.lm_head, out.logits);
+  SPECD_RETURN_IF_ERROR(be.TakeError());
   for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);
   return out;
 }

@@ -1,7 +1,6 @@
 #include "qwen35/weights.h"
 
 #include <cmath>
-#include <random>
 
 #include "model/safetensors.h"
 
@@ -138,15 +137,10 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
 }
 
 ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
-  std::mt19937_64 rng(seed);
   int64_t bytes = 0;
+  uint64_t counter = seed * 1000003ull;
   auto make = [&](std::vector<int64_t> shape, float scale, float offset = 0.f, DType dt = DType::kF32) {
-    int64_t n = 1;
-    for (auto s : shape) n *= s;
-    std::vector<float> v(static_cast<size_t>(n));
-    std::normal_distribution<float> nd(0.f, 1.f);
-    for (auto& x : v) x = offset + scale * nd(rng);
-    Tensor t = be->Upload(v.data(), DType::kF32, shape, dt == DType::kF32 ? be->act_dtype() : dt);
+    Tensor t = be->Random(dt == DType::kF32 ? be->act_dtype() : dt, std::move(shape), scale, offset, ++counter);
     bytes += static_cast<int64_t>(t.nbytes());
     return t;
   };
@@ -170,8 +164,8 @@ ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
       g.in_b = make({Hv, H}, sh);
       g.in_a = make({Hv, H}, sh);
       g.conv = make({C, c.linear_conv_kernel_dim}, 0.4f);
-      g.dt_bias = make({Hv}, 0.5f, 0.f, DType::kF32);
-      g.a_log = make({Hv}, 0.5f, 1.f, DType::kF32);
+      g.dt_bias = be->Random(DType::kF32, {Hv}, 0.5f, 0.f, ++counter);
+      g.a_log = be->Random(DType::kF32, {Hv}, 0.5f, 1.f, ++counter);
       g.norm = make({dv}, 0.1f, 1.f);
       g.out = make({H, Hv * dv}, 1.f / std::sqrt(static_cast<float>(Hv * dv)));
     } else {

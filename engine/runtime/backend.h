@@ -79,7 +79,13 @@ class Backend {
   virtual std::vector<float> DownloadF32(const Tensor& t) = 0;
   virtual void CopyRows(const Tensor& src, Tensor& dst) = 0;  // same numel, same dtype
   virtual void Zero(Tensor& t) = 0;
+  // offset + scale * N(0, 1), from a counter hash of (seed, element index): benchmarks build
+  // real-size random models in place, without host copies.
+  virtual Tensor Random(DType dtype, std::vector<int64_t> shape, float scale, float offset, uint64_t seed) = 0;
   virtual void Synchronize() {}
+  // The first error a device op hit since the last call (ops return void so the forward stays
+  // readable; the forward checks this once at its end).
+  virtual Status TakeError() { return Status::Ok(); }
 
   // ---- dense ops ----
   // out[n, :] = table[ids[n], :]

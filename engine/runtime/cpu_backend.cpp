@@ -67,6 +67,25 @@ void CpuBackend::CopyRows(const Tensor& src, Tensor& dst) {
 
 void CpuBackend::Zero(Tensor& t) { std::memset(t.data, 0, t.nbytes()); }
 
+Tensor CpuBackend::Random(DType dtype, std::vector<int64_t> shape, float scale, float offset, uint64_t seed) {
+  Tensor t = Alloc(DType::kF32, std::move(shape));
+  float* p = t.ptr<float>();
+  const int64_t n = t.numel();
+#pragma omp parallel for if (n > (1 << 20))
+  for (int64_t i = 0; i < n; ++i) {
+    // Box-Muller on two halves of a splitmix64 hash of (seed, i).
+    uint64_t h = seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(i + 1));
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    const float u1 = (static_cast<float>(h >> 40) + 1.f) * (1.f / 16777217.f);
+    const float u2 = static_cast<float>((h >> 16) & 0xffffff) * (1.f / 16777216.f);
+    p[i] = offset + scale * std::sqrt(-2.f * std::log(u1)) * std::cos(6.2831853f * u2);
+  }
+  (void)dtype;  // the CPU reference stores every float as F32
+  return t;
+}
+
 void CpuBackend::Embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   const int64_t n = ids.numel(), h = table.dim(1);
   const auto* id = ids.ptr<int32_t>();

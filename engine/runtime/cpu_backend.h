@@ -18,6 +18,7 @@ class CpuBackend final : public Backend {
   std::vector<float> DownloadF32(const Tensor& t) override;
   void CopyRows(const Tensor& src, Tensor& dst) override;
   void Zero(Tensor& t) override;
+  Tensor Random(DType dtype, std::vector<int64_t> shape, float scale, float offset, uint64_t seed) override;
 
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
   void Gemm(const Tensor& x, const Tensor& w, Tensor& out) override;

@@ -1,0 +1,117 @@
+#include "tokenizer/chat_template.h"
+
+#include <cstdint>
+
+namespace specd {
+namespace {
+
+// FNV-1a of the Qwen3 chat template (tokenizer_config.json of the Qwen3 releases, 4116 bytes).
+// Only that exact text is claimed: a Jinja template that differs anywhere may render differently.
+constexpr uint64_t kQwen3TemplateFnv = 0x2bfdb7aa9754484eULL;
+constexpr size_t kQwen3TemplateSize = 4116;
+
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+// Python's str.lstrip / rstrip / strip with an explicit character, as the template calls them.
+std::string_view LStrip(std::string_view s, char c) {
+  while (!s.empty() && s.front() == c) s.remove_prefix(1);
+  return s;
+}
+std::string_view RStrip(std::string_view s, char c) {
+  while (!s.empty() && s.back() == c) s.remove_suffix(1);
+  return s;
+}
+std::string_view Strip(std::string_view s, char c) { return RStrip(LStrip(s, c), c); }
+
+// s.split(sep)[0] and s.split(sep)[-1].
+std::string_view BeforeFirst(std::string_view s, std::string_view sep) {
+  const size_t p = s.find(sep);
+  return p == std::string_view::npos ? s : s.substr(0, p);
+}
+std::string_view AfterLast(std::string_view s, std::string_view sep) {
+  const size_t p = s.rfind(sep);
+  return p == std::string_view::npos ? s : s.substr(p + sep.size());
+}
+
+bool IsToolResponse(std::string_view s) {
+  return s.starts_with("<tool_response>") && s.ends_with("</tool_response>");
+}
+
+}  // namespace
+
+ChatFormat DetectChatFormat(std::string_view jinja_template) {
+  if (jinja_template.size() == kQwen3TemplateSize && Fnv1a(jinja_template) == kQwen3TemplateFnv) {
+    return ChatFormat::kQwen3;
+  }
+  return ChatFormat::kUnknown;
+}
+
+StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages,
+                                      const ChatOptions& options) {
+  if (messages.empty()) return InvalidArgument("chat: no messages");
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const std::string& r = messages[i].role;
+    // The template silently drops other roles; refusing them is kinder than losing a turn.
+    if (r != "system" && r != "user" && r != "assistant" && r != "tool") {
+      return InvalidArgument("chat: message {} has unsupported role '{}'", i, r);
+    }
+  }
+  std::string out;
+  if (messages[0].role == "system") {
+    out += "<|im_start|>system\n" + messages[0].content + "<|im_end|>\n";
+  }
+  // The last user turn that is a real query (not a wrapped tool response): assistant turns
+  // after it keep their reasoning, earlier ones lose it.
+  const size_t n = messages.size();
+  size_t last_query = n - 1;
+  for (size_t k = n; k-- > 0;) {
+    if (messages[k].role == "user" && !IsToolResponse(messages[k].content)) {
+      last_query = k;
+      break;
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const ChatMessage& m = messages[i];
+    const bool last = i + 1 == n;
+    if (m.role == "user" || (m.role == "system" && i != 0)) {
+      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      std::string_view content = m.content;
+      std::string_view reasoning;
+      if (m.reasoning_content.has_value()) {
+        reasoning = *m.reasoning_content;
+      } else if (m.content.find("</think>") != std::string::npos) {
+        content = LStrip(AfterLast(m.content, "</think>"), '\n');
+        reasoning = LStrip(AfterLast(RStrip(BeforeFirst(m.content, "</think>"), '\n'), "<think>"), '\n');
+      }
+      out += "<|im_start|>assistant\n";
+      if (i > last_query && (last || !reasoning.empty())) {
+        out += "<think>\n";
+        out += Strip(reasoning, '\n');
+        out += "\n</think>\n\n";
+        out += LStrip(content, '\n');
+      } else {
+        out += content;
+      }
+      out += "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      if (i == 0 || messages[i - 1].role != "tool") out += "<|im_start|>user";
+      out += "\n<tool_response>\n" + m.content + "\n</tool_response>";
+      if (last || messages[i + 1].role != "tool") out += "<|im_end|>\n";
+    }
+  }
+  if (options.add_generation_prompt) {
+    out += "<|im_start|>assistant\n";
+    if (!options.enable_thinking) out += "<think>\n\n</think>\n\n";
+  }
+  return out;
+}
+
+}  // namespace specd

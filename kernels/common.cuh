@@ -1,0 +1,53 @@
+// Helpers shared by the kernel files.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace specd::kernels {
+
+#define SPECD_CHECK_ARG(cond) \
+  do {                        \
+    if (!(cond)) return cudaErrorInvalidValue; \
+  } while (0)
+
+inline cudaError_t LaunchStatus() { return cudaGetLastError(); }
+
+inline unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+__device__ __forceinline__ float ToF(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ __nv_bfloat16 ToB(float x) { return __float2bfloat16(x); }
+__device__ __forceinline__ float SiluF(float x) { return x / (1.f + __expf(-x)); }
+__device__ __forceinline__ float SigmoidF(float x) { return 1.f / (1.f + __expf(-x)); }
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide sum; every thread gets the result. `red` holds 32 floats.
+__device__ __forceinline__ float BlockSum(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = WarpSum(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  float r = lane < nw ? red[lane] : 0.f;
+  return WarpSum(r);
+}
+__device__ __forceinline__ float BlockMax(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = WarpMax(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  float r = lane < nw ? red[lane] : -INFINITY;
+  return WarpMax(r);
+}
+
+}  // namespace specd::kernels

@@ -1,0 +1,106 @@
+// specd CUDA kernels: host launchers. bf16 activations and weights, fp32 accumulation, fp32 GDN
+// state. Every launcher checks its sizes and returns cudaErrorInvalidValue on bad ones (no
+// launch), else the launch's error. Each kernel's math is written above it in its .cu file; the
+// CPU backend (engine/runtime/cpu_*.cpp) is the reference it is tested against.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace specd::kernels {
+
+using bf16 = __nv_bfloat16;
+
+// One span of a flattened batch, as the engine's SeqSpan (runtime/batch.h).
+struct SeqMeta {
+  int32_t slot;
+  int32_t offset;
+  int32_t len;
+  int32_t n_past;
+  int32_t mode;        // 0 update, 1 log (verify: state read-only), 2 update + log
+  int32_t log_offset;
+};
+#ifdef __CUDACC__
+#define SPECD_HD __host__ __device__
+#else
+#define SPECD_HD
+#endif
+SPECD_HD inline bool MetaWritesState(int mode) { return mode != 1; }
+SPECD_HD inline bool MetaWritesLog(int mode) { return mode != 0; }
+
+// ---- conversions and fills ----
+cudaError_t F32ToBf16(const float* in, bf16* out, int64_t n, cudaStream_t s);
+cudaError_t Bf16ToF32(const bf16* in, float* out, int64_t n, cudaStream_t s);
+// out[i] = offset + scale * N(0,1) from a counter hash of (seed, i): reproducible, no state.
+cudaError_t RandomNormal(void* out, bool out_bf16, int64_t n, float scale, float offset, uint64_t seed,
+                         cudaStream_t s);
+
+// ---- elementwise ----
+cudaError_t EmbeddingGather(const bf16* table, int64_t vocab, int64_t h, const int32_t* ids, int64_t n, bf16* out,
+                            cudaStream_t s);
+cudaError_t Add(const bf16* a, const bf16* b, bf16* out, int64_t n, cudaStream_t s);
+cudaError_t SwiGlu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t s);
+cudaError_t SigmoidMul(const bf16* x, const bf16* gate, bf16* out, int64_t n, cudaStream_t s);
+cudaError_t GatherRows(const bf16* x, const int64_t* rows, int64_t nrows, int64_t width, bf16* out, cudaStream_t s);
+cudaError_t SplitQueryGate(const bf16* q2, int64_t n, int heads, int d, bf16* q, bf16* gate, cudaStream_t s);
+
+// ---- norms ----
+// y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w), rows of d.
+cudaError_t RmsNorm(const bf16* x, const bf16* w, int64_t rows, int d, float eps, bool unit_offset, bf16* out,
+                    cudaStream_t s);
+// y = bf16(rmsnorm(o)) * w * silu(z), rows of d.
+cudaError_t GatedRmsNorm(const bf16* o, const bf16* z, const bf16* w, int64_t rows, int d, float eps, bf16* out,
+                         cudaStream_t s);
+
+// ---- attention ----
+// Rotate-half RoPE on the first `rot` dims of each head at position pos[t].
+cudaError_t Rope(bf16* x, const int32_t* pos, int64_t n, int heads, int d, int rot, float theta, cudaStream_t s);
+// kc/vc [slots, hkv, max_ctx, d]: row (slot[t], h, pos[t]) = k/v[t, h].
+cudaError_t KvAppend(const bf16* k, const bf16* v, const int32_t* tok_slot, const int32_t* tok_pos, int64_t n, int hkv,
+                     int d, int64_t max_ctx, bf16* kc, bf16* vc, cudaStream_t s);
+// Causal GQA attention of token t over keys 0..pos[t] of its slot; fp32 online softmax.
+cudaError_t Attention(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot, const int32_t* tok_pos,
+                      int64_t n, int hq, int hkv, int d, int64_t max_ctx, float scale, bf16* out, cudaStream_t s);
+
+// ---- GDN conv ----
+// y[t, c] = silu(sum_j w[c, j] * xt(t + 1 + j, c)), xt = [window of the span's slot (K rows) | p rows].
+cudaError_t CausalConvSilu(const bf16* p, const bf16* w, const bf16* win, const SeqMeta* seqs, const int32_t* tok_seq,
+                           int64_t n, int64_t C, int K, bf16* y, cudaStream_t s);
+// Per span: log raw rows (log modes) and move the window to the last K rows of [window | p] (state modes).
+cudaError_t ConvStateUpdate(const bf16* p, const SeqMeta* seqs, int nseq, int64_t C, int K, bf16* win,
+                            int64_t log_cap, bf16* log_raw, cudaStream_t s);
+// One slot: window <- last K rows of [window | log_raw rows 0..keep).
+cudaError_t ConvWindowReplay(bf16* win, const bf16* log_raw, int keep, int64_t C, int K, cudaStream_t s);
+
+// ---- gated delta rule ----
+// q, k (l2-normalised, q scaled by dk^-1/2) [n, hk, dk], v [n, hv, dv], g, beta [n, hv], all fp32.
+cudaError_t GdnPrep(const bf16* y, const bf16* braw, const bf16* araw, const float* a_log, const float* dt_bias,
+                    int64_t n, int hk, int hv, int dk, int dv, float* q, float* k, float* v, float* g, float* beta,
+                    cudaStream_t s);
+// Copies k, v, g, beta of logging spans into the slot logs [slots, log_cap, ...].
+cudaError_t GdnLogWrite(const float* k, const float* v, const float* g, const float* beta, const SeqMeta* seqs,
+                        int nseq, int max_len, int hk, int hv, int dk, int dv, int64_t log_cap, float* log_k,
+                        float* log_v, float* log_g, float* log_beta, cudaStream_t s);
+// The recurrence over each span from its slot's state [slots, hv, dk, dv]; writes o [n, hv*dv]
+// (bf16) and, for state modes, the final state.
+cudaError_t GdnRecurrent(const float* q, const float* k, const float* v, const float* g, const float* beta,
+                         const SeqMeta* seqs, int nseq, int hk, int hv, int dk, int dv, float* state, bf16* o,
+                         cudaStream_t s);
+// One slot: state [hv, dk, dv] <- replay of log entries 0..keep.
+cudaError_t GdnReplay(float* state, const float* log_k, const float* log_v, const float* log_g, const float* log_beta,
+                      int keep, int hk, int hv, int dk, int dv, cudaStream_t s);
+
+// ---- MoE ----
+// probs = softmax(logits) in fp32; top-k ids (ties to the lower id), weights renormalised.
+cudaError_t RouterTopK(const bf16* logits, int64_t n, int experts, int k, int32_t* ids, float* weights,
+                       cudaStream_t s);
+// acc[rows[i], :] += w[i] * y[i, :]   (rows unique within one call)
+cudaError_t ScaledRowAdd(const bf16* y, const int32_t* rows, const float* w, int64_t n, int64_t h, float* acc,
+                         cudaStream_t s);
+// out = bf16(acc + (gate_logit ? sigmoid(gate_logit[row]) * shared : 0))
+cudaError_t MoeFinish(const float* acc, const bf16* shared, const bf16* gate_logit, int64_t n, int64_t h, bf16* out,
+                      cudaStream_t s);
+
+}  // namespace specd::kernels

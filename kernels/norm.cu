@@ -1,0 +1,61 @@
+// RMSNorm ((1+w) and plain w) and the GDN gated RMSNorm; fp32 statistics, one block per row.
+#include "common.cuh"
+#include "specd/kernels.h"
+
+namespace specd::kernels {
+namespace {
+
+// y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w)
+__global__ void RmsNormK(const bf16* x, const bf16* w, int d, float eps, bool unit_offset, bf16* out) {
+  __shared__ float red[32];
+  const bf16* xr = x + int64_t{blockIdx.x} * d;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = ToF(xr[i]);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+  bf16* yr = out + int64_t{blockIdx.x} * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float wv = ToF(w[i]);
+    yr[i] = ToB(ToF(xr[i]) * inv * (unit_offset ? 1.f + wv : wv));
+  }
+}
+
+// n = bf16(o * rsqrt(mean(o^2) + eps)); y = bf16(n * w * silu(z))   (norm before gate)
+__global__ void GatedRmsNormK(const bf16* o, const bf16* z, const bf16* w, int d, float eps, bf16* out) {
+  __shared__ float red[32];
+  const int64_t base = int64_t{blockIdx.x} * d;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = ToF(o[base + i]);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float n = ToF(ToB(ToF(o[base + i]) * inv));
+    out[base + i] = ToB(n * ToF(w[i]) * SiluF(ToF(z[base + i])));
+  }
+}
+
+int Threads(int d) { return d >= 1024 ? 512 : (d >= 256 ? 256 : 128); }
+
+}  // namespace
+
+cudaError_t RmsNorm(const bf16* x, const bf16* w, int64_t rows, int d, float eps, bool unit_offset, bf16* out,
+                    cudaStream_t s) {
+  SPECD_CHECK_ARG(x && w && out && rows >= 0 && d > 0);
+  if (rows == 0) return cudaSuccess;
+  RmsNormK<<<static_cast<unsigned>(rows), Threads(d), 0, s>>>(x, w, d, eps, unit_offset, out);
+  return LaunchStatus();
+}
+
+cudaError_t GatedRmsNorm(const bf16* o, const bf16* z, const bf16* w, int64_t rows, int d, float eps, bf16* out,
+                         cudaStream_t s) {
+  SPECD_CHECK_ARG(o && z && w && out && rows >= 0 && d > 0);
+  if (rows == 0) return cudaSuccess;
+  GatedRmsNormK<<<static_cast<unsigned>(rows), Threads(d), 0, s>>>(o, z, w, d, eps, out);
+  return LaunchStatus();
+}
+
+}  // namespace specd::kernels
