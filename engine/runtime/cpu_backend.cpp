@@ -1,6 +1,6 @@
 #include "runtime/cpu_backend.h"
 
-#include <cblas.h>
+#include "runtime/cpu_gemm.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -100,10 +100,7 @@ void CpuBackend::Gemm(const Tensor& x, const Tensor& w, Tensor& out) {
     throw std::invalid_argument(fmt::format("Gemm shape mismatch: x {} w {} out {}", x.ShapeString(),
                                             w.ShapeString(), out.ShapeString()));
   }
-  if (n == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(m),
-              static_cast<int>(k), 1.f, x.ptr<float>(), static_cast<int>(k), w.ptr<float>(),
-              static_cast<int>(k), 0.f, out.ptr<float>(), static_cast<int>(m));
+  CpuSgemm(x.ptr<float>(), w.ptr<float>(), out.ptr<float>(), n, m, k);
 }
 
 void CpuBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) {

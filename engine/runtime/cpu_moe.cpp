@@ -1,23 +1,17 @@
 // Qwen3.5 MoE block on the CPU: fp32 softmax router, top-k renormalised, SwiGLU experts, plus the
 // sigmoid-gated shared expert.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
 
 #include "runtime/cpu_backend.h"
+#include "runtime/cpu_gemm.h"
 
 namespace specd {
 namespace {
 
-// y[n, m] = x[n, k] · w[m, k]^T on raw pointers.
-void Sgemm(const float* x, const float* w, float* y, int64_t n, int64_t m, int64_t k) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(m),
-              static_cast<int>(k), 1.f, x, static_cast<int>(k), w, static_cast<int>(k), 0.f, y,
-              static_cast<int>(m));
-}
+void Sgemm(const float* x, const float* w, float* y, int64_t n, int64_t m, int64_t k) { CpuSgemm(x, w, y, n, m, k); }
 
 }  // namespace
 

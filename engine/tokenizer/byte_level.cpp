@@ -56,11 +56,4 @@ std::optional<std::string> CharsToBytes(std::string_view token) {
   return out;
 }
 
-std::string BytesToChars(std::string_view bytes) {
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (unsigned char b : bytes) out += ByteToChar(b);
-  return out;
-}
-
 }  // namespace specd::byte_level

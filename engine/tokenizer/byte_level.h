@@ -1,7 +1,6 @@
 // GPT-2 style ByteLevel mapping: every byte is shown as one printable code point, so that a
 // vocabulary of strings can hold arbitrary bytes. The model runs on raw bytes internally; this
-// mapping is only needed to translate vocab / merge strings from tokenizer.json and for
-// IdToToken.
+// mapping is only needed to translate the vocabulary strings of tokenizer.json.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +16,5 @@ const std::string& ByteToChar(uint8_t b);
 // Inverse of ByteToChar for the whole string: nullopt if any code point is not one of the 256
 // mapped ones (HF's ByteLevel decoder then keeps the token's own UTF-8 bytes).
 std::optional<std::string> CharsToBytes(std::string_view token);
-
-// Bytes -> mapped string (vocab form).
-std::string BytesToChars(std::string_view bytes);
 
 }  // namespace specd::byte_level

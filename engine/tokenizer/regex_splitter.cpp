@@ -105,11 +105,11 @@ Status RegexSplitter::Split(std::string_view text, std::vector<Piece>& out) cons
   size_t emit = 0;  // end of the last emitted piece
   while (pos < n) {
     // The whole text was validated once by the caller; re-checking per call would be O(n^2).
-    int rc = jit_ ? pcre2_jit_match(Code(code_), subject, n, pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr)
-                  : PCRE2_ERROR_JIT_BADOPTION;
-    if (rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_JIT_BADOPTION) {
-      // The interpreter keeps its backtracking frames on the heap, so it copes with inputs
-      // that overflow the JIT's machine stack.
+    int rc = PCRE2_ERROR_JIT_STACKLIMIT;
+    if (jit_) rc = pcre2_jit_match(Code(code_), subject, n, pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+      // No JIT, or its machine stack overflowed: the interpreter keeps its backtracking frames
+      // on the heap and copes.
       rc = pcre2_match(Code(code_), subject, n, pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
     }
     if (rc == PCRE2_ERROR_NOMATCH) break;

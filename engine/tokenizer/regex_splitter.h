@@ -33,8 +33,6 @@ class RegexSplitter {
   // matches (Isolated). `text` must be valid UTF-8 (the caller validated it). Thread-safe.
   Status Split(std::string_view text, std::vector<Piece>& out) const;
 
-  bool jit() const { return jit_; }
-
  private:
   RegexSplitter() = default;
   void* code_ = nullptr;  // pcre2_code_8*, kept opaque so users need no PCRE2 headers
