@@ -1,0 +1,458 @@
+// The CUDA backend: the same op set as the CPU reference, on specd's kernels (kernels/) and
+// cuBLAS for the projections. bf16 activations and weights, fp32 accumulation and GDN state.
+#ifdef SPECD_HAVE_CUDA
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+
+#include "runtime/backend.h"
+#include "specd/kernels.h"
+
+namespace specd {
+namespace {
+
+namespace K = specd::kernels;
+using K::bf16;
+
+// Size-bucketed cache of device blocks: a forward allocates the same shapes every step, and
+// cudaMalloc/cudaFree synchronise the device.
+class DevicePool {
+ public:
+  ~DevicePool() {
+    for (auto& [sz, v] : free_) {
+      for (void* p : v) cudaFree(p);
+    }
+  }
+  void* Get(size_t bytes, size_t* bucket) {
+    *bucket = Bucket(bytes);
+    std::lock_guard<std::mutex> g(mu_);
+    auto& v = free_[*bucket];
+    if (!v.empty()) {
+      void* p = v.back();
+      v.pop_back();
+      return p;
+    }
+    void* p = nullptr;
+    if (cudaMalloc(&p, *bucket) != cudaSuccess) {
+      // Give cached blocks back and try once more before failing.
+      for (auto& [sz, l] : free_) {
+        for (void* q : l) cudaFree(q);
+        l.clear();
+      }
+      if (cudaMalloc(&p, *bucket) != cudaSuccess) throw std::bad_alloc();
+    }
+    return p;
+  }
+  void Put(void* p, size_t bucket) {
+    std::lock_guard<std::mutex> g(mu_);
+    free_[bucket].push_back(p);
+  }
+
+ private:
+  static size_t Bucket(size_t b) {
+    if (b <= 256) return 256;
+    // Powers of two up to 1 MiB, then 1 MiB granules, so big weights waste little.
+    if (b <= (1u << 20)) {
+      size_t s = 256;
+      while (s < b) s <<= 1;
+      return s;
+    }
+    return (b + (1u << 20) - 1) / (1u << 20) * (1u << 20);
+  }
+  std::mutex mu_;
+  std::map<size_t, std::vector<void*>> free_;
+};
+
+const char* CublasName(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "CUBLAS_STATUS_?";
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend() : pool_(std::make_shared<DevicePool>()) {
+    cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
+    cublasCreate(&blas_);
+    cublasSetStream(blas_, stream_);
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (void* p : meta_bufs_) cudaFree(p);
+    cublasDestroy(blas_);
+    cudaStreamDestroy(stream_);
+  }
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return Device::kCuda; }
+  DType act_dtype() const override { return DType::kBF16; }
+
+  // ---- memory ----
+  Tensor Alloc(DType dtype, std::vector<int64_t> shape) override {
+    Tensor t;
+    t.dtype = dtype;
+    t.shape = std::move(shape);
+    t.device = Device::kCuda;
+    size_t bucket = 0;
+    void* p = pool_->Get(std::max<size_t>(t.nbytes(), 1), &bucket);
+    auto pool = pool_;
+    t.owner = std::shared_ptr<void>(p, [pool, bucket](void* q) { pool->Put(q, bucket); });
+    t.data = p;
+    Check(cudaMemsetAsync(p, 0, t.nbytes(), stream_), "memset");
+    return t;
+  }
+  Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) override {
+    Tensor t = Alloc(dst_dtype, std::move(shape));
+    const int64_t n = t.numel();
+    std::vector<uint16_t> b16;
+    std::vector<float> f32;
+    const void* from = src;
+    if (src_dtype != dst_dtype) {
+      if (dst_dtype == DType::kBF16 && src_dtype == DType::kF32) {
+        b16.resize(n);
+        const float* s = static_cast<const float*>(src);
+        for (int64_t i = 0; i < n; ++i) b16[i] = F32ToBf16(s[i]);
+        from = b16.data();
+      } else if (dst_dtype == DType::kF32 && (src_dtype == DType::kBF16 || src_dtype == DType::kF16)) {
+        f32.resize(n);
+        const uint16_t* s = static_cast<const uint16_t*>(src);
+        for (int64_t i = 0; i < n; ++i) f32[i] = src_dtype == DType::kBF16 ? Bf16ToF32(s[i]) : F16ToF32(s[i]);
+        from = f32.data();
+      } else {
+        throw std::invalid_argument("cuda Upload: unsupported conversion");
+      }
+    }
+    Check(cudaMemcpyAsync(t.data, from, t.nbytes(), cudaMemcpyHostToDevice, stream_), "upload");
+    Check(cudaStreamSynchronize(stream_), "upload sync");  // host buffers die with this scope
+    return t;
+  }
+  std::vector<float> DownloadF32(const Tensor& t) override {
+    std::vector<float> out(static_cast<size_t>(t.numel()));
+    if (t.dtype == DType::kF32) {
+      Check(cudaMemcpyAsync(out.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost, stream_), "download");
+      Check(cudaStreamSynchronize(stream_), "download sync");
+    } else if (t.dtype == DType::kBF16) {
+      std::vector<uint16_t> b(out.size());
+      Check(cudaMemcpyAsync(b.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost, stream_), "download");
+      Check(cudaStreamSynchronize(stream_), "download sync");
+      for (size_t i = 0; i < out.size(); ++i) out[i] = Bf16ToF32(b[i]);
+    } else {
+      throw std::invalid_argument("DownloadF32 of a non-float tensor");
+    }
+    return out;
+  }
+  void CopyRows(const Tensor& src, Tensor& dst) override {
+    if (src.nbytes() != dst.nbytes()) throw std::invalid_argument("CopyRows: size mismatch");
+    Check(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream_), "copy");
+  }
+  void Zero(Tensor& t) override { Check(cudaMemsetAsync(t.data, 0, t.nbytes(), stream_), "zero"); }
+  Tensor Random(DType dtype, std::vector<int64_t> shape, float scale, float offset, uint64_t seed) override {
+    Tensor t = Alloc(dtype, std::move(shape));
+    Check(K::RandomNormal(t.data, dtype == DType::kBF16, t.numel(), scale, offset, seed, stream_), "random");
+    return t;
+  }
+  void Synchronize() override { Check(cudaStreamSynchronize(stream_), "sync"); }
+  Status TakeError() override {
+    Status s = error_;
+    error_ = Status::Ok();
+    return s;
+  }
+
+  // ---- dense ----
+  void Embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    Check(K::EmbeddingGather(B(table), table.dim(0), table.dim(1), ids.ptr<int32_t>(), ids.numel(), B(out), stream_),
+          "embedding");
+  }
+  // out[N, M] = x[N, K] w[M, K]^T: column-major out^T[M, N] = w_cm^T[M, K] x_cm[K, N].
+  void Gemm(const Tensor& x, const Tensor& w, Tensor& out) override {
+    const int64_t k = x.dim(-1), n = x.numel() / k, m = w.dim(0);
+    if (w.dim(1) != k || out.numel() != n * m) {
+      Fail(fmt::format("Gemm shape mismatch: x {} w {} out {}", x.ShapeString(), w.ShapeString(), out.ShapeString()));
+      return;
+    }
+    if (n == 0) return;
+    const float alpha = 1.f, beta = 0.f;
+    const cublasStatus_t st =
+        cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                     &alpha, w.data, CUDA_R_16BF, static_cast<int>(k), x.data, CUDA_R_16BF, static_cast<int>(k), &beta,
+                     out.data, CUDA_R_16BF, static_cast<int>(m), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) Fail(fmt::format("cublasGemmEx: {}", CublasName(st)));
+  }
+  void RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) override {
+    const int64_t d = w.numel();
+    Check(K::RmsNorm(B(x), B(w), x.numel() / d, static_cast<int>(d), eps, unit_offset, B(out), stream_), "rmsnorm");
+  }
+  void Add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    Check(K::Add(B(a), B(b), B(out), a.numel(), stream_), "add");
+  }
+  void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    Check(K::SwiGlu(B(gate), B(up), B(out), gate.numel(), stream_), "swiglu");
+  }
+  void SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) override {
+    Check(K::SigmoidMul(B(x), B(gate), B(out), x.numel(), stream_), "sigmoid_mul");
+  }
+  void GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) override {
+    int64_t* d = static_cast<int64_t*>(Scratch(1, rows.size() * sizeof(int64_t)));
+    Check(cudaMemcpyAsync(d, rows.data(), rows.size() * sizeof(int64_t), cudaMemcpyHostToDevice, stream_), "rows");
+    Check(K::GatherRows(B(x), d, static_cast<int64_t>(rows.size()), x.numel() / x.dim(0), B(out), stream_), "gather");
+    Check(cudaStreamSynchronize(stream_), "gather sync");  // `rows` is a host vector the caller owns
+  }
+
+  // ---- attention ----
+  void SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) override {
+    Check(K::SplitQueryGate(B(q2), q2.dim(0), num_heads, head_dim, B(q), B(gate), stream_), "split_q_gate");
+  }
+  void Rope(Tensor& x, int num_heads, const AttnDims& d, const BatchInfo& b) override {
+    const Meta& m = UploadMeta(b);
+    Check(K::Rope(B(x), m.tok_pos, b.num_tokens, num_heads, d.head_dim, d.rotary_dim, d.rope_theta, stream_), "rope");
+  }
+  void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, AttnLayerState& st,
+                 const BatchInfo& b, Tensor& out) override {
+    const Meta& m = UploadMeta(b);
+    const int64_t ctx = st.k.dim(2);
+    Check(K::KvAppend(B(k), B(v), m.tok_slot, m.tok_pos, b.num_tokens, d.num_kv_heads, d.head_dim, ctx, B(st.k),
+                      B(st.v), stream_),
+          "kv_append");
+    Check(K::Attention(B(q), B(st.k), B(st.v), m.tok_slot, m.tok_pos, b.num_tokens, d.num_q_heads, d.num_kv_heads,
+                       d.head_dim, ctx, 1.f / std::sqrt(static_cast<float>(d.head_dim)), B(out), stream_),
+          "attention");
+  }
+
+  // ---- GDN ----
+  void CausalConvSilu(const Tensor& p, const Tensor& w, const GdnDims& d, GdnLayerState& st, const BatchInfo& b,
+                      Tensor& y) override {
+    const Meta& m = UploadMeta(b);
+    const int64_t C = d.conv_dim();
+    Check(K::CausalConvSilu(B(p), B(w), B(st.conv), m.seqs, m.tok_seq, b.num_tokens, C, d.conv_kernel, B(y), stream_),
+          "conv");
+    Check(K::ConvStateUpdate(B(p), m.seqs, static_cast<int>(b.seqs.size()), C, d.conv_kernel, B(st.conv),
+                             st.log_raw.dim(1), B(st.log_raw), stream_),
+          "conv_state");
+  }
+  void GatedDeltaRule(const Tensor& y, const Tensor& braw, const Tensor& araw, const Tensor& a_log,
+                      const Tensor& dt_bias, const GdnDims& d, GdnLayerState& st, const BatchInfo& b,
+                      Tensor& o) override {
+    const Meta& m = UploadMeta(b);
+    const int64_t N = b.num_tokens;
+    const int hk = d.num_k_heads, hv = d.num_v_heads, dk = d.head_k, dv = d.head_v;
+    Tensor q = Alloc(DType::kF32, {N, hk, dk}), k = Alloc(DType::kF32, {N, hk, dk});
+    Tensor v = Alloc(DType::kF32, {N, hv, dv}), g = Alloc(DType::kF32, {N, hv}), beta = Alloc(DType::kF32, {N, hv});
+    Check(K::GdnPrep(B(y), B(braw), B(araw), a_log.ptr<float>(), dt_bias.ptr<float>(), N, hk, hv, dk, dv,
+                     q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), g.ptr<float>(), beta.ptr<float>(), stream_),
+          "gdn_prep");
+    Check(K::GdnLogWrite(k.ptr<float>(), v.ptr<float>(), g.ptr<float>(), beta.ptr<float>(), m.seqs,
+                         static_cast<int>(b.seqs.size()), static_cast<int>(b.max_len), hk, hv, dk, dv,
+                         st.log_k.dim(1), st.log_k.ptr<float>(), st.log_v.ptr<float>(), st.log_g.ptr<float>(),
+                         st.log_beta.ptr<float>(), stream_),
+          "gdn_log");
+    Check(K::GdnRecurrent(q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), g.ptr<float>(), beta.ptr<float>(), m.seqs,
+                          static_cast<int>(b.seqs.size()), hk, hv, dk, dv, st.rec.ptr<float>(), B(o), stream_),
+          "gdn_recurrent");
+  }
+  void GatedRmsNorm(const Tensor& o, const Tensor& z, const Tensor& w, float eps, Tensor& out) override {
+    const int64_t d = w.numel();
+    Check(K::GatedRmsNorm(B(o), B(z), B(w), o.numel() / d, static_cast<int>(d), eps, B(out), stream_), "gated_norm");
+  }
+  void GdnCommit(GdnLayerState& st, const GdnDims& d, int slot, int keep, bool from_checkpoint) override {
+    const int64_t C = d.conv_dim(), L = st.log_k.dim(1);
+    const int hk = d.num_k_heads, hv = d.num_v_heads, dk = d.head_k, dv = d.head_v, Kc = d.conv_kernel;
+    bf16* win = B(st.conv) + int64_t{slot} * Kc * C;
+    float* rec = st.rec.ptr<float>() + int64_t{slot} * hv * dk * dv;
+    if (from_checkpoint) {
+      Check(cudaMemcpyAsync(win, B(st.ckpt_conv) + int64_t{slot} * Kc * C, sizeof(bf16) * Kc * C,
+                            cudaMemcpyDeviceToDevice, stream_),
+            "restore conv");
+      Check(cudaMemcpyAsync(rec, st.ckpt_rec.ptr<float>() + int64_t{slot} * hv * dk * dv,
+                            sizeof(float) * hv * dk * dv, cudaMemcpyDeviceToDevice, stream_),
+            "restore state");
+    }
+    Check(K::ConvWindowReplay(win, B(st.log_raw) + int64_t{slot} * L * C, keep, C, Kc, stream_), "conv_replay");
+    Check(K::GdnReplay(rec, st.log_k.ptr<float>() + int64_t{slot} * L * hk * dk,
+                       st.log_v.ptr<float>() + int64_t{slot} * L * hv * dv, st.log_g.ptr<float>() + int64_t{slot} * L * hv,
+                       st.log_beta.ptr<float>() + int64_t{slot} * L * hv, keep, hk, hv, dk, dv, stream_),
+          "gdn_replay");
+  }
+  void GdnCheckpoint(GdnLayerState& st, int slot) override {
+    const size_t cw = st.conv.nbytes() / st.conv.dim(0), rw = st.rec.nbytes() / st.rec.dim(0);
+    Check(cudaMemcpyAsync(static_cast<char*>(st.ckpt_conv.data) + slot * cw, static_cast<char*>(st.conv.data) + slot * cw,
+                          cw, cudaMemcpyDeviceToDevice, stream_),
+          "ckpt conv");
+    Check(cudaMemcpyAsync(static_cast<char*>(st.ckpt_rec.data) + slot * rw, static_cast<char*>(st.rec.data) + slot * rw,
+                          rw, cudaMemcpyDeviceToDevice, stream_),
+          "ckpt state");
+  }
+  void GdnReset(GdnLayerState& st, int slot) override {
+    const size_t cw = st.conv.nbytes() / st.conv.dim(0), rw = st.rec.nbytes() / st.rec.dim(0);
+    Check(cudaMemsetAsync(static_cast<char*>(st.conv.data) + slot * cw, 0, cw, stream_), "reset conv");
+    Check(cudaMemsetAsync(static_cast<char*>(st.rec.data) + slot * rw, 0, rw, stream_), "reset state");
+  }
+
+  // ---- MoE: routing on the GPU, per-expert row lists on the host, expert GEMMs in cuBLAS ----
+  void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) override {
+    const int64_t N = m.dim(0), H = m.dim(1), E = w.router.dim(0), Ie = w.down.dim(2);
+    const int k = w.top_k;
+    Tensor logits = Alloc(DType::kBF16, {N, E});
+    Gemm(m, w.router, logits);
+    Tensor ids = Alloc(DType::kI32, {N, k}), wts = Alloc(DType::kF32, {N, k});
+    Check(K::RouterTopK(B(logits), N, static_cast<int>(E), k, ids.ptr<int32_t>(), wts.ptr<float>(), stream_), "router");
+    std::vector<int32_t> hid(static_cast<size_t>(N * k));
+    std::vector<float> hw(static_cast<size_t>(N * k));
+    Check(cudaMemcpyAsync(hid.data(), ids.data, ids.nbytes(), cudaMemcpyDeviceToHost, stream_), "router ids");
+    Check(cudaMemcpyAsync(hw.data(), wts.data, wts.nbytes(), cudaMemcpyDeviceToHost, stream_), "router weights");
+    Check(cudaStreamSynchronize(stream_), "router sync");
+    std::vector<std::vector<int32_t>> rows(E);
+    std::vector<std::vector<float>> rw(E);
+    for (int64_t t = 0; t < N; ++t) {
+      for (int r = 0; r < k; ++r) {
+        const int32_t e = hid[t * k + r];
+        if (e < 0 || e >= E) continue;
+        rows[e].push_back(static_cast<int32_t>(t));
+        rw[e].push_back(hw[t * k + r]);
+      }
+    }
+    Tensor acc = Alloc(DType::kF32, {N, H});
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = static_cast<int64_t>(rows[e].size());
+      if (n == 0) continue;
+      Tensor r32 = Alloc(DType::kI32, {n}), rws = Alloc(DType::kF32, {n});
+      std::vector<int64_t> r64(rows[e].begin(), rows[e].end());
+      Check(cudaMemcpyAsync(r32.data, rows[e].data(), n * 4, cudaMemcpyHostToDevice, stream_), "expert rows");
+      Check(cudaMemcpyAsync(rws.data, rw[e].data(), n * 4, cudaMemcpyHostToDevice, stream_), "expert weights");
+      Tensor xin = Alloc(DType::kBF16, {n, H});
+      GatherRows(m, r64, xin);
+      const Tensor gw = w.gate_up.Slice(e * 2 * Ie * H, {Ie, H});
+      const Tensor uw = w.gate_up.Slice(e * 2 * Ie * H + Ie * H, {Ie, H});
+      const Tensor dw = w.down.Slice(e * H * Ie, {H, Ie});
+      Tensor g = Alloc(DType::kBF16, {n, Ie}), u = Alloc(DType::kBF16, {n, Ie}), y = Alloc(DType::kBF16, {n, H});
+      Gemm(xin, gw, g);
+      Gemm(xin, uw, u);
+      SwiGlu(g, u, g);
+      Gemm(g, dw, y);
+      Check(K::ScaledRowAdd(B(y), r32.ptr<int32_t>(), rws.ptr<float>(), n, H, acc.ptr<float>(), stream_), "expert add");
+      Check(cudaStreamSynchronize(stream_), "expert sync");  // host row lists are reused next expert
+    }
+    if (!w.shared_gate.defined()) {
+      Check(K::MoeFinish(acc.ptr<float>(), nullptr, nullptr, N, H, B(out), stream_), "moe finish");
+      return;
+    }
+    const int64_t Is = w.shared_gate.dim(0);
+    Tensor sg = Alloc(DType::kBF16, {N, Is}), su = Alloc(DType::kBF16, {N, Is}), sd = Alloc(DType::kBF16, {N, H});
+    Tensor gl = Alloc(DType::kBF16, {N, 1});
+    Gemm(m, w.shared_gate, sg);
+    Gemm(m, w.shared_up, su);
+    SwiGlu(sg, su, sg);
+    Gemm(sg, w.shared_down, sd);
+    Gemm(m, w.shared_router, gl);
+    Check(K::MoeFinish(acc.ptr<float>(), B(sd), B(gl), N, H, B(out), stream_), "moe finish");
+  }
+
+ private:
+  struct Meta {
+    int32_t* tok_slot = nullptr;
+    int32_t* tok_pos = nullptr;
+    int32_t* tok_seq = nullptr;
+    K::SeqMeta* seqs = nullptr;
+  };
+
+  static bf16* B(const Tensor& t) { return static_cast<bf16*>(t.data); }
+
+  void Check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess && error_.ok()) {
+      error_ = Internal("cuda {}: {}", what, cudaGetErrorString(e));
+    }
+  }
+  void Fail(std::string msg) {
+    if (error_.ok()) error_ = Internal("{}", msg);
+  }
+
+  // A growable device buffer per purpose, kept across calls.
+  void* Scratch(int which, size_t bytes) {
+    if (meta_bufs_.size() <= static_cast<size_t>(which)) {
+      meta_bufs_.resize(which + 1, nullptr);
+      meta_sizes_.resize(which + 1, 0);
+    }
+    if (meta_sizes_[which] < bytes) {
+      cudaStreamSynchronize(stream_);
+      if (meta_bufs_[which]) cudaFree(meta_bufs_[which]);
+      const size_t sz = std::max<size_t>(bytes, 4096) * 2;
+      if (cudaMalloc(&meta_bufs_[which], sz) != cudaSuccess) throw std::bad_alloc();
+      meta_sizes_[which] = sz;
+    }
+    return meta_bufs_[which];
+  }
+
+  // Per-token (slot, position, span) and per-span metadata of the batch, uploaded once per
+  // distinct batch (every layer's ops of one forward share it).
+  const Meta& UploadMeta(const BatchInfo& b) {
+    std::vector<int32_t> host;
+    const int64_t N = b.num_tokens;
+    const size_t S = b.seqs.size();
+    host.resize(static_cast<size_t>(3 * N) + S * 6);
+    for (size_t i = 0; i < S; ++i) {
+      const auto& s = b.seqs[i];
+      for (int64_t t = 0; t < s.len; ++t) {
+        host[s.offset + t] = s.slot;
+        host[N + s.offset + t] = static_cast<int32_t>(s.n_past + t);
+        host[2 * N + s.offset + t] = static_cast<int32_t>(i);
+      }
+      int32_t* m = &host[3 * N + i * 6];
+      m[0] = s.slot;
+      m[1] = static_cast<int32_t>(s.offset);
+      m[2] = static_cast<int32_t>(s.len);
+      m[3] = static_cast<int32_t>(s.n_past);
+      m[4] = static_cast<int32_t>(s.mode);
+      m[5] = s.log_offset;
+    }
+    if (host == last_meta_) return meta_;
+    // Token arrays first, then the span table, which must start 16-byte aligned.
+    const size_t tok_bytes = (static_cast<size_t>(3 * N) * 4 + 15) / 16 * 16;
+    char* d = static_cast<char*>(Scratch(0, tok_bytes + S * sizeof(K::SeqMeta)));
+    Check(cudaMemcpyAsync(d, host.data(), static_cast<size_t>(3 * N) * 4, cudaMemcpyHostToDevice, stream_), "meta");
+    Check(cudaMemcpyAsync(d + tok_bytes, host.data() + 3 * N, S * sizeof(K::SeqMeta), cudaMemcpyHostToDevice, stream_),
+          "meta");
+    Check(cudaStreamSynchronize(stream_), "meta sync");
+    meta_.tok_slot = reinterpret_cast<int32_t*>(d);
+    meta_.tok_pos = meta_.tok_slot + N;
+    meta_.tok_seq = meta_.tok_slot + 2 * N;
+    meta_.seqs = reinterpret_cast<K::SeqMeta*>(d + tok_bytes);
+    last_meta_ = std::move(host);
+    return meta_;
+  }
+
+  std::shared_ptr<DevicePool> pool_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  Status error_;
+  std::vector<void*> meta_bufs_;
+  std::vector<size_t> meta_sizes_;
+  std::vector<int32_t> last_meta_;
+  Meta meta_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    return Status(StatusCode::kUnavailable,
+                  fmt::format("no CUDA device available ({})", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices"));
+  }
+  return std::unique_ptr<Backend>(new CudaBackend());
+}
+
+}  // namespace specd
+
+#endif  // SPECD_HAVE_CUDA

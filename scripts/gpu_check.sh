@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call: build engine + kernels + GPU tests + benchmark (no server, no tokenizer: the
+# GPU machine lacks gRPC, PCRE2 and ICU), run every GPU test, compute-sanitizer memcheck on the
+# GPU test binary, then the benchmark. Logs under $OUT; a short table last.
+set -uo pipefail
+OUT=${OUT:-/tmp/specd-gpu-out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee -a "$OUT/gpu.txt"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPECD_SERVER=OFF -DSPECD_TOKENIZER=OFF \
+  -DSPECD_CUDA=ON -DSPECD_BENCH=ON -DSPECD_TESTS=ON > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+ninja -C build-gpu specd_gpu_tests gpu_bench > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+echo "build ok"
+filter=${GPU_TEST_FILTER:-*}
+./build-gpu/tests/gpu/specd_gpu_tests --gtest_filter="$filter" > "$OUT/gpu_tests.log" 2>&1
+rc_tests=$?
+grep -E "^\s+\[gpu|FAILED|Failure|Expected|Which is|actual|rel err|greedy" "$OUT/gpu_tests.log" | head -60
+tail -4 "$OUT/gpu_tests.log"
+if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/gpu/specd_gpu_tests \
+    --gtest_filter='ShapesAndT/GpuOps.*fixture*:ShapesAndT/GpuOps.*q35_9b_T9:GpuMoe.*:Cases/GpuParity.*/dense:GpuSpec.Rollback*' \
+    > "$OUT/memcheck.log" 2>&1
+  echo "memcheck rc=$? ($(grep -c 'Invalid\|ERROR SUMMARY' "$OUT/memcheck.log") summary lines): $(grep 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1)"
+fi
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  ./build-gpu/bench/gpu_bench > "$OUT/bench.log" 2>&1
+  echo "bench rc=$?"
+  cat "$OUT/bench.log"
+fi
+echo "gpu tests rc=$rc_tests"

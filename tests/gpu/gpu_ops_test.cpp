@@ -1,0 +1,262 @@
+// Every CUDA op against the fp32 CPU reference on random inputs, at the fixture shapes and at
+// real Qwen3.5 shapes (0.8B and 9B), for T in {1, 2, 5, 9, 63, 64, 65, 300} and mixed batches.
+#include <gtest/gtest.h>
+
+#include "gpu_test_util.h"
+
+namespace specd::testing {
+namespace {
+
+struct Shape {
+  const char* name;
+  int64_t H;
+  int hq, hkv, D, hk, hv, dk, dv;
+};
+constexpr Shape kShapes[] = {
+    {"fixture", 128, 4, 2, 64, 2, 4, 32, 32},
+    {"q35_0p8b", 1024, 8, 2, 256, 16, 16, 128, 128},
+    {"q35_9b", 4096, 16, 4, 256, 16, 32, 128, 128},
+};
+
+class GpuOps : public ::testing::TestWithParam<std::tuple<int, int>> {
+ protected:
+  void SetUp() override {
+    if (Gpu() == nullptr) GTEST_SKIP() << "no CUDA device: this GPU test did not run";
+    sh_ = kShapes[std::get<0>(GetParam())];
+    T_ = std::get<1>(GetParam());
+    seed_ = static_cast<uint64_t>(T_) * 131 + std::get<0>(GetParam());
+  }
+  std::vector<float> Rand(size_t n, float scale = 1.f) { return RoundBf16(RandomVec(n, ++seed_, scale)); }
+  void Expect(const Tensor& cpu_out, const Tensor& gpu_out, const char* what, double tol = kBf16Tol) {
+    const double err = RelL2(Gpu()->DownloadF32(gpu_out), cpu_.DownloadF32(cpu_out));
+    EXPECT_LE(err, tol) << what << " shape " << sh_.name << " T=" << T_;
+  }
+  // A batch: the span under test (T tokens on slot 1 after `past` tokens) plus a 5-token span on
+  // slot 2 — different lengths in one call.
+  BatchInfo Batch(int64_t past, StateMode mode) {
+    BatchInfo b;
+    b.seqs.push_back(SeqSpan{1, 0, T_, past, mode, 0, true});
+    b.seqs.push_back(SeqSpan{2, T_, 5, 3, StateMode::kUpdate, 0, true});
+    b.num_tokens = T_ + 5;
+    b.max_len = std::max<int64_t>(T_, 5);
+    return b;
+  }
+  CpuBackend cpu_;
+  Shape sh_{};
+  int64_t T_ = 0;
+  uint64_t seed_ = 0;
+};
+
+TEST_P(GpuOps, GemmNormsAndElementwise) {
+  const int64_t N = T_ + 5, H = sh_.H, M = 2 * sh_.hk * sh_.dk + sh_.hv * sh_.dv;
+  auto x = MakePair(cpu_, Rand(N * H), {N, H});
+  auto w = MakePair(cpu_, Rand(M * H, 1.f / std::sqrt(static_cast<float>(H))), {M, H});
+  Pair y{cpu_.Alloc(DType::kF32, {N, M}), Gpu()->Alloc(DType::kBF16, {N, M})};
+  cpu_.Gemm(x.cpu, w.cpu, y.cpu);
+  Gpu()->Gemm(x.gpu, w.gpu, y.gpu);
+  Expect(y.cpu, y.gpu, "gemm");
+
+  auto nw = MakePair(cpu_, Rand(H, 0.3f), {H});
+  Pair n{cpu_.Alloc(DType::kF32, {N, H}), Gpu()->Alloc(DType::kBF16, {N, H})};
+  for (bool unit : {true, false}) {
+    cpu_.RmsNorm(x.cpu, nw.cpu, 1e-6f, unit, n.cpu);
+    Gpu()->RmsNorm(x.gpu, nw.gpu, 1e-6f, unit, n.gpu);
+    Expect(n.cpu, n.gpu, unit ? "rmsnorm(1+w)" : "rmsnorm(w)");
+  }
+  auto x2 = MakePair(cpu_, Rand(N * H), {N, H});
+  for (int op = 0; op < 3; ++op) {
+    Pair o{cpu_.Alloc(DType::kF32, {N, H}), Gpu()->Alloc(DType::kBF16, {N, H})};
+    if (op == 0) { cpu_.Add(x.cpu, x2.cpu, o.cpu); Gpu()->Add(x.gpu, x2.gpu, o.gpu); }
+    if (op == 1) { cpu_.SwiGlu(x.cpu, x2.cpu, o.cpu); Gpu()->SwiGlu(x.gpu, x2.gpu, o.gpu); }
+    if (op == 2) { cpu_.SigmoidMul(x.cpu, x2.cpu, o.cpu); Gpu()->SigmoidMul(x.gpu, x2.gpu, o.gpu); }
+    Expect(o.cpu, o.gpu, op == 0 ? "add" : op == 1 ? "swiglu" : "sigmoid_mul");
+  }
+  // Gather rows (the logits rows of a batch), exact.
+  std::vector<int64_t> rows = {N - 1, 0, T_ - 1};
+  Pair g{cpu_.Alloc(DType::kF32, {3, H}), Gpu()->Alloc(DType::kBF16, {3, H})};
+  cpu_.GatherRows(x.cpu, rows, g.cpu);
+  Gpu()->GatherRows(x.gpu, rows, g.gpu);
+  Expect(g.cpu, g.gpu, "gather", 1e-6);
+  // Embedding: ids across the table, exact on bf16-rounded tables.
+  const int64_t V = 300;
+  auto table = MakePair(cpu_, Rand(V * H), {V, H});
+  std::vector<int32_t> ids(N);
+  for (int64_t i = 0; i < N; ++i) ids[i] = static_cast<int32_t>((i * 37 + 11) % V);
+  Tensor idc = cpu_.Upload(ids.data(), DType::kI32, {N}, DType::kI32), idg = Gpu()->Upload(ids.data(), DType::kI32, {N}, DType::kI32);
+  Pair e{cpu_.Alloc(DType::kF32, {N, H}), Gpu()->Alloc(DType::kBF16, {N, H})};
+  cpu_.Embedding(table.cpu, idc, e.cpu);
+  Gpu()->Embedding(table.gpu, idg, e.gpu);
+  Expect(e.cpu, e.gpu, "embedding", 1e-6);
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+TEST_P(GpuOps, AttentionWithCacheRopeAndGate) {
+  const int hq = sh_.hq, hkv = sh_.hkv, D = sh_.D;
+  const AttnDims d{hq, hkv, D, D / 4, 1e7f};
+  const int64_t ctx = 512, past = 37;
+  AttnLayerState sc{cpu_.Alloc(DType::kF32, {3, hkv, ctx, D}), cpu_.Alloc(DType::kF32, {3, hkv, ctx, D})};
+  AttnLayerState sg{Gpu()->Alloc(DType::kBF16, {3, hkv, ctx, D}), Gpu()->Alloc(DType::kBF16, {3, hkv, ctx, D})};
+  // Fill the first `past` rows of slot 1 and 3 rows of slot 2 with a first call.
+  BatchInfo pre;
+  pre.seqs = {SeqSpan{1, 0, past, 0, StateMode::kUpdate, 0, true}, SeqSpan{2, past, 3, 0, StateMode::kUpdate, 0, true}};
+  pre.num_tokens = past + 3;
+  pre.max_len = past;
+  auto run = [&](const BatchInfo& b, bool check) {
+    const int64_t N = b.num_tokens;
+    auto q2 = MakePair(cpu_, Rand(N * hq * 2 * D), {N, 2LL * hq * D});
+    auto k = MakePair(cpu_, Rand(N * hkv * D), {N, int64_t{hkv} * D});
+    auto v = MakePair(cpu_, Rand(N * hkv * D), {N, int64_t{hkv} * D});
+    Pair q{cpu_.Alloc(DType::kF32, {N, int64_t{hq} * D}), Gpu()->Alloc(DType::kBF16, {N, int64_t{hq} * D})};
+    Pair gate{cpu_.Alloc(DType::kF32, {N, int64_t{hq} * D}), Gpu()->Alloc(DType::kBF16, {N, int64_t{hq} * D})};
+    cpu_.SplitQueryGate(q2.cpu, hq, D, q.cpu, gate.cpu);
+    Gpu()->SplitQueryGate(q2.gpu, hq, D, q.gpu, gate.gpu);
+    if (check) Expect(q.cpu, q.gpu, "split_q", 1e-6);
+    cpu_.Rope(q.cpu, hq, d, b);
+    Gpu()->Rope(q.gpu, hq, d, b);
+    cpu_.Rope(k.cpu, hkv, d, b);
+    Gpu()->Rope(k.gpu, hkv, d, b);
+    if (check) Expect(q.cpu, q.gpu, "rope");
+    Pair o{cpu_.Alloc(DType::kF32, {N, int64_t{hq} * D}), Gpu()->Alloc(DType::kBF16, {N, int64_t{hq} * D})};
+    cpu_.Attention(q.cpu, k.cpu, v.cpu, d, sc, b, o.cpu);
+    Gpu()->Attention(q.gpu, k.gpu, v.gpu, d, sg, b, o.gpu);
+    cpu_.SigmoidMul(o.cpu, gate.cpu, o.cpu);
+    Gpu()->SigmoidMul(o.gpu, gate.gpu, o.gpu);
+    if (check) Expect(o.cpu, o.gpu, "attention");
+  };
+  run(pre, false);
+  run(Batch(past, StateMode::kUpdate), true);
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+GdnLayerState MakeGdn(Backend& be, DType act, const GdnDims& d, int64_t slots, int64_t L) {
+  const int64_t C = d.conv_dim();
+  GdnLayerState g;
+  g.conv = be.Alloc(act, {slots, d.conv_kernel, C});
+  g.rec = be.Alloc(DType::kF32, {slots, d.num_v_heads, d.head_k, d.head_v});
+  g.log_raw = be.Alloc(act, {slots, L, C});
+  g.log_k = be.Alloc(DType::kF32, {slots, L, d.num_k_heads, d.head_k});
+  g.log_v = be.Alloc(DType::kF32, {slots, L, d.num_v_heads, d.head_v});
+  g.log_g = be.Alloc(DType::kF32, {slots, L, d.num_v_heads});
+  g.log_beta = be.Alloc(DType::kF32, {slots, L, d.num_v_heads});
+  g.ckpt_conv = be.Alloc(act, {slots, d.conv_kernel, C});
+  g.ckpt_rec = be.Alloc(DType::kF32, {slots, d.num_v_heads, d.head_k, d.head_v});
+  return g;
+}
+
+TEST_P(GpuOps, GatedDeltaNetConvStateLogAndCommit) {
+  const GdnDims d{sh_.hk, sh_.hv, sh_.dk, sh_.dv, 4};
+  const int64_t C = d.conv_dim(), Vd = int64_t{d.num_v_heads} * d.head_v;
+  const int64_t L = std::max<int64_t>(T_, 5);
+  GdnLayerState sc = MakeGdn(cpu_, DType::kF32, d, 3, L), sg = MakeGdn(*Gpu(), DType::kBF16, d, 3, L);
+  auto cw = MakePair(cpu_, Rand(C * 4, 0.4f), {C, 4});
+  auto a_log = MakePair(cpu_, RandomVec(d.num_v_heads, ++seed_, 1.f), {d.num_v_heads}, DType::kF32);
+  auto dt_bias = MakePair(cpu_, RandomVec(d.num_v_heads, ++seed_, 0.5f), {d.num_v_heads}, DType::kF32);
+  auto norm_w = MakePair(cpu_, Rand(d.head_v, 0.3f), {d.head_v});
+  auto step = [&](const BatchInfo& b, bool check, const char* what) {
+    const int64_t N = b.num_tokens;
+    auto p = MakePair(cpu_, Rand(N * C), {N, C});
+    auto br = MakePair(cpu_, Rand(N * d.num_v_heads), {N, d.num_v_heads});
+    auto ar = MakePair(cpu_, Rand(N * d.num_v_heads), {N, d.num_v_heads});
+    auto z = MakePair(cpu_, Rand(N * Vd), {N, Vd});
+    Pair y{cpu_.Alloc(DType::kF32, {N, C}), Gpu()->Alloc(DType::kBF16, {N, C})};
+    cpu_.CausalConvSilu(p.cpu, cw.cpu, d, sc, b, y.cpu);
+    Gpu()->CausalConvSilu(p.gpu, cw.gpu, d, sg, b, y.gpu);
+    if (check) Expect(y.cpu, y.gpu, "conv");
+    // Feed both the same (bf16-rounded) conv output so the rule is compared alone.
+    auto yr = MakePair(cpu_, RoundBf16(cpu_.DownloadF32(y.cpu)), {N, C});
+    Pair o{cpu_.Alloc(DType::kF32, {N, Vd}), Gpu()->Alloc(DType::kBF16, {N, Vd})};
+    cpu_.GatedDeltaRule(yr.cpu, br.cpu, ar.cpu, a_log.cpu, dt_bias.cpu, d, sc, b, o.cpu);
+    Gpu()->GatedDeltaRule(yr.gpu, br.gpu, ar.gpu, a_log.gpu, dt_bias.gpu, d, sg, b, o.gpu);
+    if (check) Expect(o.cpu, o.gpu, what);
+    Pair on{cpu_.Alloc(DType::kF32, {N, Vd}), Gpu()->Alloc(DType::kBF16, {N, Vd})};
+    cpu_.GatedRmsNorm(o.cpu, z.cpu, norm_w.cpu, 1e-6f, on.cpu);
+    Gpu()->GatedRmsNorm(o.gpu, z.gpu, norm_w.gpu, 1e-6f, on.gpu);
+    if (check) Expect(on.cpu, on.gpu, "gated_rmsnorm");
+  };
+  auto states = [&](const char* what) {
+    Expect(sc.conv, sg.conv, (std::string(what) + " conv window").c_str());
+    Expect(sc.rec, sg.rec, (std::string(what) + " recurrent state").c_str());
+  };
+  BatchInfo pre;
+  pre.seqs = {SeqSpan{1, 0, 7, 0, StateMode::kUpdate, 0, true}, SeqSpan{2, 7, 3, 0, StateMode::kUpdate, 0, true}};
+  pre.num_tokens = 10;
+  pre.max_len = 7;
+  step(pre, false, "prefill");
+  states("after prefill");
+  // Verify span (kLog) on slot 1 next to a plain update on slot 2.
+  step(Batch(7, StateMode::kLog), true, "gdn (verify, kLog)");
+  states("after verify");
+  Expect(sc.log_k, sg.log_k, "log k");
+  Expect(sc.log_v, sg.log_v, "log v");
+  Expect(sc.log_g, sg.log_g, "log g", 1e-4);
+  const int keep = static_cast<int>((T_ + 1) / 2);
+  cpu_.GdnCommit(sc, d, 1, keep, false);
+  Gpu()->GdnCommit(sg, d, 1, keep, false);
+  states("after commit");
+  // Draft-style: checkpoint, advance with log, roll back to 1 token.
+  cpu_.GdnCheckpoint(sc, 2);
+  Gpu()->GdnCheckpoint(sg, 2);
+  BatchInfo dr;
+  dr.seqs = {SeqSpan{2, 0, 2, 0, StateMode::kUpdateLog, 0, true}};
+  dr.num_tokens = 2;
+  dr.max_len = 2;
+  step(dr, true, "gdn (draft, kUpdateLog)");
+  cpu_.GdnCommit(sc, d, 2, 1, true);
+  Gpu()->GdnCommit(sg, d, 2, 1, true);
+  states("after rollback");
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(ShapesAndT, GpuOps,
+                         ::testing::Combine(::testing::Values(0, 1, 2),
+                                            ::testing::Values(1, 2, 5, 9, 63, 64, 65, 300)),
+                         [](const auto& info) {
+                           return std::string(kShapes[std::get<0>(info.param)].name) + "_T" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
+
+TEST(GpuMoe, RoutedAndSharedExpertsMatchCpu) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  for (auto [H, E, k, Ie, Is, N] : {std::tuple{128, 8, 2, 64, 96, 45}, std::tuple{2048, 32, 8, 512, 512, 9}}) {
+    uint64_t seed = 1000 + H;
+    auto R = [&](size_t n, float s) { return RoundBf16(RandomVec(n, ++seed, s)); };
+    const float sh = 1.f / std::sqrt(static_cast<float>(H));
+    auto m = MakePair(cpu, R(N * H, 1.f), {N, H});
+    MoeTensors wc, wg;
+    auto set = [&](Tensor MoeTensors::*f, std::vector<int64_t> shape, float s) {
+      int64_t n = 1;
+      for (auto x : shape) n *= x;
+      auto p = MakePair(cpu, R(n, s), shape);
+      wc.*f = p.cpu;
+      wg.*f = p.gpu;
+    };
+    set(&MoeTensors::router, {E, H}, sh);
+    set(&MoeTensors::gate_up, {E, 2 * Ie, H}, sh);
+    set(&MoeTensors::down, {E, H, Ie}, 1.f / std::sqrt(static_cast<float>(Ie)));
+    set(&MoeTensors::shared_gate, {Is, H}, sh);
+    set(&MoeTensors::shared_up, {Is, H}, sh);
+    set(&MoeTensors::shared_down, {H, Is}, 1.f / std::sqrt(static_cast<float>(Is)));
+    set(&MoeTensors::shared_router, {1, H}, sh);
+    wc.top_k = wg.top_k = k;
+    Tensor oc = cpu.Alloc(DType::kF32, {N, H}), og = Gpu()->Alloc(DType::kBF16, {N, H});
+    cpu.MoeFfn(m.cpu, wc, oc);
+    Gpu()->MoeFfn(m.gpu, wg, og);
+    EXPECT_LE(RelL2(Gpu()->DownloadF32(og), cpu.DownloadF32(oc)), 3e-2) << "H=" << H;
+  }
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+TEST(GpuKernels, LaunchersRejectBadShapes) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  Tensor x = Gpu()->Alloc(DType::kBF16, {4, 8}), w = Gpu()->Alloc(DType::kBF16, {5, 7}), y = Gpu()->Alloc(DType::kBF16, {4, 5});
+  Gpu()->Gemm(x, w, y);  // K mismatch: 8 vs 7
+  const Status s = Gpu()->TakeError();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("Gemm shape mismatch"), std::string::npos);
+  EXPECT_TRUE(Gpu()->TakeError().ok());  // taken once
+}
+
+}  // namespace
+}  // namespace specd::testing

@@ -1,0 +1,40 @@
+// Shared by the GPU tests: a CUDA backend or a visible skip, and CPU/GPU comparisons.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include "runtime/backend.h"
+#include "runtime/cpu_backend.h"
+#include "test_util.h"
+
+namespace specd::testing {
+
+// bf16 activations against the fp32 reference (DESIGN.md §4).
+constexpr double kBf16Tol = 2e-2;
+
+inline Backend* Gpu() {
+  static std::unique_ptr<Backend> be = [] {
+    auto b = MakeBackend("cuda");
+    return b.ok() ? std::move(b).value() : nullptr;
+  }();
+  return be.get();
+}
+
+#define SPECD_REQUIRE_GPU() \
+  if (Gpu() == nullptr) GTEST_SKIP() << "no CUDA device: this GPU test did not run"
+
+// The same host values on both backends (the GPU copy rounded to its dtype).
+struct Pair {
+  Tensor cpu, gpu;
+};
+inline Pair MakePair(Backend& cpu, const std::vector<float>& v, std::vector<int64_t> shape,
+                     DType gpu_dtype = DType::kBF16) {
+  return {cpu.Upload(v.data(), DType::kF32, shape, DType::kF32), Gpu()->Upload(v.data(), DType::kF32, shape, gpu_dtype)};
+}
+// The GPU rounds inputs to bf16; give the CPU the same rounded values so only the op differs.
+inline std::vector<float> RoundBf16(std::vector<float> v) {
+  for (auto& x : v) x = Bf16ToF32(F32ToBf16(x));
+  return v;
+}
+
+}  // namespace specd::testing
