@@ -38,16 +38,21 @@ __global__ void RandomNormalK(void* out, bool out_bf16, int64_t n, float scale, 
 }
 
 // out[t, :] = table[ids[t], :], 8 bf16 (16 bytes) per thread where rows allow it.
-__global__ void EmbeddingK(const bf16* table, int64_t h, const int32_t* ids, bf16* out) {
+template <typename T>
+__global__ void EmbeddingK(const bf16* table, int64_t h, const int32_t* ids, T* out) {
   const int64_t t = blockIdx.x;
   const bf16* src = table + int64_t{ids[t]} * h;
-  bf16* dst = out + t * h;
-  for (int64_t j = threadIdx.x; j < h; j += blockDim.x) dst[j] = src[j];
+  T* dst = out + t * h;
+  for (int64_t j = threadIdx.x; j < h; j += blockDim.x) dst[j] = static_cast<T>(src[j]);
 }
 
 __global__ void AddK(const bf16* a, const bf16* b, bf16* out, int64_t n) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i < n) out[i] = ToB(ToF(a[i]) + ToF(b[i]));
+}
+__global__ void AddToResidualK(float* h, const bf16* b, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < n) h[i] += ToF(b[i]);
 }
 __global__ void SwiGluK(const bf16* g, const bf16* u, bf16* out, int64_t n) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -57,9 +62,10 @@ __global__ void SigmoidMulK(const bf16* x, const bf16* g, bf16* out, int64_t n) 
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i < n) out[i] = ToB(ToF(x[i]) * SigmoidF(ToF(g[i])));
 }
-__global__ void GatherRowsK(const bf16* x, const int64_t* rows, int64_t width, bf16* out) {
+template <typename T>
+__global__ void GatherRowsK(const T* x, const int64_t* rows, int64_t width, T* out) {
   const int64_t r = blockIdx.x;
-  const bf16* src = x + rows[r] * width;
+  const T* src = x + rows[r] * width;
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) out[r * width + j] = src[j];
 }
 // Per head h of token t: q2 row [2d] = [query d | gate d].
@@ -94,11 +100,21 @@ cudaError_t RandomNormal(void* out, bool out_bf16, int64_t n, float scale, float
   RandomNormalK<<<Blocks(n, 256), 256, 0, s>>>(out, out_bf16, n, scale, offset, seed);
   return LaunchStatus();
 }
-cudaError_t EmbeddingGather(const bf16* table, int64_t vocab, int64_t h, const int32_t* ids, int64_t n, bf16* out,
-                            cudaStream_t s) {
+cudaError_t EmbeddingGather(const bf16* table, int64_t vocab, int64_t h, const int32_t* ids, int64_t n, void* out,
+                            bool out_f32, cudaStream_t s) {
   SPECD_CHECK_ARG(table && ids && out && vocab > 0 && h > 0 && n >= 0);
   if (n == 0) return cudaSuccess;
-  EmbeddingK<<<static_cast<unsigned>(n), 256, 0, s>>>(table, h, ids, out);
+  if (out_f32) {
+    EmbeddingK<float><<<static_cast<unsigned>(n), 256, 0, s>>>(table, h, ids, static_cast<float*>(out));
+  } else {
+    EmbeddingK<bf16><<<static_cast<unsigned>(n), 256, 0, s>>>(table, h, ids, static_cast<bf16*>(out));
+  }
+  return LaunchStatus();
+}
+cudaError_t AddToResidual(float* h, const bf16* b, int64_t n, cudaStream_t s) {
+  SPECD_CHECK_ARG(h && b && n >= 0);
+  if (n == 0) return cudaSuccess;
+  AddToResidualK<<<Blocks(n, 256), 256, 0, s>>>(h, b, n);
   return LaunchStatus();
 }
 cudaError_t Add(const bf16* a, const bf16* b, bf16* out, int64_t n, cudaStream_t s) {
@@ -119,10 +135,17 @@ cudaError_t SigmoidMul(const bf16* x, const bf16* gate, bf16* out, int64_t n, cu
   SigmoidMulK<<<Blocks(n, 256), 256, 0, s>>>(x, gate, out, n);
   return LaunchStatus();
 }
-cudaError_t GatherRows(const bf16* x, const int64_t* rows, int64_t nrows, int64_t width, bf16* out, cudaStream_t s) {
-  SPECD_CHECK_ARG(x && rows && out && nrows >= 0 && width > 0);
+cudaError_t GatherRows(const void* x, const int64_t* rows, int64_t nrows, int64_t width, int elem_bytes, void* out,
+                       cudaStream_t s) {
+  SPECD_CHECK_ARG(x && rows && out && nrows >= 0 && width > 0 && (elem_bytes == 2 || elem_bytes == 4));
   if (nrows == 0) return cudaSuccess;
-  GatherRowsK<<<static_cast<unsigned>(nrows), 256, 0, s>>>(x, rows, width, out);
+  if (elem_bytes == 4) {
+    GatherRowsK<float><<<static_cast<unsigned>(nrows), 256, 0, s>>>(static_cast<const float*>(x), rows, width,
+                                                                     static_cast<float*>(out));
+  } else {
+    GatherRowsK<bf16><<<static_cast<unsigned>(nrows), 256, 0, s>>>(static_cast<const bf16*>(x), rows, width,
+                                                                    static_cast<bf16*>(out));
+  }
   return LaunchStatus();
 }
 cudaError_t SplitQueryGate(const bf16* q2, int64_t n, int heads, int d, bf16* q, bf16* gate, cudaStream_t s) {

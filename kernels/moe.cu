@@ -6,14 +6,14 @@ namespace specd::kernels {
 namespace {
 
 // One thread per token: E is small (<= 512), and the k largest are found by k passes.
-__global__ void RouterTopKK(const bf16* logits, int64_t n, int E, int k, int32_t* ids, float* weights) {
+__global__ void RouterTopKK(const float* logits, int64_t n, int E, int k, int32_t* ids, float* weights) {
   const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (t >= n) return;
-  const bf16* l = logits + t * E;
+  const float* l = logits + t * E;
   float mx = -INFINITY;
-  for (int e = 0; e < E; ++e) mx = fmaxf(mx, ToF(l[e]));
+  for (int e = 0; e < E; ++e) mx = fmaxf(mx, l[e]);
   float sum = 0.f;
-  for (int e = 0; e < E; ++e) sum += __expf(ToF(l[e]) - mx);
+  for (int e = 0; e < E; ++e) sum += __expf(l[e] - mx);
   float tot = 0.f;
   int prev = -1;
   float prev_p = INFINITY;
@@ -22,7 +22,7 @@ __global__ void RouterTopKK(const bf16* logits, int64_t n, int E, int k, int32_t
     int best = -1;
     float bp = -1.f;
     for (int e = 0; e < E; ++e) {
-      const float p = __expf(ToF(l[e]) - mx) / sum;
+      const float p = __expf(l[e] - mx) / sum;
       const bool after = p < prev_p || (p == prev_p && e > prev);
       if (after && (p > bp)) {
         bp = p;
@@ -57,7 +57,7 @@ __global__ void MoeFinishK(const float* acc, const bf16* shared, const bf16* gat
 
 }  // namespace
 
-cudaError_t RouterTopK(const bf16* logits, int64_t n, int experts, int k, int32_t* ids, float* weights,
+cudaError_t RouterTopK(const float* logits, int64_t n, int experts, int k, int32_t* ids, float* weights,
                        cudaStream_t s) {
   SPECD_CHECK_ARG(logits && ids && weights && n >= 0 && experts > 0 && k > 0 && k <= experts);
   if (n == 0) return cudaSuccess;

@@ -6,19 +6,23 @@ namespace specd::kernels {
 namespace {
 
 // y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w)
-__global__ void RmsNormK(const bf16* x, const bf16* w, int d, float eps, bool unit_offset, bf16* out) {
+__device__ __forceinline__ float Load(const bf16* p, int64_t i) { return ToF(p[i]); }
+__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
+
+template <typename T>
+__global__ void RmsNormK(const T* x, const bf16* w, int d, float eps, bool unit_offset, bf16* out) {
   __shared__ float red[32];
-  const bf16* xr = x + int64_t{blockIdx.x} * d;
+  const T* xr = x + int64_t{blockIdx.x} * d;
   float ss = 0.f;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    const float v = ToF(xr[i]);
+    const float v = Load(xr, i);
     ss += v * v;
   }
   const float inv = rsqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
   bf16* yr = out + int64_t{blockIdx.x} * d;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     const float wv = ToF(w[i]);
-    yr[i] = ToB(ToF(xr[i]) * inv * (unit_offset ? 1.f + wv : wv));
+    yr[i] = ToB(Load(xr, i) * inv * (unit_offset ? 1.f + wv : wv));
   }
 }
 
@@ -42,11 +46,17 @@ int Threads(int d) { return d >= 1024 ? 512 : (d >= 256 ? 256 : 128); }
 
 }  // namespace
 
-cudaError_t RmsNorm(const bf16* x, const bf16* w, int64_t rows, int d, float eps, bool unit_offset, bf16* out,
-                    cudaStream_t s) {
+cudaError_t RmsNorm(const void* x, bool x_f32, const bf16* w, int64_t rows, int d, float eps, bool unit_offset,
+                    bf16* out, cudaStream_t s) {
   SPECD_CHECK_ARG(x && w && out && rows >= 0 && d > 0);
   if (rows == 0) return cudaSuccess;
-  RmsNormK<<<static_cast<unsigned>(rows), Threads(d), 0, s>>>(x, w, d, eps, unit_offset, out);
+  if (x_f32) {
+    RmsNormK<float><<<static_cast<unsigned>(rows), Threads(d), 0, s>>>(static_cast<const float*>(x), w, d, eps,
+                                                                        unit_offset, out);
+  } else {
+    RmsNormK<bf16><<<static_cast<unsigned>(rows), Threads(d), 0, s>>>(static_cast<const bf16*>(x), w, d, eps,
+                                                                       unit_offset, out);
+  }
   return LaunchStatus();
 }
 

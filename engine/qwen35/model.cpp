@@ -76,7 +76,8 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
   const DType act = be.act_dtype();
   const int64_t N = b.num_tokens, H = cfg_.hidden_size;
   Tensor tok = be.Upload(ids.data(), DType::kI32, {N}, DType::kI32);
-  Tensor h = be.Alloc(act, {N, H});
+  const DType res = be.residual_dtype();
+  Tensor h = be.Alloc(res, {N, H});
   be.Embedding(w_.embed, tok, h);
   Tensor a = be.Alloc(act, {N, H});
   Tensor mix = be.Alloc(act, {N, H});
@@ -95,11 +96,11 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
     be.Add(h, mix, h);
   }
   const int64_t R = static_cast<int64_t>(logit_rows.size());
-  Tensor hs = be.Alloc(act, {R, H});
+  Tensor hs = be.Alloc(res, {R, H});
   be.GatherRows(h, logit_rows, hs);
   Tensor hn = be.Alloc(act, {R, H});
   be.RmsNorm(hs, w_.final_norm, eps, true, hn);
-  out.logits = be.Alloc(act, {R, cfg_.vocab_size});
+  out.logits = be.Alloc(DType::kF32, {R, cfg_.vocab_size});
   be.Gemm(hn, w_.lm_head, out.logits);
   SPECD_RETURN_IF_ERROR(be.TakeError());
   for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);

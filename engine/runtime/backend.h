@@ -69,6 +69,9 @@ class Backend {
   virtual Device device() const = 0;
   // Dtype of activations and stored weights (the CPU reference computes in fp32).
   virtual DType act_dtype() const = 0;
+  // Dtype of the residual stream between layers (fp32 on every backend: a bf16 residual adds a
+  // rounding per layer that the fixtures show as percent-level logit error).
+  virtual DType residual_dtype() const { return DType::kF32; }
 
   // ---- memory ----
   // Zero-initialised storage.
@@ -90,11 +93,11 @@ class Backend {
   // ---- dense ops ----
   // out[n, :] = table[ids[n], :]
   virtual void Embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
-  // out[N, M] = x[N, K] · w[M, K]^T
+  // out[N, M] = x[N, K] · w[M, K]^T (out may be fp32 where the backend's activations are not)
   virtual void Gemm(const Tensor& x, const Tensor& w, Tensor& out) = 0;
   // RMSNorm over rows of length w.numel(): y = x·rsqrt(mean(x²)+eps)·(unit_offset ? 1+w : w)
   virtual void RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) = 0;
-  // out = a + b (out may alias a)
+  // out = a + b (out may alias a; a/out may be the fp32 residual with b in the activation dtype)
   virtual void Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   // out = silu(gate) * up
   virtual void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;

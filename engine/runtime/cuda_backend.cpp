@@ -172,7 +172,8 @@ class CudaBackend final : public Backend {
 
   // ---- dense ----
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
-    Check(K::EmbeddingGather(B(table), table.dim(0), table.dim(1), ids.ptr<int32_t>(), ids.numel(), B(out), stream_),
+    Check(K::EmbeddingGather(B(table), table.dim(0), table.dim(1), ids.ptr<int32_t>(), ids.numel(), out.data,
+                             out.dtype == DType::kF32, stream_),
           "embedding");
   }
   // out[N, M] = x[N, K] w[M, K]^T: column-major out^T[M, N] = w_cm^T[M, K] x_cm[K, N].
@@ -184,17 +185,28 @@ class CudaBackend final : public Backend {
     }
     if (n == 0) return;
     const float alpha = 1.f, beta = 0.f;
+    const cudaDataType_t ot = out.dtype == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
     const cublasStatus_t st =
         cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
                      &alpha, w.data, CUDA_R_16BF, static_cast<int>(k), x.data, CUDA_R_16BF, static_cast<int>(k), &beta,
-                     out.data, CUDA_R_16BF, static_cast<int>(m), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                     out.data, ot, static_cast<int>(m), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) Fail(fmt::format("cublasGemmEx: {}", CublasName(st)));
   }
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) override {
     const int64_t d = w.numel();
-    Check(K::RmsNorm(B(x), B(w), x.numel() / d, static_cast<int>(d), eps, unit_offset, B(out), stream_), "rmsnorm");
+    Check(K::RmsNorm(x.data, x.dtype == DType::kF32, B(w), x.numel() / d, static_cast<int>(d), eps, unit_offset,
+                     B(out), stream_),
+          "rmsnorm");
   }
   void Add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    if (out.dtype == DType::kF32) {
+      if (a.data != out.data || a.dtype != DType::kF32 || b.dtype != DType::kBF16) {
+        Fail("Add: the fp32 form is residual += bf16 (out must alias a)");
+        return;
+      }
+      Check(K::AddToResidual(out.ptr<float>(), B(b), a.numel(), stream_), "residual add");
+      return;
+    }
     Check(K::Add(B(a), B(b), B(out), a.numel(), stream_), "add");
   }
   void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) override {
@@ -206,7 +218,9 @@ class CudaBackend final : public Backend {
   void GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) override {
     int64_t* d = static_cast<int64_t*>(Scratch(1, rows.size() * sizeof(int64_t)));
     Check(cudaMemcpyAsync(d, rows.data(), rows.size() * sizeof(int64_t), cudaMemcpyHostToDevice, stream_), "rows");
-    Check(K::GatherRows(B(x), d, static_cast<int64_t>(rows.size()), x.numel() / x.dim(0), B(out), stream_), "gather");
+    Check(K::GatherRows(x.data, d, static_cast<int64_t>(rows.size()), x.numel() / x.dim(0),
+                        static_cast<int>(DTypeSize(x.dtype)), out.data, stream_),
+          "gather");
     Check(cudaStreamSynchronize(stream_), "gather sync");  // `rows` is a host vector the caller owns
   }
 
@@ -303,10 +317,12 @@ class CudaBackend final : public Backend {
   void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) override {
     const int64_t N = m.dim(0), H = m.dim(1), E = w.router.dim(0), Ie = w.down.dim(2);
     const int k = w.top_k;
-    Tensor logits = Alloc(DType::kBF16, {N, E});
+    // Router logits in fp32 straight out of the GEMM: a bf16 rounding here can flip a near-tie
+    // in the top-k and send a token to another expert.
+    Tensor logits = Alloc(DType::kF32, {N, E});
     Gemm(m, w.router, logits);
     Tensor ids = Alloc(DType::kI32, {N, k}), wts = Alloc(DType::kF32, {N, k});
-    Check(K::RouterTopK(B(logits), N, static_cast<int>(E), k, ids.ptr<int32_t>(), wts.ptr<float>(), stream_), "router");
+    Check(K::RouterTopK(logits.ptr<float>(), N, static_cast<int>(E), k, ids.ptr<int32_t>(), wts.ptr<float>(), stream_), "router");
     std::vector<int32_t> hid(static_cast<size_t>(N * k));
     std::vector<float> hw(static_cast<size_t>(N * k));
     Check(cudaMemcpyAsync(hid.data(), ids.data, ids.nbytes(), cudaMemcpyDeviceToHost, stream_), "router ids");

@@ -87,6 +87,24 @@ TEST_P(GpuOps, GemmNormsAndElementwise) {
   cpu_.Embedding(table.cpu, idc, e.cpu);
   Gpu()->Embedding(table.gpu, idg, e.gpu);
   Expect(e.cpu, e.gpu, "embedding", 1e-6);
+  // The fp32 residual stream: h += bf16 block output, norms reading fp32, fp32 GEMM output
+  // (logits, router), fp32 row gather.
+  auto hv = RandomVec(N * H, ++seed_, 2.f);
+  Pair h{cpu_.Upload(hv.data(), DType::kF32, {N, H}, DType::kF32), Gpu()->Upload(hv.data(), DType::kF32, {N, H}, DType::kF32)};
+  cpu_.Add(h.cpu, x2.cpu, h.cpu);
+  Gpu()->Add(h.gpu, x2.gpu, h.gpu);
+  Expect(h.cpu, h.gpu, "residual add (fp32)", 1e-6);
+  cpu_.RmsNorm(h.cpu, nw.cpu, 1e-6f, true, n.cpu);
+  Gpu()->RmsNorm(h.gpu, nw.gpu, 1e-6f, true, n.gpu);
+  Expect(n.cpu, n.gpu, "rmsnorm of fp32 residual");
+  Pair yf{cpu_.Alloc(DType::kF32, {N, M}), Gpu()->Alloc(DType::kF32, {N, M})};
+  cpu_.Gemm(x.cpu, w.cpu, yf.cpu);
+  Gpu()->Gemm(x.gpu, w.gpu, yf.gpu);
+  Expect(yf.cpu, yf.gpu, "gemm, fp32 out", 1e-3);
+  Pair hg{cpu_.Alloc(DType::kF32, {3, H}), Gpu()->Alloc(DType::kF32, {3, H})};
+  cpu_.GatherRows(h.cpu, rows, hg.cpu);
+  Gpu()->GatherRows(h.gpu, rows, hg.gpu);
+  Expect(hg.cpu, hg.gpu, "gather fp32", 1e-6);
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
 

@@ -38,18 +38,23 @@ cudaError_t RandomNormal(void* out, bool out_bf16, int64_t n, float scale, float
                          cudaStream_t s);
 
 // ---- elementwise ----
-cudaError_t EmbeddingGather(const bf16* table, int64_t vocab, int64_t h, const int32_t* ids, int64_t n, bf16* out,
-                            cudaStream_t s);
+// out rows are bf16, or fp32 when out_f32 (the residual stream).
+cudaError_t EmbeddingGather(const bf16* table, int64_t vocab, int64_t h, const int32_t* ids, int64_t n, void* out,
+                            bool out_f32, cudaStream_t s);
 cudaError_t Add(const bf16* a, const bf16* b, bf16* out, int64_t n, cudaStream_t s);
+// The fp32 residual stream: h += b (b bf16).
+cudaError_t AddToResidual(float* h, const bf16* b, int64_t n, cudaStream_t s);
 cudaError_t SwiGlu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t s);
 cudaError_t SigmoidMul(const bf16* x, const bf16* gate, bf16* out, int64_t n, cudaStream_t s);
-cudaError_t GatherRows(const bf16* x, const int64_t* rows, int64_t nrows, int64_t width, bf16* out, cudaStream_t s);
+// Rows of `elem_bytes`-sized elements (2 or 4).
+cudaError_t GatherRows(const void* x, const int64_t* rows, int64_t nrows, int64_t width, int elem_bytes, void* out,
+                       cudaStream_t s);
 cudaError_t SplitQueryGate(const bf16* q2, int64_t n, int heads, int d, bf16* q, bf16* gate, cudaStream_t s);
 
 // ---- norms ----
-// y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w), rows of d.
-cudaError_t RmsNorm(const bf16* x, const bf16* w, int64_t rows, int d, float eps, bool unit_offset, bf16* out,
-                    cudaStream_t s);
+// y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w), rows of d; x bf16 or fp32.
+cudaError_t RmsNorm(const void* x, bool x_f32, const bf16* w, int64_t rows, int d, float eps, bool unit_offset,
+                    bf16* out, cudaStream_t s);
 // y = bf16(rmsnorm(o)) * w * silu(z), rows of d.
 cudaError_t GatedRmsNorm(const bf16* o, const bf16* z, const bf16* w, int64_t rows, int d, float eps, bf16* out,
                          cudaStream_t s);
@@ -94,7 +99,7 @@ cudaError_t GdnReplay(float* state, const float* log_k, const float* log_v, cons
 
 // ---- MoE ----
 // probs = softmax(logits) in fp32; top-k ids (ties to the lower id), weights renormalised.
-cudaError_t RouterTopK(const bf16* logits, int64_t n, int experts, int k, int32_t* ids, float* weights,
+cudaError_t RouterTopK(const float* logits, int64_t n, int experts, int k, int32_t* ids, float* weights,
                        cudaStream_t s);
 // acc[rows[i], :] += w[i] * y[i, :]   (rows unique within one call)
 cudaError_t ScaledRowAdd(const bf16* y, const int32_t* rows, const float* w, int64_t n, int64_t h, float* acc,
