@@ -1,6 +1,18 @@
 #include "cache/model_cache.h"
 
+#include <atomic>
+
 namespace specd {
+
+namespace {
+std::atomic<uint64_t> g_next_cache_id{1};
+}  // namespace
+
+ModelCache::ModelCache() : id_(g_next_cache_id++) {}
+
+ModelCache::~ModelCache() {
+  if (backend_ != nullptr) backend_->DropGraphs(fmt::format(":c{}:", id_));
+}
 
 StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(const ModelConfig& cfg, Backend* backend,
                                                          const CacheOptions& opt) {

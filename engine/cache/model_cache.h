@@ -28,6 +28,12 @@ class ModelCache {
  public:
   static StatusOr<std::unique_ptr<ModelCache>> Create(const ModelConfig& cfg, Backend* backend,
                                                       const CacheOptions& opt);
+  ~ModelCache();
+  ModelCache(const ModelCache&) = delete;
+  ModelCache& operator=(const ModelCache&) = delete;
+
+  // Unique for the process's lifetime: graphs captured over this cache's tensors carry it.
+  uint64_t id() const { return id_; }
 
   const CacheOptions& options() const { return opt_; }
   int num_slots() const { return opt_.num_slots; }
@@ -72,7 +78,9 @@ class ModelCache {
     bool logging = false;
     bool has_checkpoint = false;
   };
+  ModelCache();
   Backend* backend_ = nullptr;
+  uint64_t id_ = 0;
   CacheOptions opt_;
   GdnDims gdn_dims_;
   std::vector<GdnLayerState> gdn_;

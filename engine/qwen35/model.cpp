@@ -1,8 +1,19 @@
 #include "qwen35/model.h"
 
+#include <atomic>
+
 #include "model/safetensors.h"
 
 namespace specd {
+
+namespace {
+std::atomic<uint64_t> g_next_model_id{1};
+}  // namespace
+
+Qwen35Model::Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be)
+    : cfg_(std::move(cfg)), w_(std::move(w)), backend_(be), id_(g_next_model_id++) {}
+
+Qwen35Model::~Qwen35Model() { backend_->DropGraphs(fmt::format(":m{}:", id_)); }
 
 StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string& dir, Backend* backend) {
   SPECD_ASSIGN_OR_RETURN(ModelConfig cfg, LoadModelConfig(dir));
@@ -73,9 +84,43 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
   if (b.seqs.empty()) return InvalidArgument("empty batch");
 
   Backend& be = *backend_;
+  Tensor tok, rows;
+  be.StageBatch(b, ids, logit_rows, &tok, &rows);
+  // Decode and verify steps of a fixed layout replay a captured graph; prefill chunks (long,
+  // varied) and MoE (host-side routing) run op by op.
+  const bool graphable = !cfg_.is_moe && b.max_len <= kMaxGraphTokens;
+  std::string key;
+  if (graphable) {
+    key = GraphKey(b, static_cast<int64_t>(logit_rows.size()), cache);
+    if (be.ReplayGraph(key, &out.logits)) {
+      SPECD_RETURN_IF_ERROR(be.TakeError());
+      for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);
+      return out;
+    }
+  }
+  const bool capturing = graphable && be.BeginGraphCapture(key);
+  out.logits = RunOps(b, tok, rows, static_cast<int64_t>(logit_rows.size()), cache);
+  if (capturing) {
+    SPECD_RETURN_IF_ERROR(be.EndGraphCapture(key, out.logits));
+    if (!be.ReplayGraph(key, &out.logits)) return Internal("graph for {} was not kept", key);
+  }
+  SPECD_RETURN_IF_ERROR(be.TakeError());
+  for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);
+  return out;
+}
+
+std::string Qwen35Model::GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const {
+  std::string k = fmt::format(":m{}:c{}:r{}", id_, cache.id(), rows);
+  for (const auto& s : b.seqs) {
+    k += fmt::format("|{},{},{},{},{}", s.slot, s.len, static_cast<int>(s.mode), s.log_offset, s.all_logits ? 1 : 0);
+  }
+  return k;
+}
+
+Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& rows, int64_t R, ModelCache& cache) {
+  Backend& be = *backend_;
   const DType act = be.act_dtype();
   const int64_t N = b.num_tokens, H = cfg_.hidden_size;
-  Tensor tok = be.Upload(ids.data(), DType::kI32, {N}, DType::kI32);
   const DType res = be.residual_dtype();
   Tensor h = be.Alloc(res, {N, H});
   be.Embedding(w_.embed, tok, h);
@@ -95,16 +140,13 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
     Ffn(L, a, mix);
     be.Add(h, mix, h);
   }
-  const int64_t R = static_cast<int64_t>(logit_rows.size());
   Tensor hs = be.Alloc(res, {R, H});
-  be.GatherRows(h, logit_rows, hs);
+  be.GatherRows(h, rows, hs);
   Tensor hn = be.Alloc(act, {R, H});
   be.RmsNorm(hs, w_.final_norm, eps, true, hn);
-  out.logits = be.Alloc(DType::kF32, {R, cfg_.vocab_size});
-  be.Gemm(hn, w_.lm_head, out.logits);
-  SPECD_RETURN_IF_ERROR(be.TakeError());
-  for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);
-  return out;
+  Tensor logits = be.Alloc(DType::kF32, {R, cfg_.vocab_size});
+  be.Gemm(hn, w_.lm_head, logits);
+  return logits;
 }
 
 void Qwen35Model::GdnLayer(const LayerWeights& L, GdnLayerState& st, const Tensor& a, const BatchInfo& b,

@@ -35,6 +35,10 @@ class Qwen35Model {
   // A model with random weights (benchmarks at real shapes).
   static std::unique_ptr<Qwen35Model> Random(const ModelConfig& cfg, Backend* backend, uint64_t seed);
 
+  ~Qwen35Model();
+  Qwen35Model(const Qwen35Model&) = delete;
+  Qwen35Model& operator=(const Qwen35Model&) = delete;
+
   const ModelConfig& config() const { return cfg_; }
   Backend* backend() const { return backend_; }
   int64_t weight_bytes() const { return w_.bytes; }
@@ -48,7 +52,11 @@ class Qwen35Model {
   StatusOr<ForwardOutput> Forward(const std::vector<SeqInput>& seqs, ModelCache& cache);
 
  private:
-  Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be) : cfg_(std::move(cfg)), w_(std::move(w)), backend_(be) {}
+  Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be);
+  // Spans of at most this many tokens (decode, verify, draft steps) run as captured graphs.
+  static constexpr int64_t kMaxGraphTokens = 17;
+  std::string GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const;
+  Tensor RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& rows, int64_t R, ModelCache& cache);
   void GdnLayer(const LayerWeights& L, GdnLayerState& st, const Tensor& a, const BatchInfo& b, Tensor& out);
   void AttnLayer(const LayerWeights& L, AttnLayerState& st, const Tensor& a, const BatchInfo& b, Tensor& out);
   void Ffn(const LayerWeights& L, const Tensor& m, Tensor& out);
@@ -56,6 +64,7 @@ class Qwen35Model {
   ModelConfig cfg_;
   ModelWeights w_;
   Backend* backend_;
+  uint64_t id_;
 };
 
 }  // namespace specd

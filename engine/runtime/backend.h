@@ -103,8 +103,25 @@ class Backend {
   virtual void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // out = x * sigmoid(gate)
   virtual void SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) = 0;
-  // out[r, :] = x[rows[r], :]
-  virtual void GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) = 0;
+  // out[r, :] = x[rows[r], :]; rows: I64 on this backend.
+  virtual void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
+
+  // ---- per-forward staging and graphs ----
+  // Puts one forward's host inputs on the device in one go (token ids as I32, logits rows as
+  // I64) together with the batch layout the ops read, so no op of the forward copies from the
+  // host: what makes the forward capturable as a graph.
+  virtual void StageBatch(const BatchInfo& b, const std::vector<int32_t>& ids, const std::vector<int64_t>& rows,
+                          Tensor* ids_out, Tensor* rows_out) = 0;
+  // Graphs of whole forwards, keyed by everything that fixes their launches (shapes, slots,
+  // modes, model and cache identity; not positions, which the staged layout carries).
+  // Replay: false when no graph exists for the key. Capture: false when this backend does not
+  // capture (then the caller just runs the ops).
+  virtual bool ReplayGraph(const std::string& key, Tensor* out) { return false; }
+  virtual bool BeginGraphCapture(const std::string& key) { return false; }
+  virtual Status EndGraphCapture(const std::string& key, const Tensor& out) { return Status::Ok(); }
+  // Forgets every graph whose key contains `needle` (a model or cache going away).
+  virtual void DropGraphs(const std::string& needle) {}
+  virtual void SetGraphsEnabled(bool on) {}
 
   // ---- attention ----
   // q2 [N, Hq*2D] (per head: D query then D gate) -> q [N, Hq*D], gate [N, Hq*D]

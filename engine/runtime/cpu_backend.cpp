@@ -139,12 +139,19 @@ void CpuBackend::SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) {
   for (int64_t i = 0; i < n; ++i) o[i] = xp[i] * cpu_ref::Sigmoid(g[i]);
 }
 
-void CpuBackend::GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) {
+void CpuBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) {
   const int64_t w = x.numel() / x.dim(0);
-  for (size_t r = 0; r < rows.size(); ++r) {
-    std::memcpy(out.ptr<float>() + static_cast<int64_t>(r) * w, x.ptr<float>() + rows[r] * w,
-                sizeof(float) * w);
+  const int64_t* r = rows.ptr<int64_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    std::memcpy(out.ptr<float>() + i * w, x.ptr<float>() + r[i] * w, sizeof(float) * w);
   }
+}
+
+void CpuBackend::StageBatch(const BatchInfo& b, const std::vector<int32_t>& ids, const std::vector<int64_t>& rows,
+                            Tensor* ids_out, Tensor* rows_out) {
+  (void)b;  // the CPU ops read the batch layout from the host BatchInfo directly
+  *ids_out = Upload(ids.data(), DType::kI32, {static_cast<int64_t>(ids.size())}, DType::kI32);
+  *rows_out = Upload(rows.data(), DType::kI64, {static_cast<int64_t>(rows.size())}, DType::kI64);
 }
 
 void CpuBackend::SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) {

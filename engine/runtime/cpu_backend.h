@@ -26,7 +26,9 @@ class CpuBackend final : public Backend {
   void Add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) override;
-  void GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) override;
+  void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) override;
+  void StageBatch(const BatchInfo& b, const std::vector<int32_t>& ids, const std::vector<int64_t>& rows,
+                  Tensor* ids_out, Tensor* rows_out) override;
 
   void SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) override;
   void Rope(Tensor& x, int num_heads, const AttnDims& d, const BatchInfo& b) override;

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "runtime/backend.h"
@@ -88,10 +90,19 @@ class CudaBackend final : public Backend {
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     cublasCreate(&blas_);
     cublasSetStream(blas_, stream_);
+    // A fixed workspace: cuBLAS must not allocate inside a graph capture.
+    cudaMalloc(&blas_ws_, kBlasWorkspace);
+    cublasSetWorkspace(blas_, blas_ws_, kBlasWorkspace);
+    cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming);
+    const char* g = std::getenv("SPECD_CUDA_GRAPHS");
+    graphs_enabled_ = g == nullptr || std::string(g) != "0";
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
-    for (void* p : meta_bufs_) cudaFree(p);
+    DropGraphs("");
+    if (pinned_) cudaFreeHost(pinned_);
+    cudaFree(blas_ws_);
+    cudaEventDestroy(staged_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -105,10 +116,19 @@ class CudaBackend final : public Backend {
     t.dtype = dtype;
     t.shape = std::move(shape);
     t.device = Device::kCuda;
-    size_t bucket = 0;
-    void* p = pool_->Get(std::max<size_t>(t.nbytes(), 1), &bucket);
-    auto pool = pool_;
-    t.owner = std::shared_ptr<void>(p, [pool, bucket](void* q) { pool->Put(q, bucket); });
+    void* p = nullptr;
+    if (capturing_) {
+      // Blocks a graph uses belong to it until it is dropped: returning them to the pool would
+      // let another tensor share memory that every replay writes.
+      if (cudaMalloc(&p, std::max<size_t>(t.nbytes(), 1)) != cudaSuccess) throw std::bad_alloc();
+      arena_.push_back(p);
+      t.owner = std::shared_ptr<void>(p, [](void*) {});
+    } else {
+      size_t bucket = 0;
+      p = pool_->Get(std::max<size_t>(t.nbytes(), 1), &bucket);
+      auto pool = pool_;
+      t.owner = std::shared_ptr<void>(p, [pool, bucket](void* q) { pool->Put(q, bucket); });
+    }
     t.data = p;
     Check(cudaMemsetAsync(p, 0, t.nbytes(), stream_), "memset");
     return t;
@@ -215,14 +235,81 @@ class CudaBackend final : public Backend {
   void SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) override {
     Check(K::SigmoidMul(B(x), B(gate), B(out), x.numel(), stream_), "sigmoid_mul");
   }
-  void GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) override {
-    int64_t* d = static_cast<int64_t*>(Scratch(1, rows.size() * sizeof(int64_t)));
-    Check(cudaMemcpyAsync(d, rows.data(), rows.size() * sizeof(int64_t), cudaMemcpyHostToDevice, stream_), "rows");
-    Check(K::GatherRows(x.data, d, static_cast<int64_t>(rows.size()), x.numel() / x.dim(0),
+  void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) override {
+    Check(K::GatherRows(x.data, rows.ptr<int64_t>(), rows.numel(), x.numel() / x.dim(0),
                         static_cast<int>(DTypeSize(x.dtype)), out.data, stream_),
           "gather");
-    Check(cudaStreamSynchronize(stream_), "gather sync");  // `rows` is a host vector the caller owns
   }
+
+  void StageBatch(const BatchInfo& b, const std::vector<int32_t>& ids, const std::vector<int64_t>& rows,
+                  Tensor* ids_out, Tensor* rows_out) override {
+    Stage(b, &ids, &rows);
+    const int64_t N = static_cast<int64_t>(ids.size()), R = static_cast<int64_t>(rows.size());
+    *ids_out = View(staged_ids_, DType::kI32, {N});
+    *rows_out = View(staged_rows_, DType::kI64, {R});
+  }
+
+  bool ReplayGraph(const std::string& key, Tensor* out) override {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    Check(cudaGraphLaunch(it->second.exec, stream_), "graph launch");
+    *out = it->second.out;
+    return true;
+  }
+  bool BeginGraphCapture(const std::string& key) override {
+    if (!graphs_enabled_ || failed_keys_.count(key)) return false;
+    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+      failed_keys_.insert(key);
+      return false;
+    }
+    capturing_ = true;
+    arena_.clear();
+    return true;
+  }
+  Status EndGraphCapture(const std::string& key, const Tensor& out) override {
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    Graph g;
+    g.arena = std::move(arena_);
+    arena_.clear();
+    if (e != cudaSuccess || graph == nullptr || !error_.ok()) {
+      failed_keys_.insert(key);
+      if (graph) cudaGraphDestroy(graph);
+      for (void* p : g.arena) cudaFree(p);
+      Status s = error_.ok() ? Internal("graph capture failed: {}", cudaGetErrorString(e)) : error_;
+      error_ = Status::Ok();
+      cudaGetLastError();
+      return s;
+    }
+    const cudaError_t ie = cudaGraphInstantiate(&g.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (ie != cudaSuccess) {
+      failed_keys_.insert(key);
+      for (void* p : g.arena) cudaFree(p);
+      return Internal("graph instantiation failed: {}", cudaGetErrorString(ie));
+    }
+    g.out = out;
+    graphs_[key] = std::move(g);
+    return Status::Ok();
+  }
+  void DropGraphs(const std::string& needle) override {
+    bool synced = false;
+    for (auto it = graphs_.begin(); it != graphs_.end();) {
+      if (it->first.find(needle) == std::string::npos) {
+        ++it;
+        continue;
+      }
+      if (!synced) {
+        cudaStreamSynchronize(stream_);
+        synced = true;
+      }
+      cudaGraphExecDestroy(it->second.exec);
+      for (void* p : it->second.arena) cudaFree(p);
+      it = graphs_.erase(it);
+    }
+  }
+  void SetGraphsEnabled(bool on) override { graphs_enabled_ = on; }
 
   // ---- attention ----
   void SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) override {
@@ -347,7 +434,9 @@ class CudaBackend final : public Backend {
       Check(cudaMemcpyAsync(r32.data, rows[e].data(), n * 4, cudaMemcpyHostToDevice, stream_), "expert rows");
       Check(cudaMemcpyAsync(rws.data, rw[e].data(), n * 4, cudaMemcpyHostToDevice, stream_), "expert weights");
       Tensor xin = Alloc(DType::kBF16, {n, H});
-      GatherRows(m, r64, xin);
+      Tensor rdev = Alloc(DType::kI64, {n});
+      Check(cudaMemcpyAsync(rdev.data, r64.data(), n * 8, cudaMemcpyHostToDevice, stream_), "expert rows");
+      GatherRows(m, rdev, xin);
       const Tensor gw = w.gate_up.Slice(e * 2 * Ie * H, {Ie, H});
       const Tensor uw = w.gate_up.Slice(e * 2 * Ie * H + Ie * H, {Ie, H});
       const Tensor dw = w.down.Slice(e * H * Ie, {H, Ie});
@@ -393,29 +482,22 @@ class CudaBackend final : public Backend {
     if (error_.ok()) error_ = Internal("{}", msg);
   }
 
-  // A growable device buffer per purpose, kept across calls.
-  void* Scratch(int which, size_t bytes) {
-    if (meta_bufs_.size() <= static_cast<size_t>(which)) {
-      meta_bufs_.resize(which + 1, nullptr);
-      meta_sizes_.resize(which + 1, 0);
-    }
-    if (meta_sizes_[which] < bytes) {
-      cudaStreamSynchronize(stream_);
-      if (meta_bufs_[which]) cudaFree(meta_bufs_[which]);
-      const size_t sz = std::max<size_t>(bytes, 4096) * 2;
-      if (cudaMalloc(&meta_bufs_[which], sz) != cudaSuccess) throw std::bad_alloc();
-      meta_sizes_[which] = sz;
-    }
-    return meta_bufs_[which];
+  static Tensor View(void* p, DType dt, std::vector<int64_t> shape) {
+    Tensor t;
+    t.dtype = dt;
+    t.shape = std::move(shape);
+    t.device = Device::kCuda;
+    t.data = p;
+    return t;
   }
 
-  // Per-token (slot, position, span) and per-span metadata of the batch, uploaded once per
-  // distinct batch (every layer's ops of one forward share it).
-  const Meta& UploadMeta(const BatchInfo& b) {
-    std::vector<int32_t> host;
+  // The batch layout the ops read: per token (slot, position, span index), per span a SeqMeta.
+  // Host-side values are compared with what is staged, so ops called outside a forward (tests)
+  // stage their own layout, and a forward's ops all find theirs staged by StageBatch.
+  std::vector<int32_t> HostMeta(const BatchInfo& b) const {
     const int64_t N = b.num_tokens;
     const size_t S = b.seqs.size();
-    host.resize(static_cast<size_t>(3 * N) + S * 6);
+    std::vector<int32_t> host(static_cast<size_t>(3 * N) + S * 6);
     for (size_t i = 0; i < S; ++i) {
       const auto& s = b.seqs[i];
       for (int64_t t = 0; t < s.len; ++t) {
@@ -431,30 +513,90 @@ class CudaBackend final : public Backend {
       m[4] = static_cast<int32_t>(s.mode);
       m[5] = s.log_offset;
     }
-    if (host == last_meta_) return meta_;
-    // Token arrays first, then the span table, which must start 16-byte aligned.
-    const size_t tok_bytes = (static_cast<size_t>(3 * N) * 4 + 15) / 16 * 16;
-    char* d = static_cast<char*>(Scratch(0, tok_bytes + S * sizeof(K::SeqMeta)));
-    Check(cudaMemcpyAsync(d, host.data(), static_cast<size_t>(3 * N) * 4, cudaMemcpyHostToDevice, stream_), "meta");
-    Check(cudaMemcpyAsync(d + tok_bytes, host.data() + 3 * N, S * sizeof(K::SeqMeta), cudaMemcpyHostToDevice, stream_),
-          "meta");
-    Check(cudaStreamSynchronize(stream_), "meta sync");
-    meta_.tok_slot = reinterpret_cast<int32_t*>(d);
-    meta_.tok_pos = meta_.tok_slot + N;
-    meta_.tok_seq = meta_.tok_slot + 2 * N;
-    meta_.seqs = reinterpret_cast<K::SeqMeta*>(d + tok_bytes);
-    last_meta_ = std::move(host);
+    return host;
+  }
+
+  const Meta& UploadMeta(const BatchInfo& b) {
+    std::vector<int32_t> host = HostMeta(b);
+    if (host != last_meta_) Stage(b, nullptr, nullptr);
     return meta_;
   }
+
+  // Copies layout (+ ids and rows when given) through pinned memory into fixed device buffers.
+  // The addresses stay put while capacity suffices, so captured graphs keep reading them; when a
+  // batch needs more, the buffers grow and every graph is dropped.
+  void Stage(const BatchInfo& b, const std::vector<int32_t>* ids, const std::vector<int64_t>* rows) {
+    std::vector<int32_t> host = HostMeta(b);
+    const int64_t N = b.num_tokens, S = static_cast<int64_t>(b.seqs.size());
+    const int64_t R = rows ? static_cast<int64_t>(rows->size()) : 0;
+    if (N > cap_tokens_ || S > cap_seqs_ || R > cap_tokens_) {
+      DropGraphs("");
+      cudaStreamSynchronize(stream_);
+      if (staged_base_) cudaFree(staged_base_);
+      if (pinned_) cudaFreeHost(pinned_);
+      cap_tokens_ = std::max<int64_t>(4096, 2 * std::max(N, R));
+      cap_seqs_ = std::max<int64_t>(1024, 2 * S);
+      staged_bytes_ = static_cast<size_t>(cap_tokens_) * (3 * 4 + 4 + 8) + static_cast<size_t>(cap_seqs_) * sizeof(K::SeqMeta);
+      if (cudaMalloc(&staged_base_, staged_bytes_) != cudaSuccess) throw std::bad_alloc();
+      if (cudaMallocHost(&pinned_, staged_bytes_) != cudaSuccess) throw std::bad_alloc();
+      char* d = static_cast<char*>(staged_base_);
+      staged_rows_ = d;                                   // I64 first: 8-byte aligned
+      staged_seqs_ = d + cap_tokens_ * 8;                  // SeqMeta: 4-byte fields
+      staged_tok_ = staged_seqs_ + cap_seqs_ * sizeof(K::SeqMeta);
+      staged_ids_ = staged_tok_ + cap_tokens_ * 12;
+    }
+    // The previous forward's copy out of the pinned buffer must be done before it is rewritten.
+    cudaEventSynchronize(staged_);
+    char* h = static_cast<char*>(pinned_);
+    const size_t off_seqs = static_cast<size_t>(cap_tokens_) * 8;
+    const size_t off_tok = off_seqs + static_cast<size_t>(cap_seqs_) * sizeof(K::SeqMeta);
+    const size_t off_ids = off_tok + static_cast<size_t>(cap_tokens_) * 12;
+    if (rows) std::memcpy(h, rows->data(), R * 8);
+    std::memcpy(h + off_seqs, host.data() + 3 * N, S * sizeof(K::SeqMeta));
+    // Token arrays at fixed offsets (slot | pos | seq), each cap_tokens_ long.
+    std::memcpy(h + off_tok, host.data(), N * 4);
+    std::memcpy(h + off_tok + cap_tokens_ * 4, host.data() + N, N * 4);
+    std::memcpy(h + off_tok + cap_tokens_ * 8, host.data() + 2 * N, N * 4);
+    if (ids) std::memcpy(h + off_ids, ids->data(), ids->size() * 4);
+    // One copy covers all of it (the unused tails are cheap at these sizes).
+    const size_t used = ids ? off_ids + ids->size() * 4 : off_tok + static_cast<size_t>(cap_tokens_) * 12;
+    Check(cudaMemcpyAsync(staged_base_, pinned_, used, cudaMemcpyHostToDevice, stream_), "stage");
+    Check(cudaEventRecord(staged_, stream_), "stage event");
+    meta_.tok_slot = reinterpret_cast<int32_t*>(staged_tok_);
+    meta_.tok_pos = meta_.tok_slot + cap_tokens_;
+    meta_.tok_seq = meta_.tok_slot + 2 * cap_tokens_;
+    meta_.seqs = reinterpret_cast<K::SeqMeta*>(staged_seqs_);
+    last_meta_ = std::move(host);
+  }
+
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    Tensor out;
+    std::vector<void*> arena;
+  };
+  static constexpr size_t kBlasWorkspace = size_t{32} << 20;
 
   std::shared_ptr<DevicePool> pool_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   Status error_;
-  std::vector<void*> meta_bufs_;
-  std::vector<size_t> meta_sizes_;
   std::vector<int32_t> last_meta_;
   Meta meta_;
+  void* blas_ws_ = nullptr;
+  cudaEvent_t staged_ = nullptr;
+  void* staged_base_ = nullptr;
+  void* pinned_ = nullptr;
+  size_t staged_bytes_ = 0;
+  int64_t cap_tokens_ = 0, cap_seqs_ = 0;
+  char* staged_rows_ = nullptr;
+  char* staged_seqs_ = nullptr;
+  char* staged_tok_ = nullptr;
+  char* staged_ids_ = nullptr;
+  bool graphs_enabled_ = true;
+  bool capturing_ = false;
+  std::vector<void*> arena_;
+  std::map<std::string, Graph> graphs_;
+  std::set<std::string> failed_keys_;
 };
 
 }  // namespace

@@ -72,10 +72,11 @@ TEST_P(GpuOps, GemmNormsAndElementwise) {
     Expect(o.cpu, o.gpu, op == 0 ? "add" : op == 1 ? "swiglu" : "sigmoid_mul");
   }
   // Gather rows (the logits rows of a batch), exact.
-  std::vector<int64_t> rows = {N - 1, 0, T_ - 1};
+  const std::vector<int64_t> rv = {N - 1, 0, T_ - 1};
+  Pair rows{cpu_.Upload(rv.data(), DType::kI64, {3}, DType::kI64), Gpu()->Upload(rv.data(), DType::kI64, {3}, DType::kI64)};
   Pair g{cpu_.Alloc(DType::kF32, {3, H}), Gpu()->Alloc(DType::kBF16, {3, H})};
-  cpu_.GatherRows(x.cpu, rows, g.cpu);
-  Gpu()->GatherRows(x.gpu, rows, g.gpu);
+  cpu_.GatherRows(x.cpu, rows.cpu, g.cpu);
+  Gpu()->GatherRows(x.gpu, rows.gpu, g.gpu);
   Expect(g.cpu, g.gpu, "gather", 1e-6);
   // Embedding: ids across the table, exact on bf16-rounded tables.
   const int64_t V = 300;
@@ -102,8 +103,8 @@ TEST_P(GpuOps, GemmNormsAndElementwise) {
   Gpu()->Gemm(x.gpu, w.gpu, yf.gpu);
   Expect(yf.cpu, yf.gpu, "gemm, fp32 out", 1e-3);
   Pair hg{cpu_.Alloc(DType::kF32, {3, H}), Gpu()->Alloc(DType::kF32, {3, H})};
-  cpu_.GatherRows(h.cpu, rows, hg.cpu);
-  Gpu()->GatherRows(h.gpu, rows, hg.gpu);
+  cpu_.GatherRows(h.cpu, rows.cpu, hg.cpu);
+  Gpu()->GatherRows(h.gpu, rows.gpu, hg.gpu);
   Expect(hg.cpu, hg.gpu, "gather fp32", 1e-6);
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
