@@ -1,10 +1,47 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the main job: speculative generation on the bundled fixture model pair
-# (a tiny random-weight Qwen3.5 target + a near draft), printing ids and acceptance statistics.
+# Sets up, builds and runs the main job: the gRPC daemon `specd serve` on its embedded default
+# model pair (a tiny random-weight Qwen3.5 fixture target, a near draft and a byte-level
+# tokenizer: the ids and statistics are real, the text is noise) on an ephemeral loopback port;
+# once it is healthy, one streamed speculative generation with `specd-client`, whose JSON result
+# is printed; then the daemon is stopped with SIGTERM (it drains and exits 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-fx=tests/fixtures/qwen35-tiny
-./build/server/specd generate --model "$fx/dense/model" --draft "$fx/draft_near/model" --k 4 \
-  --prompt-ids "84,234,379,460,70,384,287,462,37,310" --max-tokens 32 --ignore-eos --json
+
+work=$(mktemp -d)
+./build/server/specd serve --host 127.0.0.1 --port 0 --metrics-port 0 --port-file "$work/ports.json" \
+  >"$work/serve.log" 2>&1 &
+pid=$!
+cleanup() {
+  kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 600); do
+  [ -s "$work/ports.json" ] && break
+  kill -0 "$pid" 2>/dev/null || { cat "$work/serve.log" >&2; echo "run.sh: specd serve failed to start" >&2; exit 1; }
+  sleep 0.1
+done
+port=$(grep -o '"port":[0-9]*' "$work/ports.json" | cut -d: -f2)
+addr="127.0.0.1:$port"
+client=./build/client/specd-client
+for _ in $(seq 1 100); do
+  "$client" --address "$addr" health >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$client" --address "$addr" health >&2
+
+"$client" --address "$addr" generate --prompt-ids "84,234,379,460,70,384,287,462,37,310" \
+  --max-tokens 32 --ignore-eos --k 4 --json
+
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+trap 'rm -rf "$work"' EXIT
+sed 's/^/[specd serve] /' "$work/serve.log" >&2
+if [ "$rc" -ne 0 ]; then
+  echo "run.sh: specd serve exited with $rc" >&2
+  exit 1
+fi

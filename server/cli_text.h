@@ -1,8 +1,12 @@
-// Text for the CLI: the model folder's tokenizer.json when this build has the tokenizer, else
-// ids only (fixture models ship no tokenizer; their text is empty).
+// Text for the CLI and the daemon: the model folder's tokenizer (tokenizer.json, and
+// tokenizer_config.json for the chat template) when this build has the tokenizer library, else
+// token ids only (the fixture models ship no tokenizer; their text is empty).
+// Thread safety: Encode, Decode and RenderChat may be called from many threads at once; a
+// TextStream belongs to one thread.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,16 +14,50 @@
 
 namespace specd::cli {
 
+struct ChatTurn {
+  std::string role, content;
+};
+
+struct TextStreamOptions {
+  bool skip_special_tokens = true;
+  std::vector<std::string> stop_strings;
+};
+
+// Streaming detokenization of one generation: complete UTF-8 only, stop strings applied across
+// token boundaries (the stop string itself is not emitted).
+class TextStream {
+ public:
+  virtual ~TextStream() = default;
+  virtual std::string Feed(int32_t id) = 0;
+  // End of stream: what was held back.
+  virtual std::string Finish() = 0;
+  virtual bool stopped() const = 0;
+  // Index into TextStreamOptions::stop_strings of the string that ended the stream.
+  virtual std::optional<size_t> stop_index() const = 0;
+};
+
 class TextCodec {
  public:
-  static StatusOr<std::unique_ptr<TextCodec>> ForModel(const std::string& model_dir);
+  // `tokenizer` overrides where the tokenizer is read from: "" = `model_dir` (no tokenizer when
+  // it has no tokenizer.json), "none" = ids only, else a tokenizer.json or a folder with one.
+  static StatusOr<std::unique_ptr<TextCodec>> ForModel(const std::string& model_dir,
+                                                       const std::string& tokenizer = "");
   virtual ~TextCodec() = default;
   virtual bool has_tokenizer() const = 0;
-  virtual StatusOr<std::vector<int32_t>> Encode(const std::string& text) = 0;
-  virtual std::string Decode(const std::vector<int32_t>& ids) = 0;
-  // Streaming: complete UTF-8 text for newly generated ids; Flush returns what was held back.
-  virtual std::string Feed(const std::vector<int32_t>& ids) = 0;
-  virtual std::string Flush() = 0;
+  virtual bool has_chat_template() const = 0;
+  virtual StatusOr<std::vector<int32_t>> Encode(const std::string& text) const = 0;
+  virtual std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens = true) const = 0;
+  virtual StatusOr<std::string> RenderChat(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
+                                           bool enable_thinking) const = 0;
+  virtual std::unique_ptr<TextStream> NewStream(TextStreamOptions opt) const = 0;
+
+  // One stream for the CLI: complete UTF-8 text for newly generated ids; Flush returns what was
+  // held back.
+  std::string Feed(const std::vector<int32_t>& ids);
+  std::string Flush();
+
+ private:
+  std::unique_ptr<TextStream> cli_stream_;
 };
 
 }  // namespace specd::cli

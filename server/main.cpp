@@ -3,9 +3,15 @@
 #include <fmt/core.h>
 
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "server/cli_generate.h"
 #include "server/cli_logits.h"
+#include "server/cli_tokenize.h"
+#ifdef SPECD_HAVE_SERVE
+#include "server/serve_main.h"
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"specd: speculative-decoding server for Qwen3.5"};
@@ -42,11 +48,43 @@ int main(int argc, char** argv) {
   gen->add_option("--device", ga.device, "cpu or cuda");
   gen->add_flag("--json", ga.json, "Print one JSON object");
 
+  specd::cli::TokenizeArgs ta;
+  auto* tokz = app.add_subcommand("tokenize", "Encode texts with a tokenizer.json and decode them back (JSON)");
+  tokz->add_option("--tokenizer", ta.tokenizer, "tokenizer.json or a folder holding it")->required();
+  auto* t_text = tokz->add_option("--text", ta.text, "One text");
+  auto* t_in = tokz->add_option("--input", ta.input, "A JSON file with a list of strings");
+  t_text->excludes(t_in);
+
+#ifdef SPECD_HAVE_SERVE
+  specd::serve::ServeOptions so;
+  auto* serve = app.add_subcommand("serve", "Run the gRPC daemon (no --model: the embedded default pair)");
+  specd::serve::AddServeFlags(serve, &so);
+#endif
+
+#ifdef SPECD_HAVE_SERVE
+  // `serve --config FILE`: the file's keys become flags before parsing (see serve_options.h).
+  std::vector<std::string> args(argv, argv + argc), expanded;
+  std::string config_error;
+  if (!specd::serve::ExpandServeConfig(args, &expanded, &config_error)) {
+    fmt::print(stderr, "specd: {}\n", config_error);
+    return 2;
+  }
+  std::vector<char*> eargv;
+  for (auto& a : expanded) eargv.push_back(a.data());
+  argc = static_cast<int>(eargv.size());
+  eargv.push_back(nullptr);
+  argv = eargv.data();
+#endif
+
   CLI11_PARSE(app, argc, argv);
 
   specd::Status st;
   if (*logits) st = specd::cli::RunLogits(la);
   if (*gen) st = specd::cli::RunGenerate(ga);
+  if (*tokz) st = specd::cli::RunTokenize(ta);
+#ifdef SPECD_HAVE_SERVE
+  if (*serve) st = specd::serve::RunServe(so);
+#endif
   if (!st.ok()) {
     fmt::print(stderr, "specd: {}\n", st.ToString());
     return 1;

@@ -1,0 +1,153 @@
+#include "server/metrics.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+namespace specd::serve {
+namespace {
+
+// vLLM's buckets, extended downwards: a CPU fixture model produces sub-millisecond tokens.
+const std::vector<double> kTtftBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                          0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0};
+const std::vector<double> kItlBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                         0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0};
+const std::vector<double> kE2eBuckets = {0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
+                                         10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0, 960.0};
+
+std::string Num(double v) { return fmt::format("{}", v); }
+
+void Header(std::string& out, const std::string& name, const char* type, const char* help) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+void Scalar(std::string& out, const std::string& name, const char* type, const char* help, double v) {
+  Header(out, name, type, help);
+  out += fmt::format("{} {}\n", name, Num(v));
+}
+
+}  // namespace
+
+Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+
+void Histogram::Observe(double v, uint64_t times) {
+  const size_t i = static_cast<size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin());
+  counts_[i] += times;
+  sum_ += v * static_cast<double>(times);
+  count_ += times;
+}
+
+void Histogram::Render(std::string& out, const std::string& name) const {
+  uint64_t cum = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cum += counts_[i];
+    out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, Num(bounds_[i]), cum);
+  }
+  out += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {}\n{}_count {}\n", name, count_, name, Num(sum_), name,
+                     count_);
+}
+
+Metrics::Metrics() : ttft_(kTtftBuckets), itl_(kItlBuckets), e2e_(kE2eBuckets) {}
+
+void Metrics::AddSpecDelta(int64_t drafts, int64_t draft_tokens, int64_t accepted_tokens,
+                           const std::vector<int64_t>& accepted_per_pos) {
+  std::lock_guard lk(mu_);
+  drafts_ += static_cast<uint64_t>(drafts);
+  draft_tokens_ += static_cast<uint64_t>(draft_tokens);
+  accepted_tokens_ += static_cast<uint64_t>(accepted_tokens);
+  if (accepted_per_pos_.size() < accepted_per_pos.size()) accepted_per_pos_.resize(accepted_per_pos.size(), 0);
+  for (size_t i = 0; i < accepted_per_pos.size(); ++i) accepted_per_pos_[i] += static_cast<uint64_t>(accepted_per_pos[i]);
+}
+
+void Metrics::AddPromptTokens(int64_t n) {
+  std::lock_guard lk(mu_);
+  prompt_tokens_ += static_cast<uint64_t>(n);
+}
+
+void Metrics::AddGenerationTokens(int64_t n) {
+  std::lock_guard lk(mu_);
+  generation_tokens_ += static_cast<uint64_t>(n);
+}
+
+void Metrics::ObserveTtft(double s) {
+  std::lock_guard lk(mu_);
+  ttft_.Observe(s);
+}
+
+void Metrics::ObserveItl(double interval_s, int64_t tokens) {
+  if (tokens <= 0) return;
+  std::lock_guard lk(mu_);
+  itl_.Observe(interval_s / static_cast<double>(tokens), static_cast<uint64_t>(tokens));
+}
+
+void Metrics::RequestFinished(const std::string& reason, double e2e_s) {
+  std::lock_guard lk(mu_);
+  ++success_[reason];
+  e2e_.Observe(e2e_s);
+}
+
+void Metrics::RequestFailed(const std::string& code) {
+  std::lock_guard lk(mu_);
+  ++failure_[code];
+}
+
+void Metrics::StepFailed() {
+  std::lock_guard lk(mu_);
+  ++step_failures_;
+}
+
+void Metrics::SetGauges(int64_t waiting, int64_t running, int64_t slots) {
+  std::lock_guard lk(mu_);
+  waiting_ = waiting;
+  running_ = running;
+  slots_ = slots;
+}
+
+int64_t Metrics::slots_in_use() const {
+  std::lock_guard lk(mu_);
+  return slots_;
+}
+
+std::string Metrics::Render() const {
+  std::lock_guard lk(mu_);
+  std::string out;
+  Scalar(out, "specd:spec_decode_num_drafts_total", "counter", "Speculative steps that proposed drafts.",
+         static_cast<double>(drafts_));
+  Scalar(out, "specd:spec_decode_num_draft_tokens_total", "counter", "Draft tokens proposed.",
+         static_cast<double>(draft_tokens_));
+  Scalar(out, "specd:spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted by the target.",
+         static_cast<double>(accepted_tokens_));
+  Header(out, "specd:spec_decode_num_accepted_tokens_per_pos", "counter",
+         "Accepted draft tokens by position in the draft (0 = first).");
+  for (size_t i = 0; i < accepted_per_pos_.size(); ++i) {
+    out += fmt::format("specd:spec_decode_num_accepted_tokens_per_pos{{position=\"{}\"}} {}\n", i,
+                       accepted_per_pos_[i]);
+  }
+  Header(out, "specd:request_success_total", "counter", "Requests that completed, by finish reason.");
+  for (const char* r : {"length", "eos", "stop", "abort"}) {
+    const auto it = success_.find(r);
+    out += fmt::format("specd:request_success_total{{finished_reason=\"{}\"}} {}\n", r,
+                       it == success_.end() ? 0 : it->second);
+  }
+  Header(out, "specd:request_failure_total", "counter", "Requests that ended with an error status, by gRPC code.");
+  for (const auto& [code, n] : failure_) {
+    out += fmt::format("specd:request_failure_total{{code=\"{}\"}} {}\n", code, n);
+  }
+  Scalar(out, "specd:prompt_tokens_total", "counter", "Prompt tokens admitted.", static_cast<double>(prompt_tokens_));
+  Scalar(out, "specd:generation_tokens_total", "counter", "Tokens generated.", static_cast<double>(generation_tokens_));
+  Scalar(out, "specd:engine_step_failures_total", "counter", "Engine steps that failed (their requests got INTERNAL).",
+         static_cast<double>(step_failures_));
+  Header(out, "specd:time_to_first_token_seconds", "histogram", "Time from arrival to the first generated token.");
+  ttft_.Render(out, "specd:time_to_first_token_seconds");
+  Header(out, "specd:inter_token_latency_seconds", "histogram",
+         "Time between generated tokens (a chunk's interval divided by its token count).");
+  itl_.Render(out, "specd:inter_token_latency_seconds");
+  Header(out, "specd:e2e_request_latency_seconds", "histogram", "Time from arrival to the final message.");
+  e2e_.Render(out, "specd:e2e_request_latency_seconds");
+  Scalar(out, "specd:num_requests_waiting", "gauge", "Requests queued for a slot.", static_cast<double>(waiting_));
+  Scalar(out, "specd:num_requests_running", "gauge", "Requests in the engine.", static_cast<double>(running_));
+  Scalar(out, "specd:cache_slots_in_use", "gauge", "Target cache slots held by sequences.", static_cast<double>(slots_));
+  return out;
+}
+
+}  // namespace specd::serve

@@ -1,0 +1,62 @@
+// Prometheus metrics of the daemon (text exposition format 0.0.4), with vLLM-compatible
+// speculative-decoding names under the `specd:` prefix (DESIGN.md §6). Updated by the
+// scheduler thread and the gRPC threads, rendered by the HTTP thread: one mutex, low traffic.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace specd::serve {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void Observe(double v, uint64_t times = 1);
+  void Render(std::string& out, const std::string& name) const;
+
+ private:
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;  // per bucket (not cumulative); last = +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+class Metrics {
+ public:
+  Metrics();
+
+  // Per engine step, per request: the speculative work done since the last step.
+  void AddSpecDelta(int64_t drafts, int64_t draft_tokens, int64_t accepted_tokens,
+                    const std::vector<int64_t>& accepted_per_pos);
+  void AddPromptTokens(int64_t n);
+  void AddGenerationTokens(int64_t n);
+  void ObserveTtft(double s);
+  // Inter-token latency: a chunk of `tokens` arrived `interval_s` after the previous one; each
+  // token is observed with interval_s / tokens (speculation delivers several per step).
+  void ObserveItl(double interval_s, int64_t tokens);
+  // A request that ended with a final message (finished_reason: length | eos | stop | abort).
+  void RequestFinished(const std::string& finished_reason, double e2e_s);
+  // A request that ended with an error status (code name: INVALID_ARGUMENT, CANCELLED, ...).
+  void RequestFailed(const std::string& code);
+  void StepFailed();
+  void SetGauges(int64_t waiting, int64_t running, int64_t slots_in_use);
+
+  std::string Render() const;
+
+  // Read back by tests and logs.
+  int64_t slots_in_use() const;
+
+ private:
+  mutable std::mutex mu_;
+  uint64_t drafts_ = 0, draft_tokens_ = 0, accepted_tokens_ = 0;
+  std::vector<uint64_t> accepted_per_pos_;
+  uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, step_failures_ = 0;
+  std::map<std::string, uint64_t> success_, failure_;
+  int64_t waiting_ = 0, running_ = 0, slots_ = 0;
+  Histogram ttft_, itl_, e2e_;
+};
+
+}  // namespace specd::serve

@@ -1,0 +1,415 @@
+#include "server/scheduler.h"
+
+#include <algorithm>
+
+#include <spdlog/spdlog.h>
+
+#include "server/status_map.h"
+
+namespace specd::serve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+v1::FinishReason ToProto(FinishReason r) {
+  switch (r) {
+    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kEos: return v1::FINISH_REASON_EOS;
+    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case FinishReason::kAborted: return v1::FINISH_REASON_ABORT;
+    case FinishReason::kNone: break;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+const char* ReasonName(v1::FinishReason r) {
+  switch (r) {
+    case v1::FINISH_REASON_LENGTH: return "length";
+    case v1::FINISH_REASON_EOS: return "eos";
+    case v1::FINISH_REASON_STOP: return "stop";
+    case v1::FINISH_REASON_ABORT: return "abort";
+    default: return "none";
+  }
+}
+
+void FillStats(const SpecStats& s, v1::SpecStats* p) {
+  p->set_draft_tokens(static_cast<uint64_t>(s.draft_tokens));
+  p->set_accepted_tokens(static_cast<uint64_t>(s.accepted_tokens));
+  p->set_verify_steps(static_cast<uint64_t>(s.verify_steps));
+  p->set_acceptance_rate(s.acceptance_rate());
+  p->set_mean_acceptance_length(s.mean_acceptance_length());
+  for (double a : s.per_position_acceptance()) p->add_per_position_acceptance(a);
+  for (int64_t n : s.drafted_at) p->add_drafted_per_pos(static_cast<uint64_t>(n));
+  for (int64_t n : s.accepted_at) p->add_accepted_per_pos(static_cast<uint64_t>(n));
+}
+
+}  // namespace
+
+Scheduler::Scheduler(EngineFactory factory, const cli::TextCodec* text, Metrics* metrics, SchedulerOptions opt)
+    : factory_(std::move(factory)), text_(text), metrics_(metrics), opt_(std::move(opt)) {}
+
+Scheduler::~Scheduler() { Stop(); }
+
+Status Scheduler::Start() {
+  SPECD_ASSIGN_OR_RETURN(engine_, factory_());
+  thread_ = std::thread([this] { Loop(); });
+  return Status::Ok();
+}
+
+grpc::Status Scheduler::Submit(PreparedRequest req, CallRef& call) {
+  auto e = std::make_unique<Entry>();
+  {
+    std::lock_guard lk(mu_);
+    if (draining_ || stop_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
+    if (req.request_id.empty()) {
+      do {
+        req.request_id = "specd-" + std::to_string(next_id_++);
+      } while (live_ids_.count(req.request_id));
+    } else if (live_ids_.count(req.request_id)) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "request_id '" + req.request_id + "' is in flight");
+    }
+    const size_t capacity = static_cast<size_t>(opt_.max_batch) + static_cast<size_t>(opt_.max_queue);
+    if (queue_.size() + static_cast<size_t>(running_) >= capacity) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "server is full: " + std::to_string(running_) + " running, " +
+                              std::to_string(queue_.size()) + " queued (--max-batch " +
+                              std::to_string(opt_.max_batch) + ", --max-queue " + std::to_string(opt_.max_queue) +
+                              ")");
+    }
+    live_ids_.insert(req.request_id);
+    e->prompt_tokens = req.gen.prompt.size();
+    e->req = std::move(req);
+    e->call = std::move(call);
+    queue_.push_back(std::move(e));
+  }
+  cv_.notify_one();
+  return grpc::Status::OK;
+}
+
+bool Scheduler::Abort(const std::string& request_id) {
+  {
+    std::lock_guard lk(mu_);
+    if (!live_ids_.count(request_id)) return false;
+    aborts_.insert(request_id);
+  }
+  cv_.notify_one();
+  return true;
+}
+
+void Scheduler::Wake() {
+  {
+    std::lock_guard lk(mu_);
+    wake_ = true;
+  }
+  cv_.notify_one();
+}
+
+void Scheduler::BeginDrain() {
+  std::lock_guard lk(mu_);
+  draining_ = true;
+}
+
+void Scheduler::CancelAll(const grpc::Status& status) {
+  {
+    std::lock_guard lk(mu_);
+    cancel_all_ = true;
+    cancel_status_ = status;
+  }
+  cv_.notify_one();
+}
+
+bool Scheduler::Idle() const {
+  std::lock_guard lk(mu_);
+  return queue_.empty() && running_ == 0;
+}
+
+void Scheduler::Stop() {
+  {
+    std::lock_guard lk(mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+    draining_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Scheduler::Forget(const Entry& e) {
+  std::lock_guard lk(mu_);
+  live_ids_.erase(e.req.request_id);
+  aborts_.erase(e.req.request_id);
+  if (e.admitted) --running_;
+}
+
+void Scheduler::Loop() {
+  for (;;) {
+    std::unordered_set<std::string> aborts;
+    bool cancel_all = false, stopping = false;
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] {
+        return stop_ || wake_ || cancel_all_ || !queue_.empty() || !aborts_.empty() || !active_.empty();
+      });
+      wake_ = false;
+      aborts = aborts_;
+      cancel_all = cancel_all_;
+      stopping = stop_;
+    }
+    // Stopping with work left (Stop without CancelAll) cancels it: never leave a stream open.
+    if (stopping) {
+      {
+        std::lock_guard lk(mu_);
+        if (!cancel_all_) cancel_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
+      }
+      cancel_all = true;
+    }
+    DropQueued(aborts, cancel_all);
+    DropActive(aborts, cancel_all);
+    if (cancel_all) {
+      std::lock_guard lk(mu_);
+      cancel_all_ = false;
+    }
+    if (stopping) {
+      PublishGauges();
+      break;
+    }
+    Admit();
+    RunStep();
+    Emit();
+    PublishGauges();
+  }
+}
+
+// Queued requests that were cancelled, aborted or swept by CancelAll leave the queue now, so
+// their streams close without waiting for a slot.
+void Scheduler::DropQueued(const std::unordered_set<std::string>& aborts, bool cancel_all) {
+  std::vector<std::unique_ptr<Entry>> gone;
+  grpc::Status cancel_status;
+  {
+    std::lock_guard lk(mu_);
+    cancel_status = cancel_status_;
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (cancel_all || (*it)->call->cancelled() || aborts.count((*it)->req.request_id)) {
+        gone.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& e : gone) {
+    if (cancel_all) {
+      EndWithStatus(*e, cancel_status);
+    } else if (e->call->cancelled()) {
+      EndWithStatus(*e, e->call->CancelStatus());
+    } else {
+      EndWithMessage(*e, v1::FINISH_REASON_ABORT, "", {});
+    }
+  }
+}
+
+void Scheduler::DropActive(const std::unordered_set<std::string>& aborts, bool cancel_all) {
+  grpc::Status cancel_status;
+  {
+    std::lock_guard lk(mu_);
+    cancel_status = cancel_status_;
+  }
+  for (size_t i = 0; i < active_.size();) {
+    Entry& e = *active_[i];
+    if (cancel_all) {
+      EndWithStatus(e, cancel_status);
+    } else if (e.call->cancelled()) {
+      EndWithStatus(e, e.call->CancelStatus());
+    } else if (aborts.count(e.req.request_id)) {
+      EndWithMessage(e, v1::FINISH_REASON_ABORT, "", {});
+    } else {
+      ++i;
+      continue;
+    }
+    active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+}
+
+void Scheduler::Admit() {
+  while (static_cast<int>(active_.size()) < opt_.max_batch) {
+    std::unique_ptr<Entry> e;
+    {
+      std::lock_guard lk(mu_);
+      if (queue_.empty()) break;
+      e = std::move(queue_.front());
+      queue_.pop_front();
+      ++running_;  // counted as running from here on, so Submit's capacity check stays exact
+    }
+    e->admitted = true;
+    if (e->call->cancelled()) {
+      EndWithStatus(*e, e->call->CancelStatus());
+      continue;
+    }
+    if (!engine_) {  // a failed step could not rebuild the engine: try again now
+      auto ne = factory_();
+      if (!ne.ok()) {
+        spdlog::error("engine unavailable: {}", ne.status().ToString());
+        EndWithStatus(*e, grpc::Status(grpc::StatusCode::UNAVAILABLE, "engine unavailable: " + ne.status().message()));
+        continue;
+      }
+      engine_ = std::move(*ne);
+    }
+    auto id = engine_->Add(e->req.gen);
+    if (!id.ok()) {
+      EndWithStatus(*e, ToGrpc(id.status()));
+      continue;
+    }
+    e->engine_id = *id;
+    e->text = text_->NewStream(e->req.text);
+    e->last_chunk = Clock::now();
+    metrics_->AddPromptTokens(static_cast<int64_t>(e->prompt_tokens));
+    active_.push_back(std::move(e));
+  }
+}
+
+void Scheduler::RunStep() {
+  if (!engine_ || !engine_->HasWork()) return;
+  const auto t0 = Clock::now();
+  ++steps_;
+  const Status st = steps_ == opt_.debug_fail_step ? Internal("injected failure (--debug-fail-step {})", steps_)
+                                                   : engine_->Step();
+  if (st.ok()) {
+    spdlog::debug("step: {} sequences, {} slots in use, {:.2f} ms", active_.size(), engine_->slots_in_use(),
+                  Seconds(Clock::now() - t0) * 1e3);
+    return;
+  }
+  // The engine's state after a failed step is unknown: fail what it was running, build a new
+  // engine, keep serving. Queued requests are untouched.
+  spdlog::error("engine step failed: {}; failing {} in-flight requests and resetting the engine", st.ToString(),
+                active_.size());
+  metrics_->StepFailed();
+  const grpc::Status internal(grpc::StatusCode::INTERNAL, "engine step failed: " + st.message());
+  for (auto& e : active_) {
+    e->engine_id = -1;  // not released: the engine is discarded whole
+    EndWithStatus(*e, internal);
+  }
+  active_.clear();
+  engine_.reset();
+  auto ne = factory_();
+  if (ne.ok()) {
+    engine_ = std::move(*ne);
+  } else {
+    spdlog::error("engine rebuild failed: {} (will retry on the next request)", ne.status().ToString());
+  }
+}
+
+void Scheduler::RecordSpecDelta(Entry& e) {
+  const SpecStats& cur = engine_->Stats(e.engine_id);
+  const SpecStats& last = e.last_stats;
+  if (cur.verify_steps == last.verify_steps) return;
+  auto at = [](const std::vector<int64_t>& v, size_t i) { return i < v.size() ? v[i] : 0; };
+  std::vector<int64_t> per_pos(cur.accepted_at.size());
+  for (size_t i = 0; i < per_pos.size(); ++i) per_pos[i] = cur.accepted_at[i] - at(last.accepted_at, i);
+  metrics_->AddSpecDelta(at(cur.drafted_at, 0) - at(last.drafted_at, 0), cur.draft_tokens - last.draft_tokens,
+                         cur.accepted_tokens - last.accepted_tokens, per_pos);
+  e.last_stats = cur;
+}
+
+void Scheduler::Emit() {
+  if (!engine_) return;
+  const auto now = Clock::now();
+  for (size_t i = 0; i < active_.size();) {
+    Entry& e = *active_[i];
+    const std::vector<int32_t>& gen = engine_->Generated(e.engine_id);
+    v1::GenerateResponse delta;
+    size_t n = 0;
+    bool stopped = false;
+    std::string text;
+    for (size_t j = e.sent; j < gen.size() && !stopped; ++j, ++n) {
+      delta.add_token_ids(gen[j]);
+      text += e.text->Feed(gen[j]);
+      stopped = e.text->stopped();
+    }
+    delta.set_text(std::move(text));
+    e.sent += n;
+    RecordSpecDelta(e);
+    if (n > 0) {
+      metrics_->AddGenerationTokens(static_cast<int64_t>(n));
+      if (!e.first_token_sent) {
+        metrics_->ObserveTtft(Seconds(now - e.call->arrival()));
+        e.first_token_sent = true;
+      } else {
+        metrics_->ObserveItl(Seconds(now - e.last_chunk), static_cast<int64_t>(n));
+      }
+      e.last_chunk = now;
+    }
+    if (stopped) {
+      const size_t idx = e.text->stop_index().value_or(0);
+      EndWithMessage(e, v1::FINISH_REASON_STOP, e.req.text.stop_strings.at(idx), std::move(delta));
+    } else if (engine_->Finished(e.engine_id)) {
+      delta.mutable_text()->append(e.text->Finish());
+      EndWithMessage(e, ToProto(engine_->Reason(e.engine_id)), "", std::move(delta));
+    } else {
+      if (n > 0) {
+        delta.set_request_id(e.req.request_id);
+        e.call->Write(delta);
+      }
+      ++i;
+      continue;
+    }
+    active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+}
+
+void Scheduler::EndWithMessage(Entry& e, v1::FinishReason reason, const std::string& stop_string,
+                               v1::GenerateResponse last) {
+  last.set_request_id(e.req.request_id);
+  last.set_finish_reason(reason);
+  last.set_stop_string(stop_string);
+  last.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(e.prompt_tokens));
+  last.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(e.sent));
+  SpecStats stats;
+  if (e.engine_id >= 0 && engine_) {
+    RecordSpecDelta(e);
+    stats = engine_->Stats(e.engine_id);
+    engine_->Release(e.engine_id);
+    e.engine_id = -1;
+  }
+  FillStats(stats, last.mutable_stats());
+  // Counted before the client can see the end, so that a scrape after it includes this request.
+  const double e2e = Seconds(Clock::now() - e.call->arrival());
+  metrics_->RequestFinished(ReasonName(reason), e2e);
+  e.call->Write(last);
+  e.call->Close(grpc::Status::OK);
+  spdlog::info("request {} finished: reason={} prompt_tokens={} completion_tokens={} acceptance={:.3f} "
+               "mean_acceptance_length={:.2f} latency_ms={:.1f}",
+               e.req.request_id, ReasonName(reason), e.prompt_tokens, e.sent, stats.acceptance_rate(),
+               stats.mean_acceptance_length(), e2e * 1e3);
+  Forget(e);
+  e.call.reset();
+}
+
+void Scheduler::EndWithStatus(Entry& e, const grpc::Status& st) {
+  if (e.engine_id >= 0 && engine_) {
+    RecordSpecDelta(e);
+    engine_->Release(e.engine_id);
+    e.engine_id = -1;
+  }
+  metrics_->RequestFailed(GrpcCodeName(st.error_code()));
+  e.call->Close(st);
+  spdlog::info("request {} failed: {} ({}) prompt_tokens={} completion_tokens={} latency_ms={:.1f}",
+               e.req.request_id, GrpcCodeName(st.error_code()), st.error_message(), e.prompt_tokens, e.sent,
+               Seconds(Clock::now() - e.call->arrival()) * 1e3);
+  Forget(e);
+  e.call.reset();
+}
+
+void Scheduler::PublishGauges() {
+  const int64_t running = static_cast<int64_t>(active_.size());
+  const int64_t slots = engine_ ? engine_->slots_in_use() : 0;
+  int64_t waiting;
+  {
+    std::lock_guard lk(mu_);
+    waiting = static_cast<int64_t>(queue_.size());
+  }
+  metrics_->SetGauges(waiting, running, slots);
+}
+
+}  // namespace specd::serve

@@ -1,0 +1,234 @@
+#include "server/serve_main.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "qwen35/model.h"
+#include "runtime/backend.h"
+#include "server/cli_text.h"
+#include "server/default_model.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
+#include "server/scheduler.h"
+#include "server/service.h"
+#include "spec/drafter.h"
+#include "spec/engine.h"
+
+#ifndef SPECD_VERSION
+#define SPECD_VERSION "dev"
+#endif
+
+namespace specd::serve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Where the models come from, after defaults are applied.
+struct Plan {
+  std::string model_dir, draft_dir, drafter;
+  bool embedded = false;
+};
+
+StatusOr<Plan> ResolveModels(const ServeOptions& o) {
+  Plan p;
+  p.model_dir = o.model;
+  p.draft_dir = o.draft;
+  if (o.model.empty()) {
+    if (!o.draft.empty()) return InvalidArgument("--draft needs --model (the embedded default brings its own draft)");
+    SPECD_ASSIGN_OR_RETURN(DefaultModelDirs d, MaterializeDefaultModel());
+    p.model_dir = d.target;
+    p.embedded = true;
+    // The embedded draft is used unless another drafter is asked for.
+    if (o.drafter.empty() || o.drafter == "draft") p.draft_dir = d.draft;
+  }
+  p.drafter = o.drafter.empty() ? (p.draft_dir.empty() ? "ngram" : "draft") : o.drafter;
+  if (p.drafter == "draft" && p.draft_dir.empty()) return InvalidArgument("--drafter draft needs --draft DIR");
+  if (p.drafter != "draft" && !o.draft.empty()) {
+    return InvalidArgument("--draft given with --drafter {}; drop one of them", p.drafter);
+  }
+  return p;
+}
+
+std::string HostPort(const std::string& host, int port) {
+  const bool v6 = host.find(':') != std::string::npos && host.front() != '[';
+  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+Status WritePortFile(const std::string& path, int port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << nlohmann::json{{"port", port}, {"metrics_port", metrics_port}}.dump() << "\n";
+    if (!f) return Internal("cannot write {}", tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);  // atomic: a reader never sees half a file
+  if (ec) return Internal("cannot write {}: {}", path, ec.message());
+  return Status::Ok();
+}
+
+// Waits up to `timeout` for SIGINT/SIGTERM (blocked in every thread); returns it, or 0.
+int WaitSignal(const sigset_t& set, std::chrono::milliseconds timeout) {
+  timespec ts{static_cast<time_t>(timeout.count() / 1000), static_cast<long>((timeout.count() % 1000) * 1000000)};
+  const int s = sigtimedwait(&set, nullptr, &ts);
+  return s > 0 ? s : 0;
+}
+
+}  // namespace
+
+Status RunServe(const ServeOptions& o) {
+  spdlog::set_level(spdlog::level::from_str(o.log_level));
+  // Signals are taken synchronously (sigtimedwait) by this thread: block them before any
+  // other thread (OpenMP, gRPC, httplib) exists, so that every thread inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (o.k > o.max_k) return InvalidArgument("--k {} exceeds --max-k {}", o.k, o.max_k);
+  SPECD_ASSIGN_OR_RETURN(Plan plan, ResolveModels(o));
+  if (plan.embedded) {
+    spdlog::warn("no --model: serving the embedded default pair from {} — a tiny random-weight fixture "
+                 "(vocab 512) with a byte-level tokenizer; its text is noise",
+                 plan.model_dir);
+  }
+  SPECD_ASSIGN_OR_RETURN(auto backend, MakeBackend(o.device));
+  SPECD_ASSIGN_OR_RETURN(auto target, Qwen35Model::Load(plan.model_dir, backend.get()));
+  std::unique_ptr<Qwen35Model> draft;
+  if (plan.drafter == "draft") {
+    SPECD_ASSIGN_OR_RETURN(draft, Qwen35Model::Load(plan.draft_dir, backend.get()));
+  }
+  SPECD_ASSIGN_OR_RETURN(auto text, cli::TextCodec::ForModel(plan.model_dir, o.tokenizer));
+  const ModelConfig& cfg = target->config();
+  int64_t max_ctx = std::min<int64_t>(cfg.max_position_embeddings, 32768);
+  if (o.max_context > 0) {
+    if (o.max_context > cfg.max_position_embeddings) {
+      return InvalidArgument("--max-context {} exceeds the model's max_position_embeddings {}", o.max_context,
+                             cfg.max_position_embeddings);
+    }
+    max_ctx = o.max_context;
+  }
+
+  EngineOptions eo;
+  eo.max_seqs = o.max_batch;
+  eo.max_ctx = max_ctx;
+  eo.max_k = o.max_k;
+  eo.default_k = plan.drafter == "none" ? 0 : o.k;
+  eo.prefill_chunk = o.prefill_chunk;
+  const std::string drafter = plan.drafter;
+  Qwen35Model* target_ptr = target.get();
+  Qwen35Model* draft_ptr = draft.get();
+  // Builds a fresh drafter + engine: at startup, and again if a step fails.
+  EngineFactory factory = [=]() -> StatusOr<std::unique_ptr<SpecEngine>> {
+    std::unique_ptr<Drafter> d;
+    if (drafter == "ngram") {
+      d = MakeNgramDrafter();
+    } else if (drafter == "draft") {
+      SPECD_ASSIGN_OR_RETURN(d, MakeDraftModelDrafter(draft_ptr, target_ptr->config().vocab_size, eo.max_seqs,
+                                                      eo.max_ctx, eo.max_k));
+    }
+    return SpecEngine::Create(target_ptr, std::move(d), eo);
+  };
+
+  Metrics metrics;
+  Scheduler scheduler(factory, text.get(), &metrics, SchedulerOptions{o.max_batch, o.max_queue, drafter, o.debug_fail_step});
+  SPECD_RETURN_IF_ERROR(scheduler.Start());
+
+  ServeLimits limits{cfg.vocab_size, max_ctx, o.max_k, drafter};
+  v1::ModelInfo info;
+  info.set_model(plan.embedded ? "embedded-default (tiny random-weight fixture)" : plan.model_dir);
+  info.set_model_type(cfg.model_type);
+  info.set_vocab_size(static_cast<uint64_t>(cfg.vocab_size));
+  info.set_num_layers(static_cast<uint32_t>(cfg.num_hidden_layers));
+  info.set_hidden_size(static_cast<uint32_t>(cfg.hidden_size));
+  info.set_drafter(drafter);
+  info.set_draft_model(drafter == "draft" ? (plan.embedded ? "embedded-default draft" : plan.draft_dir) : "");
+  info.set_default_k(static_cast<uint32_t>(eo.default_k));
+  info.set_max_context(static_cast<uint64_t>(max_ctx));
+  info.set_device(o.device);
+  info.set_max_batch(static_cast<uint32_t>(o.max_batch));
+  for (int32_t e : cfg.eos_token_ids) info.add_eos_token_ids(e);
+  info.set_version(SPECD_VERSION);
+  info.set_has_tokenizer(text->has_tokenizer());
+  info.set_max_k(static_cast<uint32_t>(o.max_k));
+  info.set_max_queue(static_cast<uint32_t>(o.max_queue));
+  SpecdService service(&scheduler, text.get(), &metrics, limits, info);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(HostPort(o.host, o.port), grpc::InsecureServerCredentials(), &bound_port);
+  // gRPC sets SO_REUSEPORT by default: a second daemon on the same port would start and take
+  // half the connections. Refuse instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) {
+    scheduler.Stop();
+    return Status(StatusCode::kUnavailable, fmt::format("cannot listen on {}", HostPort(o.host, o.port)));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+
+  MetricsHttpServer http;
+  if (o.metrics_port > 0) {
+    Status st = http.Start(o.host, o.metrics_port, &metrics);
+    if (!st.ok()) {
+      server->Shutdown();
+      scheduler.Stop();
+      return st;
+    }
+  }
+  if (!o.port_file.empty()) SPECD_RETURN_IF_ERROR(WritePortFile(o.port_file, bound_port, o.metrics_port));
+  spdlog::info("specd {} serving on {} (model {}, drafter {}, k {}, max-batch {}, max-queue {}, context {}, "
+               "device {}, tokenizer {}){}",
+               SPECD_VERSION, HostPort(o.host, bound_port), plan.model_dir, drafter, eo.default_k, o.max_batch,
+               o.max_queue, max_ctx, o.device, text->has_tokenizer() ? "yes" : "none",
+               o.metrics_port > 0 ? fmt::format("; metrics on http://{}/metrics", HostPort(o.host, o.metrics_port))
+                                  : std::string());
+
+  int sig = 0;
+  while (sig == 0) sig = WaitSignal(sigs, std::chrono::milliseconds(1000));
+
+  // ---- drain: NOT_SERVING, refuse new work, let in-flight requests finish within the grace ----
+  spdlog::info("{}: draining (health NOT_SERVING, new requests refused, grace {} s)", strsignal(sig),
+               o.grace_seconds);
+  health->SetServingStatus(false);
+  scheduler.BeginDrain();
+  const auto grace_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(o.grace_seconds));
+  while (!scheduler.Idle() && Clock::now() < grace_end) {
+    if (WaitSignal(sigs, std::chrono::milliseconds(20)) != 0) {
+      spdlog::warn("second signal: cancelling in-flight requests now");
+      break;
+    }
+  }
+  if (!scheduler.Idle()) {
+    spdlog::warn("grace period over: cancelling the requests still in flight");
+    scheduler.CancelAll(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shut down before the request finished"));
+    const auto hard_end = Clock::now() + std::chrono::seconds(5);
+    while (!scheduler.Idle() && Clock::now() < hard_end) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  scheduler.Stop();
+  http.Stop();
+  spdlog::info("stopped");
+  return Status::Ok();
+}
+
+}  // namespace specd::serve

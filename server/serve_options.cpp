@@ -1,0 +1,108 @@
+#include "server/serve_options.h"
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+namespace specd::serve {
+namespace {
+
+bool Scalar(const std::string& key, const nlohmann::json& v, std::vector<std::string>* out, std::string* error) {
+  if (v.is_boolean()) {  // a true boolean is a bare flag; false leaves it out
+    if (v.get<bool>()) out->push_back("--" + key);
+    return true;
+  }
+  out->push_back("--" + key);
+  if (v.is_string()) {
+    out->push_back(v.get<std::string>());
+  } else if (v.is_number()) {
+    out->push_back(v.dump());
+  } else {
+    *error = "config file: key '" + key + "' must be a string, number or boolean";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void AddServeFlags(CLI::App* s, ServeOptions* o) {
+  // The config file's values come first on the command line; the user's flags, later, win.
+  s->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  s->add_option("--model", o->model, "Target model folder (default: the embedded fixture pair)");
+  s->add_option("--draft", o->draft, "Draft model folder (implies --drafter draft)");
+  s->add_option("--drafter", o->drafter, "none | ngram | draft")->check(CLI::IsMember({"none", "ngram", "draft"}));
+  s->add_option("--tokenizer", o->tokenizer, "tokenizer.json or folder; 'none' = token ids only");
+  s->add_option("--k", o->k, "Default drafts per step")->check(CLI::Range(0, 16));
+  s->add_option("--max-k", o->max_k, "Largest k a request may ask for")->check(CLI::Range(0, 16));
+  s->add_option("--host", o->host, "Address to listen on");
+  s->add_option("--port", o->port, "gRPC port (0 = any free port)")->check(CLI::Range(0, 65535));
+  s->add_option("--metrics-port", o->metrics_port, "Prometheus /metrics port (0 = off)")->check(CLI::Range(0, 65535));
+  s->add_option("--device", o->device, "cpu or cuda");
+  s->add_option("--max-batch", o->max_batch, "Sequences decoded together (cache slots)")->check(CLI::Range(1, 4096));
+  s->add_option("--max-queue", o->max_queue, "Requests waiting for a slot before RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(0, 1 << 20));
+  s->add_option("--max-context", o->max_context, "Tokens per sequence (0 = the model's maximum)")
+      ->check(CLI::NonNegativeNumber);
+  s->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per sequence per step")
+      ->check(CLI::PositiveNumber);
+  s->add_option("--grace-seconds", o->grace_seconds, "On SIGTERM: time to finish in-flight requests")
+      ->check(CLI::NonNegativeNumber);
+  s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\"} here once serving");
+  s->add_option("--log-level", o->log_level, "trace | debug | info | warn | error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  s->add_option("--debug-fail-step", o->debug_fail_step, "Testing only: make step N fail")
+      ->group("")  // hidden from --help
+      ->check(CLI::NonNegativeNumber);
+  // Read by ExpandServeConfig before parsing; declared here for --help and so that it parses.
+  s->add_option("--config", o->config, "JSON object with the flags' names as keys (\"max-batch\" or \"max_batch\")");
+}
+
+bool ExpandServeConfig(const std::vector<std::string>& argv, std::vector<std::string>* out, std::string* error) {
+  *out = argv;
+  size_t serve = 0;
+  for (size_t i = 1; i < argv.size() && serve == 0; ++i) {
+    if (argv[i] == "serve") serve = i;
+  }
+  if (serve == 0) return true;
+  std::string path;
+  for (size_t i = serve + 1; i < argv.size(); ++i) {
+    if (argv[i] == "--config" && i + 1 < argv.size()) path = argv[i + 1];
+    if (argv[i].rfind("--config=", 0) == 0) path = argv[i].substr(9);
+  }
+  if (path.empty()) return true;
+  std::ifstream in(path);
+  if (!in) {
+    *error = "cannot read config file " + path;
+    return false;
+  }
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    *error = "config file " + path + ": expected one JSON object of flag names to values";
+    return false;
+  }
+  std::vector<std::string> flags;
+  for (const auto& [raw_key, value] : j.items()) {
+    std::string key = raw_key;
+    std::replace(key.begin(), key.end(), '_', '-');
+    if (key == "config") {
+      *error = "config file " + path + ": 'config' cannot be nested";
+      return false;
+    }
+    if (value.is_array()) {
+      for (const auto& v : value) {
+        if (!Scalar(key, v, &flags, error)) return false;
+      }
+    } else if (!Scalar(key, value, &flags, error)) {
+      return false;
+    }
+  }
+  out->insert(out->begin() + static_cast<std::ptrdiff_t>(serve) + 1, flags.begin(), flags.end());
+  return true;
+}
+
+}  // namespace specd::serve

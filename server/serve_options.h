@@ -1,0 +1,49 @@
+// `specd serve` settings: the flags, and the same keys in an optional JSON config file
+// (--config FILE; flags given on the command line win over the file).
+//
+// The file is applied by rewriting the command line before CLI11 sees it: its keys become
+// flags placed right after `serve`, and every serve option keeps its last value. So the file
+// gets exactly the flags' validation, and an unknown key is an error naming it. (CLI11 2.1
+// does not read config files for subcommands.)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace specd::serve {
+
+struct ServeOptions {
+  std::string model;      // target model folder; empty = the embedded default pair
+  std::string draft;      // draft model folder (implies drafter "draft")
+  std::string drafter;    // none | ngram | draft; empty = draft when a draft model is known, else ngram
+  std::string tokenizer;  // "" = the model folder's tokenizer.json, "none", or a file/folder
+  std::string device = "cpu";
+  std::string host = "0.0.0.0";
+  int port = 50051;          // 0 = any free port (see port_file)
+  int metrics_port = 9400;   // 0 = no metrics endpoint
+  int k = 4;                 // default drafts per step
+  int max_k = 16;            // largest k a request may ask for (sizes the verify log)
+  int max_batch = 16;        // sequences in the engine at once (cache slots)
+  int max_queue = 256;       // requests waiting for a slot; more -> RESOURCE_EXHAUSTED
+  int64_t max_context = 0;   // tokens per sequence; 0 = the model's max_position_embeddings
+  int64_t prefill_chunk = 512;
+  double grace_seconds = 30;  // SIGTERM: time for in-flight requests before they are cancelled
+  std::string port_file;     // written once serving: {"port": P, "metrics_port": M}
+  std::string log_level = "info";
+  std::string config;  // applied by ExpandServeConfig before parsing; kept for --help
+  int64_t debug_fail_step = 0;  // testing only: see SchedulerOptions::debug_fail_step
+};
+
+// Registers the flags (and --config) on the `serve` subcommand.
+void AddServeFlags(CLI::App* serve, ServeOptions* o);
+
+// argv with the `serve --config FILE` keys spliced in as flags; false + *error when the file
+// cannot be read or is not a flat JSON object of strings, numbers, booleans or lists of them.
+bool ExpandServeConfig(const std::vector<std::string>& argv, std::vector<std::string>* out, std::string* error);
+
+}  // namespace specd::serve

@@ -1,0 +1,162 @@
+#include "server/validate.h"
+
+#include <cmath>
+
+namespace specd::serve {
+namespace {
+
+constexpr uint32_t kDefaultMaxTokens = 16;
+constexpr int kMaxStopStrings = 16;
+constexpr size_t kMaxStopStringBytes = 256;
+constexpr int kMaxStopIds = 64;
+constexpr size_t kMaxRequestIdBytes = 256;
+
+Status CheckIds(const google::protobuf::RepeatedField<int32_t>& ids, int64_t vocab, const char* what) {
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return InvalidArgument("{} token id {} (at index {}) is out of the vocabulary [0, {})", what, ids[i], i, vocab);
+    }
+  }
+  return Status::Ok();
+}
+
+StatusOr<SamplingParams> Sampling(const v1::SamplingParams& s) {
+  SamplingParams p;
+  if (s.has_temperature()) {
+    if (!std::isfinite(s.temperature()) || s.temperature() < 0.f) {
+      return InvalidArgument("temperature must be a finite number >= 0 (got {})", s.temperature());
+    }
+    p.temperature = s.temperature();
+  }
+  if (s.has_top_p()) {
+    if (!(s.top_p() > 0.f && s.top_p() <= 1.f)) return InvalidArgument("top_p must be in (0, 1] (got {})", s.top_p());
+    p.top_p = s.top_p();
+  }
+  if (s.has_min_p()) {
+    if (!(s.min_p() >= 0.f && s.min_p() <= 1.f)) return InvalidArgument("min_p must be in [0, 1] (got {})", s.min_p());
+    p.min_p = s.min_p();
+  }
+  if (s.has_top_k()) {
+    if (s.top_k() > static_cast<uint32_t>(INT32_MAX)) return InvalidArgument("top_k is too large ({})", s.top_k());
+    p.top_k = static_cast<int>(s.top_k());
+  }
+  if (s.has_seed()) p.seed = s.seed();
+  switch (s.mode()) {
+    case v1::SamplingParams::MODE_UNSPECIFIED:
+    case v1::SamplingParams::MODE_REJECTION: p.mode = SamplingMode::kRejection; break;
+    case v1::SamplingParams::MODE_COUPLED: p.mode = SamplingMode::kCoupled; break;
+    default: return InvalidArgument("unknown sampling mode {}", static_cast<int>(s.mode()));
+  }
+  SPECD_RETURN_IF_ERROR(ValidateSampling(p));
+  return p;
+}
+
+}  // namespace
+
+StatusOr<std::string> RenderChat(const v1::ChatPrompt& chat, const cli::TextCodec& text) {
+  if (chat.messages().empty()) return InvalidArgument("empty prompt: the chat has no messages");
+  std::vector<cli::ChatTurn> turns;
+  for (const auto& m : chat.messages()) turns.push_back({m.role(), m.content()});
+  const bool gen_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
+  const bool thinking = chat.has_enable_thinking() ? chat.enable_thinking() : true;
+  auto rendered = text.RenderChat(turns, gen_prompt, thinking);
+  if (!rendered.ok()) return InvalidArgument("chat prompt: {}", rendered.status().message());
+  return rendered;
+}
+
+StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const ServeLimits& lim,
+                                          const cli::TextCodec& text) {
+  PreparedRequest out;
+  if (r.request_id().size() > kMaxRequestIdBytes) {
+    return InvalidArgument("request_id is longer than {} bytes", kMaxRequestIdBytes);
+  }
+  out.request_id = r.request_id();
+  GenerationRequest& g = out.gen;
+
+  // ---- prompt ----
+  switch (r.prompt_case()) {
+    case v1::GenerateRequest::kTokenIds:
+      SPECD_RETURN_IF_ERROR(CheckIds(r.token_ids().ids(), lim.vocab_size, "prompt"));
+      g.prompt.assign(r.token_ids().ids().begin(), r.token_ids().ids().end());
+      break;
+    case v1::GenerateRequest::kText: {
+      if (!text.has_tokenizer()) return InvalidArgument("model has no tokenizer: send the prompt as token_ids");
+      if (r.text().empty()) break;  // reported as an empty prompt below
+      auto ids = text.Encode(r.text());
+      if (!ids.ok()) return InvalidArgument("prompt text: {}", ids.status().message());
+      g.prompt = std::move(*ids);
+      break;
+    }
+    case v1::GenerateRequest::kChat: {
+      if (!text.has_tokenizer()) return InvalidArgument("model has no tokenizer: send the prompt as token_ids");
+      SPECD_ASSIGN_OR_RETURN(std::string rendered, RenderChat(r.chat(), text));
+      auto ids = text.Encode(rendered);
+      if (!ids.ok()) return InvalidArgument("chat prompt: {}", ids.status().message());
+      g.prompt = std::move(*ids);
+      break;
+    }
+    case v1::GenerateRequest::PROMPT_NOT_SET: return InvalidArgument("empty prompt: set text, token_ids or chat");
+  }
+  if (g.prompt.empty()) return InvalidArgument("empty prompt");
+  for (int32_t t : g.prompt) {  // a tokenizer larger than the model's embedding table
+    if (t < 0 || t >= lim.vocab_size) {
+      return InvalidArgument("prompt token id {} is out of the model's vocabulary [0, {})", t, lim.vocab_size);
+    }
+  }
+
+  // ---- sampling and stopping ----
+  const v1::SamplingParams& s = r.sampling();
+  SPECD_ASSIGN_OR_RETURN(g.sampling, Sampling(s));
+  const uint32_t max_tokens = s.has_max_tokens() ? s.max_tokens() : kDefaultMaxTokens;
+  if (max_tokens < 1) return InvalidArgument("max_tokens must be >= 1 (got {})", max_tokens);
+  const int64_t need = static_cast<int64_t>(g.prompt.size()) + max_tokens;
+  if (need > lim.max_context) {
+    return InvalidArgument("prompt ({} tokens) + max_tokens ({}) exceed the context length {}", g.prompt.size(),
+                           max_tokens, lim.max_context);
+  }
+  g.max_tokens = static_cast<int>(max_tokens);
+  const uint32_t min_tokens = s.has_min_tokens() ? s.min_tokens() : 0;
+  if (min_tokens > max_tokens) {
+    return InvalidArgument("min_tokens ({}) must not exceed max_tokens ({})", min_tokens, max_tokens);
+  }
+  g.min_tokens = static_cast<int>(min_tokens);
+  g.ignore_eos = s.has_ignore_eos() && s.ignore_eos();
+  if (s.stop_token_ids_size() > kMaxStopIds) return InvalidArgument("at most {} stop_token_ids", kMaxStopIds);
+  SPECD_RETURN_IF_ERROR(CheckIds(s.stop_token_ids(), lim.vocab_size, "stop"));
+  g.stop_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  if (s.stop_size() > kMaxStopStrings) return InvalidArgument("at most {} stop strings", kMaxStopStrings);
+  for (const std::string& st : s.stop()) {
+    if (st.empty()) return InvalidArgument("stop strings must not be empty");
+    if (st.size() > kMaxStopStringBytes) return InvalidArgument("stop strings are limited to {} bytes", kMaxStopStringBytes);
+    out.text.stop_strings.push_back(st);
+  }
+  if (!out.text.stop_strings.empty() && !text.has_tokenizer()) {
+    return InvalidArgument("model has no tokenizer: stop strings cannot be matched (use stop_token_ids)");
+  }
+  out.text.skip_special_tokens = s.has_skip_special_tokens() ? s.skip_special_tokens() : true;
+
+  // ---- speculation ----
+  // The engine runs one drafter for all sequences; a request may name it or turn it off.
+  const v1::SpeculationParams& sp = r.speculation();
+  if (sp.has_drafter()) {
+    const std::string& d = sp.drafter();
+    if (d != "none" && d != "ngram" && d != "draft") {
+      return InvalidArgument("unknown drafter '{}' (expected none, ngram or draft)", d);
+    }
+    if (d != "none" && d != lim.drafter) {
+      return InvalidArgument("this server runs drafter '{}'; a request may ask for '{}' or 'none'", lim.drafter,
+                             lim.drafter);
+    }
+    if (d == "none") g.k = 0;
+  }
+  if (sp.has_k()) {
+    if (sp.k() > static_cast<uint32_t>(lim.max_k)) {
+      return InvalidArgument("k must be in [0, {}] (got {})", lim.max_k, sp.k());
+    }
+    if (g.k != 0) g.k = static_cast<int>(sp.k());
+  }
+  g.adaptive_k = sp.has_adaptive_k() && sp.adaptive_k();
+  return out;
+}
+
+}  // namespace specd::serve

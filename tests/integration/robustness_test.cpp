@@ -1,0 +1,62 @@
+// Garbage on the gRPC port does not take the server down.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <random>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "harness.h"
+
+namespace specd::itest {
+namespace {
+
+// Connects, writes `bytes`, reads whatever comes back for a moment, closes.
+void SendRaw(int port, const std::string& bytes) {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::send(s, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+  timeval tv{0, 200000};
+  ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  while (::recv(s, buf, sizeof buf, 0) > 0) {
+  }
+  ::close(s);
+}
+
+TEST(Robustness, GarbageBytesOnTheGrpcPort) {
+  auto srv = Server::Start({"--model", FixtureDir("dense/model"), "--drafter", "ngram"});
+  ASSERT_TRUE(srv);
+  std::mt19937 rng(7);
+  std::string noise(64 * 1024, '\0');
+  for (auto& c : noise) c = static_cast<char>(rng());
+  SendRaw(srv->port(), noise);
+  SendRaw(srv->port(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  // A valid HTTP/2 preface followed by a malformed frame (length 2^24-1, unknown type).
+  SendRaw(srv->port(), std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") + std::string("\xff\xff\xff\x42\x00\x00\x00\x00\x01", 9) +
+                           noise.substr(0, 1000));
+  // Half a preface, then hang up.
+  SendRaw(srv->port(), "PRI * HTTP/2.0\r\n");
+
+  auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(srv->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(health->Check(&ctx, {}, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  auto stub = srv->Stub();
+  const auto prompt = FixtureIds("dense/refs.safetensors", "prompt_ids");
+  const StreamResult r = Generate(*stub, IdsRequest(prompt, 40));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, FixtureIds("dense/refs.safetensors", "greedy_ids"));
+}
+
+}  // namespace
+}  // namespace specd::itest

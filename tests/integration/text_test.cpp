@@ -1,0 +1,136 @@
+// The embedded default (no --model): text prompts, streamed text, stop strings, chat, and
+// Tokenize/Detokenize through its byte-level tokenizer.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "harness.h"
+
+namespace specd::itest {
+namespace {
+
+v1::GenerateRequest TextRequest(const std::string& text, uint32_t max_tokens) {
+  v1::GenerateRequest r;
+  r.set_text(text);
+  r.mutable_sampling()->set_max_tokens(max_tokens);
+  r.mutable_sampling()->set_ignore_eos(true);
+  return r;
+}
+
+std::string Detokenize(v1::Specd::Stub& stub, const std::vector<int32_t>& ids, bool skip_special) {
+  grpc::ClientContext ctx;
+  v1::DetokenizeRequest req;
+  req.mutable_ids()->Add(ids.begin(), ids.end());
+  req.set_skip_special_tokens(skip_special);
+  v1::DetokenizeResponse resp;
+  EXPECT_TRUE(stub.Detokenize(&ctx, req, &resp).ok());
+  return resp.text();
+}
+
+class DefaultModel : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { srv_ = Server::Start({}).release(); }
+  static void TearDownTestSuite() {
+    delete srv_;
+    srv_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(srv_, nullptr); }
+  static Server* srv_;
+};
+Server* DefaultModel::srv_ = nullptr;
+
+TEST_F(DefaultModel, StreamedTextEqualsDetokenizedIds) {
+  auto stub = srv_->Stub();
+  const StreamResult r = Generate(*stub, TextRequest("def main():\n", 48));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids.size(), 48u);
+  EXPECT_FALSE(r.text.empty());
+  EXPECT_EQ(r.text, Detokenize(*stub, r.ids, /*skip_special=*/true));
+  EXPECT_GT(r.messages, 1) << "tokens should stream in several messages";
+  EXPECT_GT(r.final_msg.stats().draft_tokens(), 0u) << "the default pair speculates with its draft model";
+}
+
+TEST_F(DefaultModel, StopStringEndsTheStreamBeforeIt) {
+  auto stub = srv_->Stub();
+  const StreamResult full = Generate(*stub, TextRequest("import os\n", 80));
+  ASSERT_TRUE(full.status.ok()) << full.status.error_message();
+  // A stop string from the middle of the greedy output, cut on UTF-8 character boundaries.
+  const std::string& t = full.text;
+  ASSERT_GT(t.size(), 20u);
+  auto boundary = [&](size_t i) {
+    while (i < t.size() && (static_cast<unsigned char>(t[i]) & 0xC0) == 0x80) ++i;
+    return i;
+  };
+  const size_t a = boundary(t.size() / 2), b = boundary(a + 3);
+  ASSERT_LT(b, t.size());
+  const std::string stop = t.substr(a, b - a);
+  auto req = TextRequest("import os\n", 80);
+  req.mutable_sampling()->add_stop("never-appears-\x01");
+  req.mutable_sampling()->add_stop(stop);
+  const StreamResult r = Generate(*stub, req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.final_msg.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(r.final_msg.stop_string(), stop);
+  EXPECT_EQ(r.text, t.substr(0, t.find(stop)));
+  ASSERT_LT(r.ids.size(), full.ids.size());
+  EXPECT_TRUE(std::equal(r.ids.begin(), r.ids.end(), full.ids.begin()));
+  EXPECT_EQ(r.final_msg.usage().completion_tokens(), r.ids.size());
+}
+
+TEST_F(DefaultModel, TokenizeDetokenizeRoundTrip) {
+  auto stub = srv_->Stub();
+  grpc::ClientContext ctx;
+  v1::TokenizeRequest req;
+  req.set_text("Hello, wörld! <|im_end|>");
+  v1::TokenizeResponse resp;
+  ASSERT_TRUE(stub->Tokenize(&ctx, req, &resp).ok());
+  ASSERT_GT(resp.ids_size(), 3);
+  EXPECT_EQ(resp.ids(resp.ids_size() - 1), 2) << "<|im_end|> is id 2 (the model's eos)";
+  for (int32_t id : resp.ids()) EXPECT_LT(id, 512);
+  const std::vector<int32_t> ids(resp.ids().begin(), resp.ids().end());
+  EXPECT_EQ(Detokenize(*stub, ids, false), "Hello, wörld! <|im_end|>");
+  EXPECT_EQ(Detokenize(*stub, ids, true), "Hello, wörld! ");
+}
+
+TEST_F(DefaultModel, ChatPromptUsesTheChatTemplate) {
+  auto stub = srv_->Stub();
+  v1::ChatPrompt chat;
+  auto* m = chat.add_messages();
+  m->set_role("user");
+  m->set_content("hi there");
+  grpc::ClientContext ctx;
+  v1::TokenizeRequest treq;
+  *treq.mutable_chat() = chat;
+  v1::TokenizeResponse tresp;
+  ASSERT_TRUE(stub->Tokenize(&ctx, treq, &tresp).ok());
+  EXPECT_EQ(tresp.rendered().rfind("<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n", 0), 0u)
+      << tresp.rendered();
+  v1::GenerateRequest req;
+  *req.mutable_chat() = chat;
+  req.mutable_sampling()->set_max_tokens(8);
+  const StreamResult r = Generate(*stub, req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.final_msg.usage().prompt_tokens(), static_cast<uint32_t>(tresp.ids_size()));
+}
+
+TEST_F(DefaultModel, ClientGenerateHealthInfo) {
+  const CommandResult g = RunCommand(ClientBinary(), {"--address", srv_->address(), "generate", "--prompt", "x = 1\n",
+                                               "--max-tokens", "16", "--ignore-eos"});
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  EXPECT_FALSE(g.out.empty());
+  EXPECT_NE(g.err.find("16 tokens, finish=length"), std::string::npos) << g.err;
+
+  const CommandResult h = RunCommand(ClientBinary(), {"--address", srv_->address(), "health"});
+  EXPECT_EQ(h.exit_code, 0) << h.err;
+  EXPECT_EQ(h.out, "SERVING\n");
+
+  const CommandResult i = RunCommand(ClientBinary(), {"--address", srv_->address(), "info"});
+  ASSERT_EQ(i.exit_code, 0) << i.err;
+  const auto j = nlohmann::json::parse(i.out);
+  EXPECT_EQ(j["vocab_size"], 512);
+  EXPECT_EQ(j["has_tokenizer"], true);
+  EXPECT_EQ(j["drafter"], "draft");
+  EXPECT_EQ(j["eos_token_ids"], nlohmann::json::array({2}));
+}
+
+}  // namespace
+}  // namespace specd::itest
