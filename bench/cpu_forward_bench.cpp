@@ -18,6 +18,7 @@
 
 #include "cache/model_cache.h"
 #include "model/config.h"
+#include "model/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 
@@ -87,35 +88,14 @@ Options ParseArgs(int argc, char** argv) {
   return o;
 }
 
-// Qwen3.5-0.8B text model (qwen35-model.md §10).
+// Qwen3.5-0.8B text model (qwen35-model.md §10), optionally with fewer layers.
 specd::ModelConfig Qwen35_0_8B(int layers) {
-  specd::ModelConfig c;
-  c.model_type = c.outer_model_type = "qwen3_5_text";
-  c.is_moe = false;
-  c.vocab_size = 248320;
-  c.hidden_size = 1024;
-  c.intermediate_size = 3584;
+  specd::ModelConfig c = specd::ReleasedShapes("0.8B").value();
   c.num_hidden_layers = layers;
-  c.full_attention_interval = 4;
+  c.layer_types.resize(static_cast<size_t>(layers));
   for (int i = 0; i < layers; ++i) {
-    c.layer_types.push_back((i + 1) % 4 == 0 ? specd::LayerType::kFullAttention : specd::LayerType::kLinearAttention);
+    c.layer_types[i] = (i + 1) % 4 == 0 ? specd::LayerType::kFullAttention : specd::LayerType::kLinearAttention;
   }
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 2;
-  c.head_dim = 256;
-  c.linear_num_key_heads = 16;
-  c.linear_num_value_heads = 16;
-  c.linear_key_head_dim = 128;
-  c.linear_value_head_dim = 128;
-  c.linear_conv_kernel_dim = 4;
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 1e7;
-  c.partial_rotary_factor = 0.25;
-  c.mrope_section = {11, 11, 10};
-  c.mrope_interleaved = true;
-  c.tie_word_embeddings = true;
-  c.max_position_embeddings = 262144;
-  c.eos_token_ids = {248046, 248044};
   return c;
 }
 

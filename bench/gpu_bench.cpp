@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "model/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 
@@ -65,27 +66,6 @@ double GemmRate(Backend& be) {
   return 2.0 * n * n * n / Median(t);
 }
 
-ModelConfig Shapes(bool nine_b) {
-  ModelConfig c;
-  c.model_type = "qwen3_5_text";
-  c.vocab_size = 248320;
-  c.hidden_size = nine_b ? 4096 : 1024;
-  c.intermediate_size = nine_b ? 12288 : 3584;
-  c.num_hidden_layers = nine_b ? 32 : 24;
-  for (int i = 0; i < c.num_hidden_layers; ++i) {
-    c.layer_types.push_back((i + 1) % 4 == 0 ? LayerType::kFullAttention : LayerType::kLinearAttention);
-  }
-  c.num_attention_heads = nine_b ? 16 : 8;
-  c.num_key_value_heads = nine_b ? 4 : 2;
-  c.head_dim = 256;
-  c.linear_num_key_heads = 16;
-  c.linear_num_value_heads = nine_b ? 32 : 16;
-  c.linear_key_head_dim = c.linear_value_head_dim = 128;
-  c.tie_word_embeddings = !nine_b;
-  c.rope_theta = 1e7;
-  return c;
-}
-
 }  // namespace
 
 int main() {
@@ -106,8 +86,9 @@ int main() {
   std::printf("\n|---|---|---|---|---|---|");
   for (int T = 1; T <= 9; ++T) std::printf("---|");
   std::printf("\n");
+  std::vector<std::string> profiles, no_graph;
   for (bool nine : {false, true}) {
-    const ModelConfig c = Shapes(nine);
+    const ModelConfig c = ReleasedShapes(nine ? "9B" : "0.8B").value();
     auto model = Qwen35Model::Random(c, &be, 7);
     const double wgb = static_cast<double>(model->weight_bytes());
     const double embed = static_cast<double>(c.vocab_size) * c.hidden_size * 2;
@@ -136,6 +117,18 @@ int main() {
       if (i >= 5) dec.push_back(Now() - t0);
     }
     const double d = Median(dec);
+    // The same decode op by op (no graph), to show what the graph saves.
+    be.SetGraphsEnabled(false);
+    std::vector<double> dec_nograph;
+    for (int i = 0; i < 20; ++i) {
+      const double t0 = Now();
+      check(model->Forward({SeqInput{slot, {prompt[i % 128]}, StateMode::kUpdate, false}}, *cache));
+      be.Synchronize();
+      if (i >= 3) dec_nograph.push_back(Now() - t0);
+    }
+    be.SetGraphsEnabled(true);
+    no_graph.push_back(fmt::format("Qwen3.5-{} shapes: decode {:.3f} ms with graphs, {:.3f} ms op by op",
+                                   nine ? "9B" : "0.8B", d * 1e3, Median(dec_nograph) * 1e3));
     std::printf("| Qwen3.5-%s shapes | %.2f | %.2f | %.3f | %.3f | %.2f |", nine ? "9B" : "0.8B", wgb / 1e9,
                 streamed / 1e9, streamed / bw * 1e3, d * 1e3, d / (streamed / bw));
     for (int T = 1; T <= 9; ++T) {
@@ -158,6 +151,18 @@ int main() {
     }
     std::printf("\n");
     std::fflush(stdout);
+    // Where a decode step's device time goes (op by op, events around each op; 10 steps).
+    be.SetProfiling(true);
+    (void)be.ProfileReport();
+    for (int i = 0; i < 10; ++i) check(model->Forward({SeqInput{slot, {prompt[i]}, StateMode::kUpdate, false}}, *cache));
+    profiles.push_back(fmt::format("### Qwen3.5-{} shapes: 10 decode steps, op by op\n\n{}", nine ? "9B" : "0.8B",
+                                   be.ProfileReport()));
+    be.SetProfiling(false);
+    be.SetGraphsEnabled(true);
   }
+  std::printf("\n");
+  for (const auto& p : no_graph) std::printf("%s\n", p.c_str());
+  std::printf("\n");
+  for (const auto& p : profiles) std::printf("%s\n", p.c_str());
   return 0;
 }

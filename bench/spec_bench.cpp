@@ -9,6 +9,7 @@
 #include <string>
 
 #include "model/safetensors.h"
+#include "model/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 #include "spec/engine.h"
@@ -25,24 +26,6 @@ std::vector<int32_t> Ids(const std::string& refs, const char* name) {
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-ModelConfig RealShapes(bool nine_b) {
-  ModelConfig c;
-  c.model_type = "qwen3_5_text";
-  c.vocab_size = 248320;
-  c.hidden_size = nine_b ? 4096 : 1024;
-  c.num_hidden_layers = nine_b ? 32 : 24;
-  for (int i = 0; i < c.num_hidden_layers; ++i) {
-    c.layer_types.push_back((i + 1) % 4 == 0 ? LayerType::kFullAttention : LayerType::kLinearAttention);
-  }
-  c.num_attention_heads = nine_b ? 16 : 8;
-  c.num_key_value_heads = nine_b ? 4 : 2;
-  c.head_dim = 256;
-  c.linear_num_key_heads = 16;
-  c.linear_num_value_heads = nine_b ? 32 : 16;
-  c.linear_key_head_dim = c.linear_value_head_dim = 128;
-  return c;
 }
 
 }  // namespace
@@ -145,7 +128,7 @@ int main(int argc, char** argv) {
   std::printf("\n## Speculative scratch per sequence at real shapes (replay log, k = 8 -> 9 logged tokens)\n\n");
   std::printf("| model | live GDN+KV state per slot (ctx 4096) | verify log per slot | + draft checkpoint |\n|---|---|---|---|\n");
   for (bool nine : {false, true}) {
-    ModelConfig c = RealShapes(nine);
+    ModelConfig c = ReleasedShapes(nine ? "9B" : "0.8B").value();
     CacheOptions o;
     o.num_slots = 1;
     o.max_ctx = 4096;

@@ -1,0 +1,14 @@
+// Qwen3.5 text-model shapes of released checkpoints (qwen35-model.md §10), for benchmarks that
+// build random-weight models of real size without a checkpoint.
+#pragma once
+
+#include <string>
+
+#include "model/config.h"
+
+namespace specd {
+
+// name: "0.8B" | "2B" | "4B" | "9B" | "27B" (dense family; eos/bos left unset).
+StatusOr<ModelConfig> ReleasedShapes(const std::string& name);
+
+}  // namespace specd
