@@ -1,4 +1,6 @@
 // Partial RoPE, KV-cache append and causal GQA attention over each slot's cache.
+#include <algorithm>
+
 #include "common.cuh"
 #include "specd/kernels.h"
 
@@ -36,63 +38,101 @@ __global__ void KvAppendK(const bf16* k, const bf16* v, const int32_t* tok_slot,
   }
 }
 
-constexpr int kAttnThreads = 128;
-constexpr int kMaxD = 512;
+constexpr int kAttnWarps = 4;
 
-// One block per (token, query head). Keys in tiles of kAttnThreads: each thread scores one key,
-// then the tile's softmax weights update a running (max, sum, output) — the online softmax.
-// Each thread owns output dims threadIdx.x, +128, ... so value reads are coalesced.
-__global__ void AttentionK(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot,
-                           const int32_t* tok_pos, int hq, int hkv, int d, int64_t max_ctx, float scale, bf16* out) {
-  __shared__ float qs[kMaxD];
-  __shared__ float ps[kAttnThreads];
-  __shared__ float red[32];
-  const int64_t t = blockIdx.x / hq;
-  const int h = static_cast<int>(blockIdx.x % hq);
+// Split-K attention ("flash decoding"): grid (token x query head, split). Each block takes a
+// contiguous share of its token's keys 0..pos; its 4 warps walk those keys in turn, each lane
+// holding PER = D/32 consecutive dims of q and of the running output, so a key row is one
+// coalesced 16-byte-per-lane load and its score one warp reduction. Each warp keeps an online
+// softmax (max m, sum l, output acc); the block merges its warps and writes (acc, m, l) for the
+// combine kernel, which merges the splits. Work per block stays small whatever the context, and
+// a decode step of a few heads still spreads over many SMs.
+template <int PER>
+__global__ void AttentionPartialK(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot,
+                                  const int32_t* tok_pos, int hq, int hkv, int64_t max_ctx, float scale, int splits,
+                                  float* part) {
+  constexpr int D = PER * 32;
+  __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
+  __shared__ float sm_acc[kAttnWarps][D];
+  const int64_t th = blockIdx.x;
+  const int64_t t = th / hq;
+  const int h = static_cast<int>(th % hq);
   const int kvh = h / (hq / hkv);
+  const int lane = threadIdx.x, w = threadIdx.y;
   const int64_t n_keys = tok_pos[t] + 1;
-  const bf16* K = kc + (int64_t{tok_slot[t]} * hkv + kvh) * max_ctx * d;
-  const bf16* V = vc + (int64_t{tok_slot[t]} * hkv + kvh) * max_ctx * d;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = ToF(q[(t * hq + h) * d + i]);
-  constexpr int kPer = kMaxD / kAttnThreads;
-  float acc[kPer];
+  const int64_t chunk = (n_keys + splits - 1) / splits;
+  const int64_t j0 = blockIdx.y * chunk, j1 = min(n_keys, j0 + chunk);
+  const bf16* K = kc + (int64_t{tok_slot[t]} * hkv + kvh) * max_ctx * D;
+  const bf16* V = vc + (int64_t{tok_slot[t]} * hkv + kvh) * max_ctx * D;
+  float qv[PER], acc[PER];
 #pragma unroll
-  for (int r = 0; r < kPer; ++r) acc[r] = 0.f;
-  float m_run = -INFINITY, l_run = 0.f;
-  __syncthreads();
-  for (int64_t j0 = 0; j0 < n_keys; j0 += kAttnThreads) {
-    const int64_t j = j0 + threadIdx.x;
-    float sc = -INFINITY;
-    if (j < n_keys) {
-      const bf16* kr = K + j * d;
-      float dot = 0.f;
-      for (int i = 0; i < d; ++i) dot += qs[i] * ToF(kr[i]);
-      sc = dot * scale;
-    }
-    const float m_tile = BlockMax(sc, red);
-    const float m_new = fmaxf(m_run, m_tile);
-    const float p = j < n_keys ? __expf(sc - m_new) : 0.f;
-    const float l_tile = BlockSum(p, red);
-    ps[threadIdx.x] = p;
-    __syncthreads();
-    const float corr = __expf(m_run - m_new);
-    l_run = l_run * corr + l_tile;
-    m_run = m_new;
-    const int tile = static_cast<int>(n_keys - j0 < kAttnThreads ? n_keys - j0 : kAttnThreads);
+  for (int i = 0; i < PER; ++i) {
+    qv[i] = ToF(q[(t * hq + h) * D + lane * PER + i]) * scale;
+    acc[i] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int64_t j = j0 + w; j < j1; j += kAttnWarps) {
+    const bf16* kr = K + j * D + lane * PER;
+    float dot = 0.f;
 #pragma unroll
-    for (int r = 0; r < kPer; ++r) {
-      const int i = threadIdx.x + r * kAttnThreads;
-      if (i >= d) continue;
-      float a = acc[r] * corr;
-      for (int jj = 0; jj < tile; ++jj) a += ps[jj] * ToF(V[(j0 + jj) * d + i]);
-      acc[r] = a;
-    }
-    __syncthreads();
+    for (int i = 0; i < PER; ++i) dot += qv[i] * ToF(kr[i]);
+    const float sc = WarpSum(dot);
+    const float m_new = fmaxf(m, sc);
+    const float corr = __expf(m - m_new), p = __expf(sc - m_new);
+    l = l * corr + p;
+    const bf16* vr = V + j * D + lane * PER;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) acc[i] = acc[i] * corr + p * ToF(vr[i]);
+    m = m_new;
+  }
+  if (lane == 0) {
+    sm_m[w] = m;
+    sm_l[w] = l;
   }
 #pragma unroll
-  for (int r = 0; r < kPer; ++r) {
-    const int i = threadIdx.x + r * kAttnThreads;
-    if (i < d) out[(t * hq + h) * d + i] = ToB(acc[r] / l_run);
+  for (int i = 0; i < PER; ++i) sm_acc[w][lane * PER + i] = acc[i];
+  __syncthreads();
+  if (w != 0) return;
+  float M = -INFINITY;
+#pragma unroll
+  for (int x = 0; x < kAttnWarps; ++x) M = fmaxf(M, sm_m[x]);
+  float L = 0.f, o[PER];
+#pragma unroll
+  for (int i = 0; i < PER; ++i) o[i] = 0.f;
+#pragma unroll
+  for (int x = 0; x < kAttnWarps; ++x) {
+    const float f = sm_m[x] == -INFINITY ? 0.f : __expf(sm_m[x] - M);
+    L += f * sm_l[x];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) o[i] += f * sm_acc[x][lane * PER + i];
+  }
+  float* dst = part + (th * splits + blockIdx.y) * (D + 2);
+#pragma unroll
+  for (int i = 0; i < PER; ++i) dst[lane * PER + i] = o[i];
+  if (lane == 0) {
+    dst[D] = M;
+    dst[D + 1] = L;
+  }
+}
+
+// out[t, h] = sum_s e^{m_s - M} acc_s / sum_s e^{m_s - M} l_s
+__global__ void AttentionCombineK(const float* part, int splits, int D, bf16* out) {
+  const int64_t th = blockIdx.x;
+  const float* p = part + th * splits * (D + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, p[s * (D + 2) + D]);
+  float L = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    const float ms = p[s * (D + 2) + D];
+    if (ms != -INFINITY) L += __expf(ms - M) * p[s * (D + 2) + D + 1];
+  }
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = p[s * (D + 2) + D];
+      if (ms != -INFINITY) o += __expf(ms - M) * p[s * (D + 2) + i];
+    }
+    out[th * D + i] = ToB(o / L);
   }
 }
 
@@ -114,13 +154,36 @@ cudaError_t KvAppend(const bf16* k, const bf16* v, const int32_t* tok_slot, cons
 }
 
 cudaError_t Attention(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot, const int32_t* tok_pos,
-                      int64_t n, int hq, int hkv, int d, int64_t max_ctx, float scale, bf16* out, cudaStream_t s) {
-  SPECD_CHECK_ARG(q && kc && vc && tok_slot && tok_pos && out && n >= 0 && hq > 0 && hkv > 0 && hq % hkv == 0);
-  SPECD_CHECK_ARG(d > 0 && d <= kMaxD && max_ctx > 0);
+                      int64_t n, int hq, int hkv, int d, int64_t max_ctx, float scale, float* scratch, int splits,
+                      bf16* out, cudaStream_t s) {
+  SPECD_CHECK_ARG(q && kc && vc && tok_slot && tok_pos && out && scratch && n >= 0 && hq > 0 && hkv > 0);
+  SPECD_CHECK_ARG(hq % hkv == 0 && d > 0 && d % 32 == 0 && d <= 512 && max_ctx > 0 && splits > 0 && splits <= 64);
   if (n == 0) return cudaSuccess;
-  AttentionK<<<static_cast<unsigned>(n * hq), kAttnThreads, 0, s>>>(q, kc, vc, tok_slot, tok_pos, hq, hkv, d, max_ctx,
-                                                                    scale, out);
+  const dim3 grid(static_cast<unsigned>(n * hq), static_cast<unsigned>(splits)), block(32, kAttnWarps);
+  switch (d / 32) {
+#define SPECD_CALL(P)                                                                                              \
+  case P:                                                                                                         \
+    AttentionPartialK<P><<<grid, block, 0, s>>>(q, kc, vc, tok_slot, tok_pos, hq, hkv, max_ctx, scale, splits,    \
+                                                scratch);                                                        \
+    break;
+    SPECD_CALL(1)
+    SPECD_CALL(2)
+    SPECD_CALL(4)
+    SPECD_CALL(8)
+    SPECD_CALL(16)
+#undef SPECD_CALL
+    default:
+      return cudaErrorInvalidValue;
+  }
+  AttentionCombineK<<<static_cast<unsigned>(n * hq), 128, 0, s>>>(scratch, splits, d, out);
   return LaunchStatus();
+}
+
+int AttentionSplits(int64_t n_heads_tokens, int64_t max_ctx) {
+  // Enough blocks to cover the SMs a few times; never chunks under 64 keys.
+  int64_t splits = (264 + n_heads_tokens - 1) / n_heads_tokens;
+  splits = std::min<int64_t>(splits, (max_ctx + 63) / 64);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(64, splits)));
 }
 
 }  // namespace specd::kernels

@@ -122,10 +122,10 @@ Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
   const DType act = be.act_dtype();
   const int64_t N = b.num_tokens, H = cfg_.hidden_size;
   const DType res = be.residual_dtype();
-  Tensor h = be.Alloc(res, {N, H});
+  Tensor h = be.Empty(res, {N, H});
   be.Embedding(w_.embed, tok, h);
-  Tensor a = be.Alloc(act, {N, H});
-  Tensor mix = be.Alloc(act, {N, H});
+  Tensor a = be.Empty(act, {N, H});
+  Tensor mix = be.Empty(act, {N, H});
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
     const auto& L = w_.layers[i];
@@ -140,11 +140,11 @@ Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
     Ffn(L, a, mix);
     be.Add(h, mix, h);
   }
-  Tensor hs = be.Alloc(res, {R, H});
+  Tensor hs = be.Empty(res, {R, H});
   be.GatherRows(h, rows, hs);
-  Tensor hn = be.Alloc(act, {R, H});
+  Tensor hn = be.Empty(act, {R, H});
   be.RmsNorm(hs, w_.final_norm, eps, true, hn);
-  Tensor logits = be.Alloc(DType::kF32, {R, cfg_.vocab_size});
+  Tensor logits = be.Empty(DType::kF32, {R, cfg_.vocab_size});
   be.Gemm(hn, w_.lm_head, logits);
   return logits;
 }
@@ -157,19 +157,19 @@ void Qwen35Model::GdnLayer(const LayerWeights& L, GdnLayerState& st, const Tenso
   const GdnDims d{cfg_.linear_num_key_heads, cfg_.linear_num_value_heads, cfg_.linear_key_head_dim,
                   cfg_.linear_value_head_dim, cfg_.linear_conv_kernel_dim};
   const int64_t C = d.conv_dim(), Vd = int64_t{d.num_v_heads} * d.head_v;
-  Tensor p = be.Alloc(act, {N, C});
-  Tensor z = be.Alloc(act, {N, Vd});
-  Tensor braw = be.Alloc(act, {N, d.num_v_heads});
-  Tensor araw = be.Alloc(act, {N, d.num_v_heads});
+  Tensor p = be.Empty(act, {N, C});
+  Tensor z = be.Empty(act, {N, Vd});
+  Tensor braw = be.Empty(act, {N, d.num_v_heads});
+  Tensor araw = be.Empty(act, {N, d.num_v_heads});
   be.Gemm(a, L.gdn.in_qkv, p);
   be.Gemm(a, L.gdn.in_z, z);
   be.Gemm(a, L.gdn.in_b, braw);
   be.Gemm(a, L.gdn.in_a, araw);
-  Tensor y = be.Alloc(act, {N, C});
+  Tensor y = be.Empty(act, {N, C});
   be.CausalConvSilu(p, L.gdn.conv, d, st, b, y);
-  Tensor o = be.Alloc(act, {N, Vd});
+  Tensor o = be.Empty(act, {N, Vd});
   be.GatedDeltaRule(y, braw, araw, L.gdn.a_log, L.gdn.dt_bias, d, st, b, o);
-  Tensor on = be.Alloc(act, {N, Vd});
+  Tensor on = be.Empty(act, {N, Vd});
   be.GatedRmsNorm(o, z, L.gdn.norm, static_cast<float>(cfg_.rms_norm_eps), on);
   be.Gemm(on, L.gdn.out, out);
 }
@@ -182,20 +182,20 @@ void Qwen35Model::AttnLayer(const LayerWeights& L, AttnLayerState& st, const Ten
   const int hq = cfg_.num_attention_heads, hkv = cfg_.num_key_value_heads, D = cfg_.head_dim;
   const AttnDims d{hq, hkv, D, cfg_.rotary_dim(), static_cast<float>(cfg_.rope_theta)};
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  Tensor q2 = be.Alloc(act, {N, 2LL * hq * D});
-  Tensor k = be.Alloc(act, {N, int64_t{hkv} * D});
-  Tensor v = be.Alloc(act, {N, int64_t{hkv} * D});
+  Tensor q2 = be.Empty(act, {N, 2LL * hq * D});
+  Tensor k = be.Empty(act, {N, int64_t{hkv} * D});
+  Tensor v = be.Empty(act, {N, int64_t{hkv} * D});
   be.Gemm(a, L.attn.q, q2);
   be.Gemm(a, L.attn.k, k);
   be.Gemm(a, L.attn.v, v);
-  Tensor q = be.Alloc(act, {N, int64_t{hq} * D});
-  Tensor gate = be.Alloc(act, {N, int64_t{hq} * D});
+  Tensor q = be.Empty(act, {N, int64_t{hq} * D});
+  Tensor gate = be.Empty(act, {N, int64_t{hq} * D});
   be.SplitQueryGate(q2, hq, D, q, gate);
   be.RmsNorm(q, L.attn.q_norm, eps, true, q);
   be.RmsNorm(k, L.attn.k_norm, eps, true, k);
   be.Rope(q, hq, d, b);
   be.Rope(k, hkv, d, b);
-  Tensor o = be.Alloc(act, {N, int64_t{hq} * D});
+  Tensor o = be.Empty(act, {N, int64_t{hq} * D});
   be.Attention(q, k, v, d, st, b, o);
   be.SigmoidMul(o, gate, o);
   be.Gemm(o, L.attn.o, out);
@@ -209,8 +209,8 @@ void Qwen35Model::Ffn(const LayerWeights& L, const Tensor& m, Tensor& out) {
   }
   const DType act = be.act_dtype();
   const int64_t N = m.dim(0), I = cfg_.intermediate_size;
-  Tensor g = be.Alloc(act, {N, I});
-  Tensor u = be.Alloc(act, {N, I});
+  Tensor g = be.Empty(act, {N, I});
+  Tensor u = be.Empty(act, {N, I});
   be.Gemm(m, L.mlp.gate, g);
   be.Gemm(m, L.mlp.up, u);
   be.SwiGlu(g, u, g);

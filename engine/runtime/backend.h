@@ -76,6 +76,8 @@ class Backend {
   // ---- memory ----
   // Zero-initialised storage.
   virtual Tensor Alloc(DType dtype, std::vector<int64_t> shape) = 0;
+  // Storage the caller overwrites completely (activations): no initialising pass.
+  virtual Tensor Empty(DType dtype, std::vector<int64_t> shape) { return Alloc(dtype, std::move(shape)); }
   // Copies host data of `src_dtype` into a new tensor of `dst_dtype` (converting floats).
   virtual Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) = 0;
   // Copies a float tensor to the host as fp32.
@@ -122,6 +124,10 @@ class Backend {
   // Forgets every graph whose key contains `needle` (a model or cache going away).
   virtual void DropGraphs(const std::string& needle) {}
   virtual void SetGraphsEnabled(bool on) {}
+  // Per-op device time (benchmarks): on = time every op with events (and run op by op);
+  // the report lists total ms and calls per op, largest first, and resets the counters.
+  virtual void SetProfiling(bool on) {}
+  virtual std::string ProfileReport() { return {}; }
 
   // ---- attention ----
   // q2 [N, Hq*2D] (per head: D query then D gate) -> q [N, Hq*D], gate [N, Hq*D]

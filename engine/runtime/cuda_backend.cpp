@@ -112,6 +112,11 @@ class CudaBackend final : public Backend {
 
   // ---- memory ----
   Tensor Alloc(DType dtype, std::vector<int64_t> shape) override {
+    Tensor t = Empty(dtype, std::move(shape));
+    Check(cudaMemsetAsync(t.data, 0, t.nbytes(), stream_), "memset");
+    return t;
+  }
+  Tensor Empty(DType dtype, std::vector<int64_t> shape) override {
     Tensor t;
     t.dtype = dtype;
     t.shape = std::move(shape);
@@ -130,7 +135,6 @@ class CudaBackend final : public Backend {
       t.owner = std::shared_ptr<void>(p, [pool, bucket](void* q) { pool->Put(q, bucket); });
     }
     t.data = p;
-    Check(cudaMemsetAsync(p, 0, t.nbytes(), stream_), "memset");
     return t;
   }
   Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) override {
@@ -192,18 +196,24 @@ class CudaBackend final : public Backend {
 
   // ---- dense ----
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    Prof prof_(this, "embedding");
     Check(K::EmbeddingGather(B(table), table.dim(0), table.dim(1), ids.ptr<int32_t>(), ids.numel(), out.data,
                              out.dtype == DType::kF32, stream_),
           "embedding");
   }
   // out[N, M] = x[N, K] w[M, K]^T: column-major out^T[M, N] = w_cm^T[M, K] x_cm[K, N].
   void Gemm(const Tensor& x, const Tensor& w, Tensor& out) override {
+    Prof prof_(this, fmt::format("gemm {}x{}", w.dim(0), w.dim(1)));
     const int64_t k = x.dim(-1), n = x.numel() / k, m = w.dim(0);
     if (w.dim(1) != k || out.numel() != n * m) {
       Fail(fmt::format("Gemm shape mismatch: x {} w {} out {}", x.ShapeString(), w.ShapeString(), out.ShapeString()));
       return;
     }
     if (n == 0) return;
+    if (K::SkinnyGemmApplies(n, k, x.data, w.data)) {
+      Check(K::SkinnyGemm(B(x), B(w), out.data, out.dtype == DType::kF32, n, m, k, stream_), "skinny gemm");
+      return;
+    }
     const float alpha = 1.f, beta = 0.f;
     const cudaDataType_t ot = out.dtype == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
     const cublasStatus_t st =
@@ -213,12 +223,14 @@ class CudaBackend final : public Backend {
     if (st != CUBLAS_STATUS_SUCCESS) Fail(fmt::format("cublasGemmEx: {}", CublasName(st)));
   }
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) override {
+    Prof prof_(this, "rmsnorm");
     const int64_t d = w.numel();
     Check(K::RmsNorm(x.data, x.dtype == DType::kF32, B(w), x.numel() / d, static_cast<int>(d), eps, unit_offset,
                      B(out), stream_),
           "rmsnorm");
   }
   void Add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    Prof prof_(this, "add");
     if (out.dtype == DType::kF32) {
       if (a.data != out.data || a.dtype != DType::kF32 || b.dtype != DType::kBF16) {
         Fail("Add: the fp32 form is residual += bf16 (out must alias a)");
@@ -230,12 +242,15 @@ class CudaBackend final : public Backend {
     Check(K::Add(B(a), B(b), B(out), a.numel(), stream_), "add");
   }
   void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    Prof prof_(this, "swiglu");
     Check(K::SwiGlu(B(gate), B(up), B(out), gate.numel(), stream_), "swiglu");
   }
   void SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) override {
+    Prof prof_(this, "sigmoid_mul");
     Check(K::SigmoidMul(B(x), B(gate), B(out), x.numel(), stream_), "sigmoid_mul");
   }
   void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) override {
+    Prof prof_(this, "gather_rows");
     Check(K::GatherRows(x.data, rows.ptr<int64_t>(), rows.numel(), x.numel() / x.dim(0),
                         static_cast<int>(DTypeSize(x.dtype)), out.data, stream_),
           "gather");
@@ -250,6 +265,7 @@ class CudaBackend final : public Backend {
   }
 
   bool ReplayGraph(const std::string& key, Tensor* out) override {
+    if (!graphs_enabled_) return false;
     auto it = graphs_.find(key);
     if (it == graphs_.end()) return false;
     Check(cudaGraphLaunch(it->second.exec, stream_), "graph launch");
@@ -310,30 +326,62 @@ class CudaBackend final : public Backend {
     }
   }
   void SetGraphsEnabled(bool on) override { graphs_enabled_ = on; }
+  void SetProfiling(bool on) override {
+    profiling_ = on;
+    if (on) graphs_enabled_ = false;
+  }
+  std::string ProfileReport() override {
+    cudaStreamSynchronize(stream_);
+    std::map<std::string, std::pair<double, int>> agg;
+    double total = 0;
+    for (auto& e : prof_events_) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e.e0, e.e1);
+      agg[e.name].first += ms;
+      agg[e.name].second += 1;
+      total += ms;
+      cudaEventDestroy(e.e0);
+      cudaEventDestroy(e.e1);
+    }
+    prof_events_.clear();
+    std::vector<std::pair<std::string, std::pair<double, int>>> v(agg.begin(), agg.end());
+    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    std::string r = fmt::format("| op | ms | calls | share |\n|---|---|---|---|\n");
+    for (auto& [n, t] : v) r += fmt::format("| {} | {:.3f} | {} | {:.1f}% |\n", n, t.first, t.second, 100 * t.first / total);
+    return r + fmt::format("| total (device time of ops) | {:.3f} | | |\n", total);
+  }
 
   // ---- attention ----
   void SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) override {
+    Prof prof_(this, "split_q_gate");
     Check(K::SplitQueryGate(B(q2), q2.dim(0), num_heads, head_dim, B(q), B(gate), stream_), "split_q_gate");
   }
   void Rope(Tensor& x, int num_heads, const AttnDims& d, const BatchInfo& b) override {
+    Prof prof_(this, "rope");
     const Meta& m = UploadMeta(b);
     Check(K::Rope(B(x), m.tok_pos, b.num_tokens, num_heads, d.head_dim, d.rotary_dim, d.rope_theta, stream_), "rope");
   }
   void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, AttnLayerState& st,
                  const BatchInfo& b, Tensor& out) override {
+    Prof prof_(this, "attention (append + attend)");
     const Meta& m = UploadMeta(b);
     const int64_t ctx = st.k.dim(2);
     Check(K::KvAppend(B(k), B(v), m.tok_slot, m.tok_pos, b.num_tokens, d.num_kv_heads, d.head_dim, ctx, B(st.k),
                       B(st.v), stream_),
           "kv_append");
+    // Splits depend only on shapes (not on positions), so a captured graph stays valid.
+    const int splits = K::AttentionSplits(b.num_tokens * d.num_q_heads, ctx);
+    Tensor part = Empty(DType::kF32, {b.num_tokens * d.num_q_heads * splits * (d.head_dim + 2)});
     Check(K::Attention(B(q), B(st.k), B(st.v), m.tok_slot, m.tok_pos, b.num_tokens, d.num_q_heads, d.num_kv_heads,
-                       d.head_dim, ctx, 1.f / std::sqrt(static_cast<float>(d.head_dim)), B(out), stream_),
+                       d.head_dim, ctx, 1.f / std::sqrt(static_cast<float>(d.head_dim)), part.ptr<float>(), splits,
+                       B(out), stream_),
           "attention");
   }
 
   // ---- GDN ----
   void CausalConvSilu(const Tensor& p, const Tensor& w, const GdnDims& d, GdnLayerState& st, const BatchInfo& b,
                       Tensor& y) override {
+    Prof prof_(this, "gdn conv + state");
     const Meta& m = UploadMeta(b);
     const int64_t C = d.conv_dim();
     Check(K::CausalConvSilu(B(p), B(w), B(st.conv), m.seqs, m.tok_seq, b.num_tokens, C, d.conv_kernel, B(y), stream_),
@@ -345,11 +393,12 @@ class CudaBackend final : public Backend {
   void GatedDeltaRule(const Tensor& y, const Tensor& braw, const Tensor& araw, const Tensor& a_log,
                       const Tensor& dt_bias, const GdnDims& d, GdnLayerState& st, const BatchInfo& b,
                       Tensor& o) override {
+    Prof prof_(this, "gdn rule (prep, log, recurrence)");
     const Meta& m = UploadMeta(b);
     const int64_t N = b.num_tokens;
     const int hk = d.num_k_heads, hv = d.num_v_heads, dk = d.head_k, dv = d.head_v;
-    Tensor q = Alloc(DType::kF32, {N, hk, dk}), k = Alloc(DType::kF32, {N, hk, dk});
-    Tensor v = Alloc(DType::kF32, {N, hv, dv}), g = Alloc(DType::kF32, {N, hv}), beta = Alloc(DType::kF32, {N, hv});
+    Tensor q = Empty(DType::kF32, {N, hk, dk}), k = Empty(DType::kF32, {N, hk, dk});
+    Tensor v = Empty(DType::kF32, {N, hv, dv}), g = Empty(DType::kF32, {N, hv}), beta = Empty(DType::kF32, {N, hv});
     Check(K::GdnPrep(B(y), B(braw), B(araw), a_log.ptr<float>(), dt_bias.ptr<float>(), N, hk, hv, dk, dv,
                      q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), g.ptr<float>(), beta.ptr<float>(), stream_),
           "gdn_prep");
@@ -363,10 +412,12 @@ class CudaBackend final : public Backend {
           "gdn_recurrent");
   }
   void GatedRmsNorm(const Tensor& o, const Tensor& z, const Tensor& w, float eps, Tensor& out) override {
+    Prof prof_(this, "gated_rmsnorm");
     const int64_t d = w.numel();
     Check(K::GatedRmsNorm(B(o), B(z), B(w), o.numel() / d, static_cast<int>(d), eps, B(out), stream_), "gated_norm");
   }
   void GdnCommit(GdnLayerState& st, const GdnDims& d, int slot, int keep, bool from_checkpoint) override {
+    Prof prof_(this, "gdn commit (replay)");
     const int64_t C = d.conv_dim(), L = st.log_k.dim(1);
     const int hk = d.num_k_heads, hv = d.num_v_heads, dk = d.head_k, dv = d.head_v, Kc = d.conv_kernel;
     bf16* win = B(st.conv) + int64_t{slot} * Kc * C;
@@ -569,6 +620,31 @@ class CudaBackend final : public Backend {
     last_meta_ = std::move(host);
   }
 
+  // Event pair around one op when profiling.
+  class Prof {
+   public:
+    Prof(CudaBackend* b, std::string name) : b_(b->profiling_ ? b : nullptr), name_(std::move(name)) {
+      if (!b_) return;
+      cudaEventCreate(&e0_);
+      cudaEventCreate(&e1_);
+      cudaEventRecord(e0_, b_->stream_);
+    }
+    ~Prof() {
+      if (!b_) return;
+      cudaEventRecord(e1_, b_->stream_);
+      b_->prof_events_.push_back({name_, e0_, e1_});
+    }
+
+   private:
+    CudaBackend* b_;
+    std::string name_;
+    cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+  };
+  struct ProfEvent {
+    std::string name;
+    cudaEvent_t e0, e1;
+  };
+
   struct Graph {
     cudaGraphExec_t exec = nullptr;
     Tensor out;
@@ -593,6 +669,8 @@ class CudaBackend final : public Backend {
   char* staged_tok_ = nullptr;
   char* staged_ids_ = nullptr;
   bool graphs_enabled_ = true;
+  bool profiling_ = false;
+  std::vector<ProfEvent> prof_events_;
   bool capturing_ = false;
   std::vector<void*> arena_;
   std::map<std::string, Graph> graphs_;

@@ -51,6 +51,14 @@ cudaError_t GatherRows(const void* x, const int64_t* rows, int64_t nrows, int64_
                        cudaStream_t s);
 cudaError_t SplitQueryGate(const bf16* q2, int64_t n, int heads, int d, bf16* q, bf16* gate, cudaStream_t s);
 
+// ---- skinny GEMM (decode / verify) ----
+// out[n, M] = x[n, K] · w[M, K]^T for n <= kSkinnyMaxRows, K % 8 == 0, 16-byte aligned x and w;
+// out bf16 or fp32. Bandwidth-bound: streams w once.
+constexpr int64_t kSkinnyMaxRows = 16;
+bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w);
+cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, int64_t n, int64_t M, int64_t K,
+                       cudaStream_t s);
+
 // ---- norms ----
 // y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w), rows of d; x bf16 or fp32.
 cudaError_t RmsNorm(const void* x, bool x_f32, const bf16* w, int64_t rows, int d, float eps, bool unit_offset,
@@ -65,9 +73,14 @@ cudaError_t Rope(bf16* x, const int32_t* pos, int64_t n, int heads, int d, int r
 // kc/vc [slots, hkv, max_ctx, d]: row (slot[t], h, pos[t]) = k/v[t, h].
 cudaError_t KvAppend(const bf16* k, const bf16* v, const int32_t* tok_slot, const int32_t* tok_pos, int64_t n, int hkv,
                      int d, int64_t max_ctx, bf16* kc, bf16* vc, cudaStream_t s);
-// Causal GQA attention of token t over keys 0..pos[t] of its slot; fp32 online softmax.
+// Causal GQA attention of token t over keys 0..pos[t] of its slot; fp32 online softmax, keys split
+// over `splits` blocks per (token, head) and merged. scratch: n*hq*splits*(d+2) floats.
+// d must be a multiple of 32 (<= 512).
 cudaError_t Attention(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot, const int32_t* tok_pos,
-                      int64_t n, int hq, int hkv, int d, int64_t max_ctx, float scale, bf16* out, cudaStream_t s);
+                      int64_t n, int hq, int hkv, int d, int64_t max_ctx, float scale, float* scratch, int splits,
+                      bf16* out, cudaStream_t s);
+// A split count that fills the GPU for n*hq (token, head) pairs over a max_ctx-long cache.
+int AttentionSplits(int64_t n_heads_tokens, int64_t max_ctx);
 
 // ---- GDN conv ----
 // y[t, c] = silu(sum_j w[c, j] * xt(t + 1 + j, c)), xt = [window of the span's slot (K rows) | p rows].
