@@ -11,6 +11,7 @@ namespace specd::kernels {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
+constexpr int64_t kSkinnyUseRows = 1;
 constexpr int kUnroll = 4;
 
 __device__ __forceinline__ void Bf16x8ToF32(const uint4& u, float (&f)[8]) {
@@ -87,7 +88,10 @@ cudaError_t Launch(const bf16* x, const bf16* w, OutT* out, int n, int64_t M, in
 }  // namespace
 
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
-  return n >= 1 && n <= kSkinnyMaxRows && K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+  // Measured on H200 (docs/PERFORMANCE.md): a clear win over cuBLAS at one row (decode), a loss
+  // from two rows on (each weight chunk then meets n x-chunks from L1), so verify stays on cuBLAS
+  // until this kernel stages x in shared memory.
+  return n >= 1 && n <= kSkinnyUseRows && K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 

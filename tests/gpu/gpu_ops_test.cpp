@@ -55,6 +55,13 @@ TEST_P(GpuOps, GemmNormsAndElementwise) {
   cpu_.Gemm(x.cpu, w.cpu, y.cpu);
   Gpu()->Gemm(x.gpu, w.gpu, y.gpu);
   Expect(y.cpu, y.gpu, "gemm");
+  // One row: the decode path (skinny GEMM), bf16 and fp32 out.
+  for (DType ot : {DType::kBF16, DType::kF32}) {
+    Pair y1{cpu_.Alloc(DType::kF32, {1, M}), Gpu()->Alloc(ot, {1, M})};
+    cpu_.Gemm(x.cpu.Rows(1, 1), w.cpu, y1.cpu);
+    Gpu()->Gemm(x.gpu.Rows(1, 1), w.gpu, y1.gpu);
+    Expect(y1.cpu, y1.gpu, ot == DType::kF32 ? "gemm 1 row, fp32 out" : "gemm 1 row");
+  }
 
   auto nw = MakePair(cpu_, Rand(H, 0.3f), {H});
   Pair n{cpu_.Alloc(DType::kF32, {N, H}), Gpu()->Alloc(DType::kBF16, {N, H})};
