@@ -129,6 +129,7 @@ Status RunServe(const ServeOptions& o) {
   eo.max_k = o.max_k;
   eo.default_k = plan.drafter == "none" ? 0 : o.k;
   eo.prefill_chunk = o.prefill_chunk;
+  eo.max_prefill_tokens = o.max_prefill_tokens;
   const std::string drafter = plan.drafter;
   Qwen35Model* target_ptr = target.get();
   Qwen35Model* draft_ptr = draft.get();

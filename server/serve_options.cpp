@@ -49,6 +49,8 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
       ->check(CLI::NonNegativeNumber);
   s->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per sequence per step")
       ->check(CLI::PositiveNumber);
+  s->add_option("--max-prefill-tokens", o->max_prefill_tokens, "Prompt tokens per step, all requests together")
+      ->check(CLI::PositiveNumber);
   s->add_option("--grace-seconds", o->grace_seconds, "On SIGTERM: time to finish in-flight requests")
       ->check(CLI::NonNegativeNumber);
   s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\"} here once serving");

@@ -32,6 +32,7 @@ struct ServeOptions {
   int max_queue = 256;       // requests waiting for a slot; more -> RESOURCE_EXHAUSTED
   int64_t max_context = 0;   // tokens per sequence; 0 = the model's max_position_embeddings
   int64_t prefill_chunk = 512;
+  int64_t max_prefill_tokens = 2048;
   double grace_seconds = 30;  // SIGTERM: time for in-flight requests before they are cancelled
   std::string port_file;     // written once serving: {"port": P, "metrics_port": M}
   std::string log_level = "info";

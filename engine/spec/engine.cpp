@@ -25,6 +25,7 @@ StatusOr<std::unique_ptr<SpecEngine>> SpecEngine::Create(Qwen35Model* target, st
     return InvalidArgument("k must be in [0, {}] (got {})", opt.max_k, opt.default_k);
   }
   if (opt.prefill_chunk <= 0) return InvalidArgument("prefill chunk must be positive");
+  if (opt.max_prefill_tokens <= 0) return InvalidArgument("max prefill tokens per step must be positive");
   auto e = std::unique_ptr<SpecEngine>(new SpecEngine());
   e->target_ = target;
   e->drafter_ = std::move(drafter);
@@ -177,12 +178,21 @@ Status SpecEngine::Step() {
   if (drafter_ && !dreq.empty()) SPECD_RETURN_IF_ERROR(drafter_->Propose(dreq, props));
 
   // ---- ONE target forward: prefill chunks + verify spans ----
+  // Prompt tokens per step are capped in total (oldest requests first), so a burst of new
+  // prompts cannot stall the running streams for one huge step.
   std::vector<SeqInput> in;
+  std::vector<int> prefilling;
+  std::vector<int64_t> chunk_len;
+  int64_t budget = opt_.max_prefill_tokens;
   for (int id : prefill_ids) {
+    if (budget <= 0) break;
     Seq& s = seqs_[id];
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
-    const int64_t end = std::min(P, s.prefilled + opt_.prefill_chunk);
-    in.push_back(SeqInput{s.slot, {s.req.prompt.begin() + s.prefilled, s.req.prompt.begin() + end},
+    const int64_t len = std::min({P - s.prefilled, opt_.prefill_chunk, budget});
+    budget -= len;
+    prefilling.push_back(id);
+    chunk_len.push_back(len);
+    in.push_back(SeqInput{s.slot, {s.req.prompt.begin() + s.prefilled, s.req.prompt.begin() + s.prefilled + len},
                           StateMode::kUpdate, false});
   }
   for (size_t i = 0; i < decode_ids.size(); ++i) {
@@ -202,10 +212,11 @@ Status SpecEngine::Step() {
   std::vector<float> logits = target_->backend()->DownloadF32(fo.logits);
 
   size_t row = 0;
-  for (int id : prefill_ids) {
+  for (size_t i = 0; i < prefilling.size(); ++i) {
+    const int id = prefilling[i];
     Seq& s = seqs_[id];
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
-    s.prefilled = std::min(P, s.prefilled + opt_.prefill_chunk);
+    s.prefilled += chunk_len[i];
     const size_t r = row++;
     if (s.prefilled < P) continue;
     // The prompt is in: its last logits give the first generated token (position P).

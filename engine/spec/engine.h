@@ -35,7 +35,8 @@ struct EngineOptions {
   int64_t max_ctx = 4096;
   int default_k = 4;
   int max_k = 16;
-  int64_t prefill_chunk = 512;
+  int64_t prefill_chunk = 512;        // prompt tokens per sequence per step
+  int64_t max_prefill_tokens = 2048;  // prompt tokens per step, all sequences together
   std::vector<int32_t> eos_ids;  // from the target's config
   // Adaptive k: cost of one extra drafted+verified token relative to a plain decode step.
   double adaptive_token_cost = 0.1;

@@ -115,6 +115,32 @@ INSTANTIATE_TEST_SUITE_P(DraftersAndK, GreedySpec,
                            return std::get<0>(info.param) + "_k" + std::to_string(std::get<1>(info.param));
                          });
 
+TEST(SpecEngine, PrefillTokenBudgetPerStepKeepsOutputsExact) {
+  // Prompts longer than the per-step budget are fed over several steps, several sequences
+  // share the budget, and decoding sequences keep going meanwhile.
+  auto refs = LoadRefs("dense");
+  auto p = refs.Ids("prompt_ids"), lp = refs.Ids("long_prompt_ids");
+  EngineOptions o;
+  o.max_ctx = 512;
+  o.default_k = 3;
+  o.prefill_chunk = 5;
+  o.max_prefill_tokens = 7;
+  auto e = std::move(SpecEngine::Create(M().target.get(), MakeDrafter("near", 8, 16), o)).value();
+  const std::vector<std::vector<int32_t>> prompts = {p, {lp.begin(), lp.begin() + 23}, {p[0]}};
+  std::vector<int> ids;
+  for (const auto& pr : prompts) ids.push_back(*e->Add(Greedy(pr, 10)));
+  int steps = 0;
+  while (e->HasWork()) {
+    ASSERT_TRUE(e->Step().ok());
+    ++steps;
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(e->Generated(ids[i]), ReferenceGreedy(prompts[i], 10)) << i;
+  // 45 + 23 + 1 prompt tokens at 7 per step need at least 10 steps before the last prefill ends.
+  EXPECT_GE(steps, 10);
+  o.max_prefill_tokens = 0;
+  EXPECT_EQ(SpecEngine::Create(M().target.get(), nullptr, o).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(SpecEngine, NearDraftIsOftenAcceptedSmallDraftRarely) {
   auto refs = LoadRefs("dense");
   auto run = [&](const std::string& d) {
