@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the main job: the gRPC daemon `specd serve` on its embedded default
-# model pair (a tiny random-weight Qwen3.5 fixture target, a near draft and a byte-level
-# tokenizer: the ids and statistics are real, the text is noise) on an ephemeral loopback port;
-# once it is healthy, one streamed speculative generation with `specd-client`, whose JSON result
-# is printed; then the daemon is stopped with SIGTERM (it drains and exits 0).
+# model pair (models/demo: a small Qwen3.5 target and draft trained on Python source) on an
+# ephemeral loopback port; once it is healthy, one streamed speculative generation with
+# `specd-client` (Python code on stdout, the acceptance rate on stderr) and the same request's
+# JSON; then the daemon is stopped with SIGTERM (it drains and exits 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -33,8 +33,11 @@ for _ in $(seq 1 100); do
 done
 "$client" --address "$addr" health >&2
 
-"$client" --address "$addr" generate --prompt-ids "84,234,379,460,70,384,287,462,37,310" \
-  --max-tokens 32 --ignore-eos --k 4 --json
+prompt=$'import os\n\n\ndef read_config(path):\n    """Read a config file and return a dict."""\n'
+printf '%s' "$prompt"
+"$client" --address "$addr" generate --prompt "$prompt" --max-tokens 160 --temperature 0.7 --seed 1 --k 4
+echo
+"$client" --address "$addr" generate --prompt "$prompt" --max-tokens 64 --k 4 --json
 
 kill -TERM "$pid"
 rc=0

@@ -1,5 +1,5 @@
-// The embedded default model pair (models/default: the tiny random-weight fixture target, its
-// near draft, and a byte-level tokenizer), linked into the binary so that `specd serve` with no
+// The embedded default model pair (models/demo: a small Qwen3.5 target and draft trained on
+// Python source by tools/train_demo.py, with their byte-level tokenizer), linked into the binary so that `specd serve` with no
 // flags works on a fresh machine. The loader reads folders, so the files are written once to a
 // cache folder keyed by their content hash and loaded from there.
 #pragma once
@@ -13,7 +13,7 @@
 namespace specd::serve {
 
 struct EmbeddedFile {
-  const char* path;  // relative to models/default, e.g. "target/config.json"
+  const char* path;  // relative to models/demo, e.g. "target/config.json"
   const unsigned char* begin;
   const unsigned char* end;
 };

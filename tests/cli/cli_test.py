@@ -47,7 +47,7 @@ r = run("tokenize", "--tokenizer", "/nonexistent/dir", "--text", "x")
 check(r.returncode != 0 and "nonexistent" in r.stderr, "missing tokenizer: clear error")
 
 # 2. generate --prompt TEXT end to end on the default pair (byte-level tokenizer in the folder).
-target = os.path.join(src, "models/default/target")
+target = os.path.join(src, "models/demo/target")
 r = run("generate", "--model", target, "--prompt", "def main():", "--max-tokens", "12", "--ignore-eos", "--json")
 check(r.returncode == 0, f"generate --prompt exit {r.returncode}: {r.stderr.strip()}")
 if r.returncode == 0:
