@@ -62,7 +62,7 @@ RequestRecord RunOne(v1::Specd::Stub& stub, const v1::GenerateRequest& req, int6
   r.e2e_s = Seconds(Clock::now() - t0);
   r.ok = st.ok() && finished;
   r.lost = st.ok() && !finished;
-  if (!st.ok()) r.error_code = CodeName(st.error_code());
+  if (!st.ok()) r.error_code = GrpcCodeName(st.error_code());
   return r;
 }
 

@@ -3,6 +3,7 @@
 
 #include <grpcpp/support/status.h>
 
+#include "grpc_code_name.h"
 #include "util/status.h"
 
 namespace specd::serve {
@@ -12,7 +13,6 @@ inline grpc::Status ToGrpc(const Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(s.code())), s.message());
 }
 
-// The canonical upper-case name (INVALID_ARGUMENT, ...), as metrics labels and logs use it.
-const char* GrpcCodeName(grpc::StatusCode c);
+using specd::GrpcCodeName;  // proto/grpc_code_name.h: metrics labels and logs use it
 
 }  // namespace specd::serve

@@ -1,8 +1,12 @@
-#include "server/status_map.h"
+// The canonical name of a gRPC status code ("INVALID_ARGUMENT"), shared by the daemon (logs,
+// metrics labels) and the client (its error output, which tests and scripts read).
+#pragma once
 
-namespace specd::serve {
+#include <grpcpp/support/status.h>
 
-const char* GrpcCodeName(grpc::StatusCode c) {
+namespace specd {
+
+inline const char* GrpcCodeName(grpc::StatusCode c) {
   switch (c) {
     case grpc::StatusCode::OK: return "OK";
     case grpc::StatusCode::CANCELLED: return "CANCELLED";
@@ -25,4 +29,4 @@ const char* GrpcCodeName(grpc::StatusCode c) {
   }
 }
 
-}  // namespace specd::serve
+}  // namespace specd
