@@ -51,7 +51,8 @@ inline double MaxRowRelErr(const std::vector<float>& got, const std::vector<floa
       num += (a - b) * (a - b);
       den += b * b;
     }
-    worst = std::max(worst, std::sqrt(num) / std::max(std::sqrt(den), 1e-30));
+    const double e = std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+    if (!(e <= worst)) worst = std::isnan(e) ? INFINITY : e;  // NaN anywhere must fail every tolerance
   }
   return worst;
 }

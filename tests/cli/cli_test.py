@@ -56,9 +56,10 @@ if r.returncode == 0:
     check(set(j) >= {"ids", "text", "finish_reason", "stats"}, "JSON keys")
     check(set(j["stats"]) == {"draft_tokens", "accepted_tokens", "verify_steps", "acceptance_rate",
                               "mean_acceptance_length", "per_position_acceptance"}, "stats keys")
-    # The text is the decode of the ids: tokenize's decode of the same ids must agree.
+    # The text is the decode of the ids: re-encoding it round-trips through the same tokenizer.
     r2 = run("tokenize", "--tokenizer", target, "--text", j["text"])
-    check(r2.returncode == 0, "tokenize the generated text")
+    check(r2.returncode == 0 and json.loads(r2.stdout)["cases"][0]["decoded"] == j["text"],
+          "the generated text round-trips through the model's tokenizer")
 
 # 3. generate on a fixture pair: greedy ids equal transformers' greedy_ids.
 def read_ids(path, name):
@@ -89,6 +90,22 @@ with tempfile.TemporaryDirectory() as d:
         b = open(out, "rb").read()
         h = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])
         check(h["logits"]["dtype"] == "F32" and h["logits"]["shape"] == [45, 512], "logits tensor")
+        # Values: prefill 30 + one cached 15-token forward equal transformers' uncached logits.
+        n = struct.unpack("<Q", b[:8])[0]
+        s, e = h["logits"]["data_offsets"]
+        got = struct.unpack(f"<{(e - s) // 4}f", b[8 + n + s:8 + n + e])
+        rb = open(refs, "rb").read()
+        rn = struct.unpack("<Q", rb[:8])[0]
+        rh = json.loads(rb[8:8 + rn])
+        rs, re_ = rh["prompt_logits"]["data_offsets"]
+        ref = struct.unpack(f"<{(re_ - rs) // 4}f", rb[8 + rn + rs:8 + rn + re_])
+        worst = 0.0
+        for row in range(45):
+            g, r_ = got[row * 512:(row + 1) * 512], ref[row * 512:(row + 1) * 512]
+            num = sum((a - c) ** 2 for a, c in zip(g, r_)) ** 0.5
+            den = sum(c * c for c in r_) ** 0.5
+            worst = max(worst, num / den) if num == num else float("inf")
+        check(worst <= 1e-4, f"logits --split 30 vs transformers: worst row rel err {worst:.3g}")
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

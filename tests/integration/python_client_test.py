@@ -31,7 +31,7 @@ def fixture_ids(path, name):
     data = pathlib.Path(path).read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     t = json.loads(data[8:8 + n])[name]
-    assert t["dtype"] == "I64"
+    check(t["dtype"] == "I64", "")
     a, b = t["data_offsets"]
     raw = data[8 + n + a:8 + n + b]
     return list(struct.unpack(f"<{len(raw) // 8}q", raw))
@@ -49,8 +49,14 @@ def gen_stubs(proto_dir, out):
     for inc, p in [(proto_dir, "specd/v1/specd.proto"), (os.path.join(out, "protos"), "specd_health/health.proto")]:
         rc = protoc.main(["protoc", f"-I{inc}", f"-I{wkt}", f"--python_out={out}", f"--grpc_python_out={out}",
                           os.path.join(inc, p)])
-        assert rc == 0, f"protoc failed on {p}"
+        check(rc == 0, f"protoc failed on {p}")
     sys.path.insert(0, out)
+
+
+def check(cond, what):
+    # Explicit, so `python -O` cannot strip the checks.
+    if not cond:
+        raise AssertionError(what)
 
 
 def main():
@@ -73,13 +79,13 @@ def main():
             if os.path.exists(port_file) or srv.poll() is not None:
                 break
             time.sleep(0.01)
-        assert os.path.exists(port_file), "server did not start: " + open(log.name).read()
+        check(os.path.exists(port_file), "server did not start: " + open(log.name).read())
         port = json.load(open(port_file))["port"]
         ch = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = specd_pb2_grpc.SpecdStub(ch)
 
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+        check(health.status == health_pb2.HealthCheckResponse.SERVING, health)
 
         prompt, want = fixture_ids(refs, "prompt_ids"), fixture_ids(refs, "greedy_ids")
         req = specd_pb2.GenerateRequest(token_ids=specd_pb2.TokenIds(ids=prompt),
@@ -89,23 +95,23 @@ def main():
             ids += list(msg.token_ids)
             if msg.finish_reason != specd_pb2.FINISH_REASON_UNSPECIFIED:
                 final = msg
-        assert ids == want, (ids, want)
-        assert final is not None and final.finish_reason == specd_pb2.FINISH_REASON_LENGTH
-        assert final.usage.completion_tokens == 40 and final.stats.draft_tokens > 0
+        check(ids == want, (ids, want))
+        check(final is not None and final.finish_reason == specd_pb2.FINISH_REASON_LENGTH, "")
+        check(final.usage.completion_tokens == 40 and final.stats.draft_tokens > 0, "")
 
         bad = specd_pb2.GenerateRequest(token_ids=specd_pb2.TokenIds(ids=[1, 2, 99999]))
         try:
             list(stub.Generate(bad, timeout=10))
             raise AssertionError("out-of-vocab prompt was accepted")
         except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
-            assert "out of the vocabulary" in e.details(), e.details()
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, e)
+            check("out of the vocabulary" in e.details(), e.details())
 
         info = stub.GetModelInfo(specd_pb2.GetModelInfoRequest(), timeout=5)
-        assert info.vocab_size == 512 and info.drafter == "draft", info
+        check(info.vocab_size == 512 and info.drafter == "draft", info)
 
         srv.send_signal(signal.SIGTERM)
-        assert srv.wait(timeout=30) == 0, "server did not exit 0 on SIGTERM"
+        check(srv.wait(timeout=30) == 0, "server did not exit 0 on SIGTERM")
     finally:
         if srv.poll() is None:
             srv.kill()

@@ -71,7 +71,7 @@ struct SampleRun {
 };
 
 SampleRun Sample(const std::vector<int32_t>& prompt, const std::string& drafter, int k, int n, SamplingMode mode,
-                 Qwen35Model* target = nullptr) {
+                 Qwen35Model* target = nullptr, float temperature = kTemp) {
   if (target == nullptr) target = F().target.get();
   EngineOptions o;
   o.max_seqs = 100;
@@ -89,7 +89,7 @@ SampleRun Sample(const std::vector<int32_t>& prompt, const std::string& drafter,
       g.prompt = prompt;
       g.max_tokens = 3;
       g.ignore_eos = true;
-      g.sampling.temperature = kTemp;
+      g.sampling.temperature = temperature;
       g.sampling.top_k = kTopK;
       g.sampling.seed = 1000 + static_cast<uint64_t>(i);
       g.sampling.mode = mode;
@@ -173,32 +173,22 @@ INSTANTIATE_TEST_SUITE_P(Modes, SamplingExactness,
                          });
 
 TEST(SamplingExactness, ChiSquareDetectsAWrongSampler) {
-  // The same statistic against a biased sampler (the draft model sampled as if it were the
-  // target, no verification) must fail: the test above has power.
+  // The same statistic, the same support (top-5 of the same target), a different distribution:
+  // the target sampled at temperature 2 instead of 1.5. A verifier that resampled from p instead
+  // of the residual, or mis-scaled q, biases the joint in this way; the test above must see it.
   auto prompt = LoadRefs("dense").Ids("prompt_ids");
   prompt.resize(8);
   const auto exact = ExactJoint(prompt);
   constexpr int kN = 3000;
-  const SampleRun r = Sample(prompt, "none", 0, kN, SamplingMode::kRejection, F().near.get());
+  const SampleRun r = Sample(prompt, "none", 0, kN, SamplingMode::kRejection, F().target.get(), 2.0f);
   int dof = 0;
-  double chi = 0, pe = 0, po = 0;
-  int cells = 0;
-  for (const auto& [seq, p] : exact) {
-    const double ex = p * kN;
-    auto it = r.counts.find(seq);
-    const double ob = it == r.counts.end() ? 0 : it->second;
-    if (ex < 5) { pe += ex; po += ob; continue; }
-    chi += (ob - ex) * (ob - ex) / ex;
-    ++cells;
-  }
-  int64_t outside = 0;
-  for (const auto& [seq, c] : r.counts) if (!exact.count(seq)) outside += c;
-  chi += (po + outside - pe) * (po + outside - pe) / std::max(pe, 1.0);
-  dof = cells;
+  const double chi = ChiSquare(r, exact, kN, &dof);
+  std::printf("  wrong sampler: chi2 = %.1f, dof = %d, critical(1e-6) = %.1f\n", chi, dof, Critical(dof));
   EXPECT_GT(chi, Critical(dof));
 }
 
-std::vector<int32_t> RunOne(const std::string& drafter, int k, SamplingMode mode, int companions, uint64_t seed) {
+std::vector<int32_t> RunOne(const std::string& drafter, int k, SamplingMode mode, int companions, uint64_t seed,
+                            int64_t* drafted = nullptr) {
   EngineOptions o;
   o.max_seqs = 8;
   o.max_ctx = 256;
@@ -221,7 +211,9 @@ std::vector<int32_t> RunOne(const std::string& drafter, int k, SamplingMode mode
     (void)*e->Add(g);
   }
   GenerationRequest g;
-  g.prompt = refs.Ids("prompt_ids");
+  // A phrase repeated five times: the n-gram drafter finds matches, so both drafters draft.
+  const auto p = refs.Ids("prompt_ids");
+  for (int rep = 0; rep < 5; ++rep) g.prompt.insert(g.prompt.end(), p.begin(), p.begin() + 9);
   g.max_tokens = 30;
   g.ignore_eos = true;
   g.sampling.temperature = 0.8f;
@@ -230,6 +222,7 @@ std::vector<int32_t> RunOne(const std::string& drafter, int k, SamplingMode mode
   g.sampling.mode = mode;
   const int id = *e->Add(g);
   while (e->HasWork()) EXPECT_TRUE(e->Step().ok());
+  if (drafted) *drafted = e->Stats(id).draft_tokens;
   return e->Generated(id);
 }
 
@@ -239,8 +232,10 @@ TEST(SeededOutput, CoupledModeEqualsPlainSamplingForEveryKDrafterAndBatch) {
   for (const std::string drafter : {"near", "ngram"}) {
     for (int k : {1, 2, 4, 8}) {
       for (int companions : {0, 3}) {
-        EXPECT_EQ(RunOne(drafter, k, SamplingMode::kCoupled, companions, 4242), plain)
+        int64_t drafted = 0;
+        EXPECT_EQ(RunOne(drafter, k, SamplingMode::kCoupled, companions, 4242, &drafted), plain)
             << drafter << " k=" << k << " companions=" << companions;
+        EXPECT_GT(drafted, 0) << drafter << " k=" << k << ": the comparison needs real drafts";
       }
     }
   }
