@@ -24,10 +24,12 @@ TEST(Validation, MalformedRequestsAreInvalidArgumentWhileOthersStream) {
   const auto prompt = FixtureIds("dense/refs.safetensors", "prompt_ids");
   const auto want = FixtureIds("dense/refs.safetensors", "greedy_ids");
 
-  // Four background streams of the fixture prompt, running while the bad requests arrive.
+  // Four long background streams of the fixture prompt, running while the bad requests arrive:
+  // the bad requests are sent only once all four run, and some must still run after them.
   std::vector<StreamResult> bg(4);
   std::vector<std::thread> threads;
-  for (auto& r : bg) threads.emplace_back([&] { r = Generate(*stub, IdsRequest(prompt, 40)); });
+  for (auto& r : bg) threads.emplace_back([&] { r = Generate(*stub, IdsRequest(prompt, 1500)); });
+  ASSERT_EQ(srv->WaitMetric("specd:num_requests_running", 4, std::chrono::seconds(10)), 4);
 
   const std::vector<BadCase> cases = {
       {"empty token_ids", [](auto& r) { r.mutable_token_ids()->clear_ids(); }, "empty prompt"},
@@ -61,10 +63,12 @@ TEST(Validation, MalformedRequestsAreInvalidArgumentWhileOthersStream) {
         << c.name << ": message was '" << r.status.error_message() << "'";
     EXPECT_EQ(r.messages, 0) << c.name;
   }
+  EXPECT_GE(srv->Metric("specd:num_requests_running"), 1) << "the streams ended before the bad requests did";
   for (auto& t : threads) t.join();
   for (const auto& r : bg) {
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-    EXPECT_EQ(r.ids, want);
+    ASSERT_EQ(r.ids.size(), 1500u);
+    EXPECT_EQ(std::vector<int32_t>(r.ids.begin(), r.ids.begin() + static_cast<long>(want.size())), want);
   }
   EXPECT_EQ(srv->Metric("specd:request_failure_total{code=\"INVALID_ARGUMENT\"}"), static_cast<double>(cases.size()));
   EXPECT_EQ(srv->WaitMetric("specd:cache_slots_in_use", 0, std::chrono::seconds(3)), 0);
