@@ -13,7 +13,15 @@ void GdnStep(float* S, const float* k, const float* v, float g, float beta, int 
              const float* q, float* o) {
   const float decay = std::exp(g);
   for (int i = 0; i < dk * dv; ++i) S[i] *= decay;
-  std::vector<float> delta(dv, 0.f);
+  // This runs once per token and head: no heap allocation for the usual head sizes.
+  float stack_delta[512];
+  std::vector<float> heap_delta;
+  float* delta = stack_delta;
+  if (dv > 512) {
+    heap_delta.resize(static_cast<size_t>(dv));
+    delta = heap_delta.data();
+  }
+  for (int j = 0; j < dv; ++j) delta[j] = 0.f;
   for (int i = 0; i < dk; ++i) {
     const float ki = k[i];
     const float* row = S + i * dv;
