@@ -102,8 +102,8 @@ Status RunServe(const ServeOptions& o) {
   if (o.k > o.max_k) return InvalidArgument("--k {} exceeds --max-k {}", o.k, o.max_k);
   SPECD_ASSIGN_OR_RETURN(Plan plan, ResolveModels(o));
   if (plan.embedded) {
-    spdlog::warn("no --model: serving the embedded default pair from {} — a tiny random-weight fixture "
-                 "(vocab 512) with a byte-level tokenizer; its text is noise",
+    spdlog::info("no --model: serving the embedded demo pair from {} (a 4.7M-parameter Qwen3.5 trained on "
+                 "Python source and its 0.95M draft: plausible-looking Python, not a real model)",
                  plan.model_dir);
   }
   SPECD_ASSIGN_OR_RETURN(auto backend, MakeBackend(o.device));
@@ -151,7 +151,7 @@ Status RunServe(const ServeOptions& o) {
 
   ServeLimits limits{cfg.vocab_size, max_ctx, o.max_k, drafter};
   v1::ModelInfo info;
-  info.set_model(plan.embedded ? "embedded-default (tiny random-weight fixture)" : plan.model_dir);
+  info.set_model(plan.embedded ? "embedded-default (models/demo: trained demo pair)" : plan.model_dir);
   info.set_model_type(cfg.model_type);
   info.set_vocab_size(static_cast<uint64_t>(cfg.vocab_size));
   info.set_num_layers(static_cast<uint32_t>(cfg.num_hidden_layers));
