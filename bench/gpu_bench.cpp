@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "model/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
+#include "specd/kernels.h"
 
 using namespace specd;
 
@@ -66,6 +68,58 @@ double GemmRate(Backend& be) {
   return 2.0 * n * n * n / Median(t);
 }
 
+// Time `reps` calls of f captured in one graph (launch gaps as in a decode step), per call.
+template <typename F>
+double GraphTimePerCall(Backend& be, const std::string& key, int reps, F f) {
+  Tensor out;
+  if (!be.BeginGraphCapture(key)) return -1;
+  for (int i = 0; i < reps; ++i) f(i);
+  if (!be.EndGraphCapture(key, out).ok()) return -1;
+  std::vector<double> t;
+  for (int r = 0; r < 12; ++r) {
+    be.Synchronize();
+    const double t0 = Now();
+    be.ReplayGraph(key, &out);
+    be.Synchronize();
+    if (r >= 2) t.push_back(Now() - t0);
+  }
+  be.DropGraphs(key);
+  return Median(t) / reps;
+}
+
+// One-row GEMMs at the 9B decode shapes, rotating over enough weight copies that L2 (50 MB on
+// H200) cannot serve them: the achieved read bandwidth is what a decode step's projections get.
+// Plus the cost of one tiny kernel inside a graph (the per-launch overhead fusion removes).
+std::string GemvTable(Backend& be, double copy_bw) {
+  struct Shape {
+    const char* what;
+    int64_t m, k;
+  };
+  const Shape shapes[] = {{"gdn in_proj (qkv+z+b+a)", 8192 + 4096 + 64, 4096}, {"gdn in_proj_qkv", 8192, 4096},
+                          {"out_proj / o_proj", 4096, 4096},                    {"mlp gate+up", 24576, 4096},
+                          {"mlp gate", 12288, 4096},                           {"mlp down", 4096, 12288},
+                          {"lm_head (fp32 out)", 248320, 4096}};
+  std::string t = "| one-row GEMM (9B) | MB | us | GB/s read | / copy bw |\n|---|---|---|---|---|\n";
+  for (const auto& sh : shapes) {
+    const double mb = 2.0 * sh.m * sh.k;
+    const int copies = std::max(2, static_cast<int>(std::ceil(400e6 / mb)));
+    std::vector<Tensor> ws;
+    for (int i = 0; i < copies; ++i) ws.push_back(be.Random(DType::kBF16, {sh.m, sh.k}, 0.02f, 0.f, 100 + i));
+    Tensor x = be.Random(DType::kBF16, {1, sh.k}, 1.f, 0.f, 99);
+    const bool f32 = sh.m > 100000;
+    Tensor y = be.Alloc(f32 ? DType::kF32 : DType::kBF16, {1, sh.m});
+    const double per = GraphTimePerCall(be, fmt::format("gemv{}", sh.m * sh.k), 4 * copies,
+                                        [&](int i) { be.Gemm(x, ws[i % copies], y); });
+    t += fmt::format("| {} [{}x{}] | {:.1f} | {:.2f} | {:.0f} | {:.2f} |\n", sh.what, sh.m, sh.k, mb / 1e6, per * 1e6,
+                     mb / per / 1e9, mb / per / copy_bw);
+  }
+  Tensor a = be.Random(DType::kF32, {1, 64}, 1.f, 0.f, 5), b = be.Random(DType::kBF16, {1, 64}, 1.f, 0.f, 6);
+  const double tiny = GraphTimePerCall(be, "tiny", 500, [&](int) { be.Add(a, b, a); });
+  t += fmt::format("\none tiny kernel (64-element residual add) in a graph of 500: {:.2f} us each\n", tiny * 1e6);
+  be.Synchronize();
+  return t;
+}
+
 }  // namespace
 
 int main() {
@@ -81,6 +135,7 @@ int main() {
   const double flops = GemmRate(be);
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   std::printf("copy bandwidth (read+write): %.0f GB/s; bf16 GEMM 8192^3: %.0f TFLOP/s\n\n", bw / 1e9, flops / 1e12);
+  std::printf("%s\n", GemvTable(be, bw).c_str());
   std::printf("| model | weights GB | streamed GB | floor ms | decode ms | decode/floor |");
   for (int T = 1; T <= 9; ++T) std::printf(" verify T=%d ms |", T);
   std::printf("\n|---|---|---|---|---|---|");
@@ -127,8 +182,20 @@ int main() {
       if (i >= 3) dec_nograph.push_back(Now() - t0);
     }
     be.SetGraphsEnabled(true);
-    no_graph.push_back(fmt::format("Qwen3.5-{} shapes: decode {:.3f} ms with graphs, {:.3f} ms op by op",
-                                   nine ? "9B" : "0.8B", d * 1e3, Median(dec_nograph) * 1e3));
+    // And with graphs but without programmatic dependent launch of the projections.
+    kernels::SetProgrammaticLaunch(false);
+    be.DropGraphs(":");
+    std::vector<double> dec_nopdl;
+    for (int i = 0; i < 25; ++i) {
+      const double t0 = Now();
+      check(model->Forward({SeqInput{slot, {prompt[i % 128]}, StateMode::kUpdate, false}}, *cache));
+      be.Synchronize();
+      if (i >= 5) dec_nopdl.push_back(Now() - t0);
+    }
+    kernels::SetProgrammaticLaunch(true);
+    be.DropGraphs(":");
+    no_graph.push_back(fmt::format("Qwen3.5-{} shapes: decode {:.3f} ms with graphs, {:.3f} ms op by op, {:.3f} ms with graphs but no programmatic launch",
+                                   nine ? "9B" : "0.8B", d * 1e3, Median(dec_nograph) * 1e3, Median(dec_nopdl) * 1e3));
     std::printf("| Qwen3.5-%s shapes | %.2f | %.2f | %.3f | %.3f | %.2f |", nine ? "9B" : "0.8B", wgb / 1e9,
                 streamed / 1e9, streamed / bw * 1e3, d * 1e3, d / (streamed / bw));
     for (int T = 1; T <= 9; ++T) {

@@ -22,6 +22,12 @@ __device__ __forceinline__ __nv_bfloat16 ToB(float x) { return __float2bfloat16(
 __device__ __forceinline__ float SiluF(float x) { return x / (1.f + __expf(-x)); }
 __device__ __forceinline__ float SigmoidF(float x) { return 1.f / (1.f + __expf(-x)); }
 
+// Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialization
+// attribute may start before the kernel ahead of it finishes; it must wait before reading that
+// kernel's outputs. Both are no-ops for kernels launched normally.
+__device__ __forceinline__ void GridDependencyWait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void GridLaunchDependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -58,7 +58,15 @@ __global__ void SwiGluK(const bf16* g, const bf16* u, bf16* out, int64_t n) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i < n) out[i] = ToB(SiluF(ToF(g[i])) * ToF(u[i]));
 }
+// gu [rows, 2I] (gate columns, then up) -> out [rows, I]
+__global__ void SwiGluPackedK(const bf16* gu, int64_t inner, bf16* out, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = i / inner, c = i % inner;
+  out[i] = ToB(SiluF(ToF(gu[r * 2 * inner + c])) * ToF(gu[r * 2 * inner + inner + c]));
+}
 __global__ void SigmoidMulK(const bf16* x, const bf16* g, bf16* out, int64_t n) {
+  GridLaunchDependents();  // o_proj reads this output: let it prefetch its weights
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i < n) out[i] = ToB(ToF(x[i]) * SigmoidF(ToF(g[i])));
 }
@@ -127,6 +135,12 @@ cudaError_t SwiGlu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaS
   SPECD_CHECK_ARG(gate && up && out && n >= 0);
   if (n == 0) return cudaSuccess;
   SwiGluK<<<Blocks(n, 256), 256, 0, s>>>(gate, up, out, n);
+  return LaunchStatus();
+}
+cudaError_t SwiGluPacked(const bf16* gu, int64_t rows, int64_t inner, bf16* out, cudaStream_t s) {
+  SPECD_CHECK_ARG(gu && out && rows >= 0 && inner > 0);
+  if (rows == 0) return cudaSuccess;
+  SwiGluPackedK<<<Blocks(rows * inner, 256), 256, 0, s>>>(gu, inner, out, rows * inner);
   return LaunchStatus();
 }
 cudaError_t SigmoidMul(const bf16* x, const bf16* gate, bf16* out, int64_t n, cudaStream_t s) {

@@ -127,18 +127,23 @@ Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
   Tensor a = be.Empty(act, {N, H});
   Tensor mix = be.Empty(act, {N, H});
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
+  const int nl = cfg_.num_hidden_layers;
+  be.RmsNorm(h, w_.layers[0].input_norm, eps, /*unit_offset=*/true, a);
+  for (int i = 0; i < nl; ++i) {
     const auto& L = w_.layers[i];
-    be.RmsNorm(h, L.input_norm, eps, /*unit_offset=*/true, a);
     if (L.type == LayerType::kLinearAttention) {
       GdnLayer(L, cache.gdn()[cache.state_index(i)], a, b, mix);
     } else {
       AttnLayer(L, cache.attn()[cache.state_index(i)], a, b, mix);
     }
-    be.Add(h, mix, h);
-    be.RmsNorm(h, L.post_norm, eps, true, a);
+    be.AddRmsNorm(h, mix, L.post_norm, eps, true, a);
     Ffn(L, a, mix);
-    be.Add(h, mix, h);
+    // The residual add, fused with the next layer's input norm.
+    if (i + 1 < nl) {
+      be.AddRmsNorm(h, mix, w_.layers[i + 1].input_norm, eps, true, a);
+    } else {
+      be.Add(h, mix, h);
+    }
   }
   Tensor hs = be.Empty(res, {R, H});
   be.GatherRows(h, rows, hs);
@@ -161,10 +166,7 @@ void Qwen35Model::GdnLayer(const LayerWeights& L, GdnLayerState& st, const Tenso
   Tensor z = be.Empty(act, {N, Vd});
   Tensor braw = be.Empty(act, {N, d.num_v_heads});
   Tensor araw = be.Empty(act, {N, d.num_v_heads});
-  be.Gemm(a, L.gdn.in_qkv, p);
-  be.Gemm(a, L.gdn.in_z, z);
-  be.Gemm(a, L.gdn.in_b, braw);
-  be.Gemm(a, L.gdn.in_a, araw);
+  be.GemmMulti(a, L.gdn.in_proj, {&p, &z, &braw, &araw});
   Tensor y = be.Empty(act, {N, C});
   be.CausalConvSilu(p, L.gdn.conv, d, st, b, y);
   Tensor o = be.Empty(act, {N, Vd});
@@ -185,9 +187,7 @@ void Qwen35Model::AttnLayer(const LayerWeights& L, AttnLayerState& st, const Ten
   Tensor q2 = be.Empty(act, {N, 2LL * hq * D});
   Tensor k = be.Empty(act, {N, int64_t{hkv} * D});
   Tensor v = be.Empty(act, {N, int64_t{hkv} * D});
-  be.Gemm(a, L.attn.q, q2);
-  be.Gemm(a, L.attn.k, k);
-  be.Gemm(a, L.attn.v, v);
+  be.GemmMulti(a, L.attn.qkv, {&q2, &k, &v});
   Tensor q = be.Empty(act, {N, int64_t{hq} * D});
   Tensor gate = be.Empty(act, {N, int64_t{hq} * D});
   be.SplitQueryGate(q2, hq, D, q, gate);
@@ -210,10 +210,7 @@ void Qwen35Model::Ffn(const LayerWeights& L, const Tensor& m, Tensor& out) {
   const DType act = be.act_dtype();
   const int64_t N = m.dim(0), I = cfg_.intermediate_size;
   Tensor g = be.Empty(act, {N, I});
-  Tensor u = be.Empty(act, {N, I});
-  be.Gemm(m, L.mlp.gate, g);
-  be.Gemm(m, L.mlp.up, u);
-  be.SwiGlu(g, u, g);
+  be.GemmSwiGlu(m, L.mlp.gate_up, g);
   be.Gemm(g, L.mlp.down, out);
 }
 

@@ -31,6 +31,27 @@ class Loader {
     bytes_ += static_cast<int64_t>(t.nbytes());
     return t;
   }
+  // Tensors of the same width stored back to back in one allocation (one weight stream for
+  // projections of the same input); returns the whole and sets each part to its view.
+  StatusOr<Tensor> GetStacked(const std::vector<std::pair<std::string, std::vector<int64_t>>>& parts,
+                              const std::vector<Tensor*>& views) {
+    std::vector<float> all;
+    int64_t rows = 0, width = 0;
+    for (const auto& [name, shape] : parts) {
+      SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(prefix_ + name, shape));
+      all.insert(all.end(), v.begin(), v.end());
+      rows += shape[0];
+      width = shape[1];
+    }
+    Tensor t = be_->Upload(all.data(), DType::kF32, {rows, width}, be_->act_dtype());
+    bytes_ += static_cast<int64_t>(t.nbytes());
+    int64_t r0 = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      *views[i] = t.Rows(r0, parts[i].second[0]);
+      r0 += parts[i].second[0];
+    }
+    return t;
+  }
   bool Has(const std::string& name) const { return ckpt_.Find(prefix_ + name) != nullptr; }
   const std::string& prefix() const { return prefix_; }
   int64_t bytes() const { return bytes_; }
@@ -91,10 +112,11 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
     if (L.type == LayerType::kLinearAttention) {
       const std::string q = p + "linear_attn.";
       auto& g = L.gdn;
-      SPECD_ASSIGN_OR_RETURN(g.in_qkv, ld.Get(q + "in_proj_qkv.weight", {C, H}));
-      SPECD_ASSIGN_OR_RETURN(g.in_z, ld.Get(q + "in_proj_z.weight", {Hv * dv, H}));
-      SPECD_ASSIGN_OR_RETURN(g.in_b, ld.Get(q + "in_proj_b.weight", {Hv, H}));
-      SPECD_ASSIGN_OR_RETURN(g.in_a, ld.Get(q + "in_proj_a.weight", {Hv, H}));
+      SPECD_ASSIGN_OR_RETURN(g.in_proj, ld.GetStacked({{q + "in_proj_qkv.weight", {C, H}},
+                                                       {q + "in_proj_z.weight", {Hv * dv, H}},
+                                                       {q + "in_proj_b.weight", {Hv, H}},
+                                                       {q + "in_proj_a.weight", {Hv, H}}},
+                                                      {&g.in_qkv, &g.in_z, &g.in_b, &g.in_a}));
       SPECD_ASSIGN_OR_RETURN(g.conv, ld.Get(q + "conv1d.weight", {C, 1, c.linear_conv_kernel_dim}));
       g.conv = g.conv.Reshape({C, c.linear_conv_kernel_dim});
       SPECD_ASSIGN_OR_RETURN(g.dt_bias, ld.GetF32(q + "dt_bias", {Hv}));
@@ -104,9 +126,10 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
     } else {
       const std::string q = p + "self_attn.";
       auto& a = L.attn;
-      SPECD_ASSIGN_OR_RETURN(a.q, ld.Get(q + "q_proj.weight", {2 * Hq * D, H}));
-      SPECD_ASSIGN_OR_RETURN(a.k, ld.Get(q + "k_proj.weight", {Hkv * D, H}));
-      SPECD_ASSIGN_OR_RETURN(a.v, ld.Get(q + "v_proj.weight", {Hkv * D, H}));
+      SPECD_ASSIGN_OR_RETURN(a.qkv, ld.GetStacked({{q + "q_proj.weight", {2 * Hq * D, H}},
+                                                   {q + "k_proj.weight", {Hkv * D, H}},
+                                                   {q + "v_proj.weight", {Hkv * D, H}}},
+                                                  {&a.q, &a.k, &a.v}));
       SPECD_ASSIGN_OR_RETURN(a.o, ld.Get(q + "o_proj.weight", {H, Hq * D}));
       SPECD_ASSIGN_OR_RETURN(a.q_norm, ld.Get(q + "q_norm.weight", {D}));
       SPECD_ASSIGN_OR_RETURN(a.k_norm, ld.Get(q + "k_norm.weight", {D}));
@@ -126,8 +149,9 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
       }
     } else {
       const int64_t I = c.intermediate_size;
-      SPECD_ASSIGN_OR_RETURN(L.mlp.gate, ld.Get(m + "gate_proj.weight", {I, H}));
-      SPECD_ASSIGN_OR_RETURN(L.mlp.up, ld.Get(m + "up_proj.weight", {I, H}));
+      SPECD_ASSIGN_OR_RETURN(L.mlp.gate_up, ld.GetStacked({{m + "gate_proj.weight", {I, H}},
+                                                           {m + "up_proj.weight", {I, H}}},
+                                                          {&L.mlp.gate, &L.mlp.up}));
       SPECD_ASSIGN_OR_RETURN(L.mlp.down, ld.Get(m + "down_proj.weight", {H, I}));
     }
     w.layers.push_back(std::move(L));
@@ -159,10 +183,11 @@ ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
     L.post_norm = make({H}, 0.1f);
     if (L.type == LayerType::kLinearAttention) {
       auto& g = L.gdn;
-      g.in_qkv = make({C, H}, sh);
-      g.in_z = make({Hv * dv, H}, sh);
-      g.in_b = make({Hv, H}, sh);
-      g.in_a = make({Hv, H}, sh);
+      g.in_proj = make({C + Hv * dv + 2 * Hv, H}, sh);
+      g.in_qkv = g.in_proj.Rows(0, C);
+      g.in_z = g.in_proj.Rows(C, Hv * dv);
+      g.in_b = g.in_proj.Rows(C + Hv * dv, Hv);
+      g.in_a = g.in_proj.Rows(C + Hv * dv + Hv, Hv);
       g.conv = make({C, c.linear_conv_kernel_dim}, 0.4f);
       g.dt_bias = be->Random(DType::kF32, {Hv}, 0.5f, 0.f, ++counter);
       g.a_log = be->Random(DType::kF32, {Hv}, 0.5f, 1.f, ++counter);
@@ -170,9 +195,10 @@ ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
       g.out = make({H, Hv * dv}, 1.f / std::sqrt(static_cast<float>(Hv * dv)));
     } else {
       auto& a = L.attn;
-      a.q = make({2 * Hq * D, H}, sh);
-      a.k = make({Hkv * D, H}, sh);
-      a.v = make({Hkv * D, H}, sh);
+      a.qkv = make({2 * Hq * D + 2 * Hkv * D, H}, sh);
+      a.q = a.qkv.Rows(0, 2 * Hq * D);
+      a.k = a.qkv.Rows(2 * Hq * D, Hkv * D);
+      a.v = a.qkv.Rows(2 * Hq * D + Hkv * D, Hkv * D);
       a.o = make({H, Hq * D}, 1.f / std::sqrt(static_cast<float>(Hq * D)));
       a.q_norm = make({D}, 0.1f);
       a.k_norm = make({D}, 0.1f);
@@ -192,8 +218,9 @@ ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
       }
     } else {
       const int64_t I = c.intermediate_size;
-      L.mlp.gate = make({I, H}, sh);
-      L.mlp.up = make({I, H}, sh);
+      L.mlp.gate_up = make({2 * I, H}, sh);
+      L.mlp.gate = L.mlp.gate_up.Rows(0, I);
+      L.mlp.up = L.mlp.gate_up.Rows(I, I);
       L.mlp.down = make({H, I}, 1.f / std::sqrt(static_cast<float>(I)));
     }
     w.layers.push_back(std::move(L));

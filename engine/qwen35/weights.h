@@ -13,7 +13,8 @@ namespace specd {
 class Checkpoint;
 
 struct GdnWeights {
-  Tensor in_qkv, in_z, in_b, in_a;  // [C, H], [Hv*dv, H], [Hv, H], [Hv, H]
+  Tensor in_proj;                   // [C + Hv*dv + 2*Hv, H]: the four below, back to back
+  Tensor in_qkv, in_z, in_b, in_a;  // [C, H], [Hv*dv, H], [Hv, H], [Hv, H] (views of in_proj)
   Tensor conv;                      // [C, K]
   Tensor dt_bias, a_log;            // [Hv]
   Tensor norm;                      // [dv] (plain weight)
@@ -21,12 +22,14 @@ struct GdnWeights {
 };
 
 struct AttnWeights {
-  Tensor q, k, v, o;     // [2*Hq*D, H], [Hkv*D, H], [Hkv*D, H], [H, Hq*D]
+  Tensor qkv;            // [2*Hq*D + 2*Hkv*D, H]: q, k, v back to back
+  Tensor q, k, v, o;     // [2*Hq*D, H], [Hkv*D, H], [Hkv*D, H] (views of qkv), [H, Hq*D]
   Tensor q_norm, k_norm; // [D] (1 + w)
 };
 
 struct DenseMlpWeights {
-  Tensor gate, up, down;  // [I, H], [I, H], [H, I]
+  Tensor gate_up;         // [2*I, H]: gate rows, then up rows
+  Tensor gate, up, down;  // [I, H], [I, H] (views of gate_up), [H, I]
 };
 
 struct LayerWeights {

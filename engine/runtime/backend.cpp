@@ -4,7 +4,16 @@ namespace specd {
 
 #ifdef SPECD_HAVE_CUDA
 StatusOr<std::unique_ptr<Backend>> MakeCudaBackend();
+int CudaDeviceCountImpl();
 #endif
+
+int CudaDeviceCount() {
+#ifdef SPECD_HAVE_CUDA
+  return CudaDeviceCountImpl();
+#else
+  return 0;
+#endif
+}
 
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device) {
   if (device == "cpu") return MakeCpuBackend();

@@ -103,6 +103,31 @@ class Backend {
   virtual void Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   // out = silu(gate) * up
   virtual void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // ---- fused forms (defaults compose the ops above; a device backend fuses them) ----
+  // h += mix; out = RmsNorm(h): the residual add and the next norm in one pass.
+  virtual void AddRmsNorm(Tensor& h, const Tensor& mix, const Tensor& w, float eps, bool unit_offset, Tensor& out) {
+    Add(h, mix, h);
+    RmsNorm(h, w, eps, unit_offset, out);
+  }
+  // Several projections of the same x whose weights are stored back to back in `w` (rows of
+  // outs[0], then outs[1], ...): outs[i] = x · w.Rows(offset_i, M_i)^T. One weight stream.
+  virtual void GemmMulti(const Tensor& x, const Tensor& w, const std::vector<Tensor*>& outs) {
+    int64_t r0 = 0;
+    for (Tensor* o : outs) {
+      const int64_t m = o->dim(-1);
+      Gemm(x, w.Rows(r0, m), *o);
+      r0 += m;
+    }
+  }
+  // out = silu(x · gate^T) * (x · up^T) with w = [gate; up] ([2I, H]); the products are rounded
+  // to the activation dtype before the SwiGLU, as the unfused ops do.
+  virtual void GemmSwiGlu(const Tensor& x, const Tensor& w, Tensor& out) {
+    const int64_t I = w.dim(0) / 2;
+    Tensor g = Empty(act_dtype(), {x.numel() / x.dim(-1), I}), u = Empty(act_dtype(), {x.numel() / x.dim(-1), I});
+    Gemm(x, w.Rows(0, I), g);
+    Gemm(x, w.Rows(I, I), u);
+    SwiGlu(g, u, out);
+  }
   // out = x * sigmoid(gate)
   virtual void SigmoidMul(const Tensor& x, const Tensor& gate, Tensor& out) = 0;
   // out[r, :] = x[rows[r], :]; rows: I64 on this backend.
@@ -162,10 +187,40 @@ class Backend {
   // ---- MoE ----
   // Routed experts (fp32 softmax router, top-k, renormalised) + sigmoid-gated shared expert.
   virtual void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) = 0;
+
+  // ---- test hooks ----
+  // Routing record/replay: while `record` is set, every MoeFfn appends its chosen experts
+  // ([N * top_k], token-major, in top-k order) to it; while `force` is set, every MoeFfn takes
+  // the next entry instead of its own top-k (weights are still this backend's probabilities of
+  // the forced experts, renormalised). A bf16 device run can flip routing near-ties; replaying
+  // its routing on the fp32 reference compares everything else row by row. Supported: record on
+  // every backend, force on the CPU reference.
+  void SetMoeRoutingHooks(std::vector<std::vector<int32_t>>* record, const std::vector<std::vector<int32_t>>* force) {
+    moe_record_ = record;
+    moe_force_ = force;
+    moe_force_next_ = 0;
+  }
+  // Graph replays since construction (tests assert that captured graphs actually ran).
+  virtual int64_t graph_replays() const { return 0; }
+
+ protected:
+  // The forced routing of the next MoeFfn call, or nullptr.
+  const std::vector<int32_t>* NextForcedRouting() {
+    if (moe_force_ == nullptr || moe_force_next_ >= moe_force_->size()) return nullptr;
+    return &(*moe_force_)[moe_force_next_++];
+  }
+  std::vector<std::vector<int32_t>>* moe_record_ = nullptr;
+
+ private:
+  const std::vector<std::vector<int32_t>>* moe_force_ = nullptr;
+  size_t moe_force_next_ = 0;
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();
 // Returns an error when the build has no CUDA or no device is present.
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device);
+// CUDA devices visible to this process (0 in a build without CUDA): tests skip only when this
+// is 0, so a broken CUDA backend on a GPU machine fails instead of skipping.
+int CudaDeviceCount();
 
 }  // namespace specd

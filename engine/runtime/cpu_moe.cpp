@@ -22,6 +22,9 @@ void CpuBackend::MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) {
   Sgemm(m.ptr<float>(), w.router.ptr<float>(), logits.data(), N, E, H);
   // Routing: softmax in fp32, top-k by probability (ties to the lower id), renormalised.
   std::vector<std::vector<std::pair<int64_t, float>>> per_expert(E);  // (token, weight)
+  const std::vector<int32_t>* forced = NextForcedRouting();
+  if (forced != nullptr && static_cast<int64_t>(forced->size()) != N * top_k) forced = nullptr;
+  std::vector<int32_t> chosen;
   for (int64_t t = 0; t < N; ++t) {
     float* l = &logits[t * E];
     const float mx = *std::max_element(l, l + E);
@@ -32,10 +35,15 @@ void CpuBackend::MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) {
     std::iota(idx.begin(), idx.end(), 0);
     std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
                       [&](int64_t a, int64_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    if (forced != nullptr) {
+      for (int64_t j = 0; j < top_k; ++j) idx[j] = std::clamp<int64_t>((*forced)[t * top_k + j], 0, E - 1);
+    }
+    for (int64_t j = 0; j < top_k; ++j) chosen.push_back(static_cast<int32_t>(idx[j]));
     float tot = 0.f;
     for (int64_t j = 0; j < top_k; ++j) tot += l[idx[j]];
     for (int64_t j = 0; j < top_k; ++j) per_expert[idx[j]].push_back({t, l[idx[j]] / tot});
   }
+  if (moe_record_ != nullptr) moe_record_->push_back(std::move(chosen));
   float* o = out.ptr<float>();
   std::fill(o, o + N * H, 0.f);
   // Experts in ascending id, each contribution scaled and added (the reference order).

@@ -241,6 +241,60 @@ class CudaBackend final : public Backend {
     }
     Check(K::Add(B(a), B(b), B(out), a.numel(), stream_), "add");
   }
+  void AddRmsNorm(Tensor& h, const Tensor& mix, const Tensor& w, float eps, bool unit_offset, Tensor& out) override {
+    Prof prof_(this, "add + rmsnorm");
+    const int64_t d = w.numel();
+    if (h.dtype != DType::kF32 || mix.dtype != DType::kBF16 || h.numel() != mix.numel() || h.numel() != out.numel()) {
+      Fail("AddRmsNorm: expects the fp32 residual, a bf16 branch output and a bf16 output of one shape");
+      return;
+    }
+    Check(K::AddRmsNorm(h.ptr<float>(), B(mix), B(w), h.numel() / d, static_cast<int>(d), eps, unit_offset, B(out),
+                        stream_),
+          "add_rmsnorm");
+  }
+  void GemmMulti(const Tensor& x, const Tensor& w, const std::vector<Tensor*>& outs) override {
+    const int64_t k = x.dim(-1), n = x.numel() / k;
+    int64_t rows = 0;
+    K::SkinnyStack st;
+    bool stackable = outs.size() <= static_cast<size_t>(K::kSkinnyMaxStack) && K::SkinnyGemmApplies(n, k, x.data, w.data);
+    for (Tensor* o : outs) {
+      rows += o->dim(-1);
+      if (o->numel() != n * o->dim(-1) || o->dtype != DType::kBF16) stackable = false;
+      if (st.count < K::kSkinnyMaxStack) {
+        st.end[st.count] = rows;
+        st.out[st.count++] = o->data;
+      }
+    }
+    if (rows != w.dim(0) || w.dim(1) != k) {
+      Fail(fmt::format("GemmMulti: outputs of {} rows in all, weights {}", rows, w.ShapeString()));
+      return;
+    }
+    if (!stackable) {
+      Backend::GemmMulti(x, w, outs);
+      return;
+    }
+    Prof prof_(this, fmt::format("gemm stacked {}x{}", w.dim(0), w.dim(1)));
+    Check(K::SkinnyGemmStacked(B(x), B(w), st, n, k, stream_), "skinny gemm stacked");
+  }
+  void GemmSwiGlu(const Tensor& x, const Tensor& w, Tensor& out) override {
+    const int64_t k = x.dim(-1), n = x.numel() / k, I = w.dim(0) / 2;
+    if (w.dim(1) != k || w.dim(0) != 2 * I || out.numel() != n * I) {
+      Fail(fmt::format("GemmSwiGlu shape mismatch: x {} w {} out {}", x.ShapeString(), w.ShapeString(),
+                       out.ShapeString()));
+      return;
+    }
+    if (n == 0) return;
+    if (K::SkinnyGemmApplies(n, k, x.data, w.data)) {
+      Prof prof_(this, fmt::format("gemm+swiglu {}x{}", w.dim(0), w.dim(1)));
+      Check(K::SkinnyGemmSwiGlu(B(x), B(w), B(out), n, I, k, stream_), "skinny gemm swiglu");
+      return;
+    }
+    // Verify and prefill: one cuBLAS GEMM over both halves, then the SwiGLU over its columns.
+    Tensor gu = Empty(DType::kBF16, {n, 2 * I});
+    Gemm(x, w, gu);
+    Prof prof_(this, "swiglu");
+    Check(K::SwiGluPacked(B(gu), n, I, B(out), stream_), "swiglu packed");
+  }
   void SwiGlu(const Tensor& gate, const Tensor& up, Tensor& out) override {
     Prof prof_(this, "swiglu");
     Check(K::SwiGlu(B(gate), B(up), B(out), gate.numel(), stream_), "swiglu");
@@ -270,8 +324,10 @@ class CudaBackend final : public Backend {
     if (it == graphs_.end()) return false;
     Check(cudaGraphLaunch(it->second.exec, stream_), "graph launch");
     *out = it->second.out;
+    ++graph_replays_;
     return true;
   }
+  int64_t graph_replays() const override { return graph_replays_; }
   bool BeginGraphCapture(const std::string& key) override {
     if (!graphs_enabled_ || failed_keys_.count(key)) return false;
     if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
@@ -466,6 +522,7 @@ class CudaBackend final : public Backend {
     Check(cudaMemcpyAsync(hid.data(), ids.data, ids.nbytes(), cudaMemcpyDeviceToHost, stream_), "router ids");
     Check(cudaMemcpyAsync(hw.data(), wts.data, wts.nbytes(), cudaMemcpyDeviceToHost, stream_), "router weights");
     Check(cudaStreamSynchronize(stream_), "router sync");
+    if (moe_record_ != nullptr) moe_record_->push_back(hid);
     std::vector<std::vector<int32_t>> rows(E);
     std::vector<std::vector<float>> rw(E);
     for (int64_t t = 0; t < N; ++t) {
@@ -655,6 +712,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<DevicePool> pool_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  int64_t graph_replays_ = 0;
   Status error_;
   std::vector<int32_t> last_meta_;
   Meta meta_;
@@ -678,6 +736,11 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+int CudaDeviceCountImpl() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
 
 StatusOr<std::unique_ptr<Backend>> MakeCudaBackend() {
   int n = 0;

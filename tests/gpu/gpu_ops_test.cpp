@@ -21,7 +21,7 @@ constexpr Shape kShapes[] = {
 class GpuOps : public ::testing::TestWithParam<std::tuple<int, int>> {
  protected:
   void SetUp() override {
-    if (Gpu() == nullptr) GTEST_SKIP() << "no CUDA device: this GPU test did not run";
+    SPECD_REQUIRE_GPU();
     sh_ = kShapes[std::get<0>(GetParam())];
     T_ = std::get<1>(GetParam());
     seed_ = static_cast<uint64_t>(T_) * 131 + std::get<0>(GetParam());
@@ -113,6 +113,55 @@ TEST_P(GpuOps, GemmNormsAndElementwise) {
   cpu_.GatherRows(h.cpu, rows.cpu, hg.cpu);
   Gpu()->GatherRows(h.gpu, rows.gpu, hg.gpu);
   Expect(hg.cpu, hg.gpu, "gather fp32", 1e-6);
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+// The fused forms (residual add + norm, stacked projections, gate/up + SwiGLU) against the CPU
+// reference, at the decode shape (one row: the fused skinny kernels) and the verify/prefill
+// shape (N rows: cuBLAS paths), with the outputs poisoned first so an unwritten element shows.
+TEST_P(GpuOps, FusedAddNormStackedGemmAndSwiGlu) {
+  const int64_t H = sh_.H, C = 2 * sh_.hk * sh_.dk + sh_.hv * sh_.dv, Vd = int64_t{sh_.hv} * sh_.dv;
+  const int64_t I = 3 * H;
+  for (int64_t N : {int64_t{1}, T_ + 5}) {
+    const std::string at = fmt::format(" (N={})", N);
+    auto x = MakePair(cpu_, Rand(N * H), {N, H});
+    auto nw = MakePair(cpu_, Rand(H, 0.3f), {H});
+    auto mix = MakePair(cpu_, Rand(N * H), {N, H});
+    auto hv = RandomVec(N * H, ++seed_, 2.f);
+    Pair h{cpu_.Upload(hv.data(), DType::kF32, {N, H}, DType::kF32), Gpu()->Upload(hv.data(), DType::kF32, {N, H}, DType::kF32)};
+    Pair a{cpu_.Alloc(DType::kF32, {N, H}), Gpu()->Random(DType::kBF16, {N, H}, 1e4f, 0.f, 1)};
+    cpu_.AddRmsNorm(h.cpu, mix.cpu, nw.cpu, 1e-6f, true, a.cpu);
+    Gpu()->AddRmsNorm(h.gpu, mix.gpu, nw.gpu, 1e-6f, true, a.gpu);
+    Expect(h.cpu, h.gpu, ("add+rmsnorm: residual" + at).c_str(), 1e-6);
+    Expect(a.cpu, a.gpu, ("add+rmsnorm: normed" + at).c_str());
+    // GDN in_proj: qkv, z, b, a stacked (b and a are narrow: Hv rows each).
+    const int64_t ms[4] = {C, Vd, sh_.hv, sh_.hv};
+    const int64_t M = C + Vd + 2 * sh_.hv;
+    auto w = MakePair(cpu_, Rand(M * H, 1.f / std::sqrt(static_cast<float>(H))), {M, H});
+    std::vector<Pair> outs;
+    for (int64_t m : ms) outs.push_back({cpu_.Alloc(DType::kF32, {N, m}), Gpu()->Random(DType::kBF16, {N, m}, 1e4f, 0.f, 2)});
+    std::vector<Tensor*> oc, og;
+    for (auto& o : outs) {
+      oc.push_back(&o.cpu);
+      og.push_back(&o.gpu);
+    }
+    cpu_.GemmMulti(x.cpu, w.cpu, oc);
+    Gpu()->GemmMulti(x.gpu, w.gpu, og);
+    for (int i = 0; i < 4; ++i) Expect(outs[i].cpu, outs[i].gpu, (fmt::format("stacked gemm part {}", i) + at).c_str());
+    // The stacked result equals separate GEMMs over the same weight rows, bit for bit on the GPU.
+    int64_t r0 = 0;
+    for (int i = 0; i < 4; ++i) {
+      Tensor sep = Gpu()->Alloc(DType::kBF16, {N, ms[i]});
+      Gpu()->Gemm(x.gpu, w.gpu.Rows(r0, ms[i]), sep);
+      EXPECT_EQ(Gpu()->DownloadF32(sep), Gpu()->DownloadF32(outs[i].gpu)) << "part " << i << at;
+      r0 += ms[i];
+    }
+    auto gu = MakePair(cpu_, Rand(2 * I * H, 1.f / std::sqrt(static_cast<float>(H))), {2 * I, H});
+    Pair act{cpu_.Alloc(DType::kF32, {N, I}), Gpu()->Random(DType::kBF16, {N, I}, 1e4f, 0.f, 3)};
+    cpu_.GemmSwiGlu(x.cpu, gu.cpu, act.cpu);
+    Gpu()->GemmSwiGlu(x.gpu, gu.gpu, act.gpu);
+    Expect(act.cpu, act.gpu, ("gemm+swiglu" + at).c_str());
+  }
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
 

@@ -12,16 +12,26 @@ namespace specd::testing {
 // bf16 activations against the fp32 reference (DESIGN.md §4).
 constexpr double kBf16Tol = 2e-2;
 
-inline Backend* Gpu() {
+// The CUDA backend, or nullptr with the reason in *why.
+inline Backend* Gpu(std::string* why = nullptr) {
+  static std::string error;
   static std::unique_ptr<Backend> be = [] {
     auto b = MakeBackend("cuda");
+    if (!b.ok()) error = b.status().ToString();
     return b.ok() ? std::move(b).value() : nullptr;
   }();
+  if (why != nullptr) *why = error;
   return be.get();
 }
 
-#define SPECD_REQUIRE_GPU() \
-  if (Gpu() == nullptr) GTEST_SKIP() << "no CUDA device: this GPU test did not run"
+// Skips only where no CUDA device is visible; a device that is present but whose backend fails
+// to start is a failure, not a skip.
+#define SPECD_REQUIRE_GPU()                                                                  \
+  do {                                                                                       \
+    if (::specd::CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: this GPU test did not run"; \
+    std::string why_;                                                                        \
+    if (Gpu(&why_) == nullptr) FAIL() << "a CUDA device is present but the backend failed: " << why_; \
+  } while (0)
 
 // The same host values on both backends (the GPU copy rounded to its dtype).
 struct Pair {

@@ -171,5 +171,35 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"dense_multimodal_layout", "dense"}),
     [](const auto& info) { return std::string(info.param.model); });
 
+// The routing hooks the GPU parity test relies on: replaying a recorded routing reproduces the
+// forward bit for bit, and a different forced routing changes it (so the hook is really used).
+TEST(MoeRoutingHooks, ReplayReproducesAndForcingChanges) {
+  auto be = MakeCpuBackend();
+  auto m = std::move(Qwen35Model::Load(ModelDir("moe"), be.get())).value();
+  auto ids = LoadRefs("moe").Ids("prompt_ids");
+  const int E = m->config().num_experts;
+  auto run = [&] {
+    CacheOptions o;
+    o.max_ctx = 256;
+    auto cache = std::move(m->NewCache(o)).value();
+    return RunForward(*m, *cache, *cache->AllocSlot(), ids);
+  };
+  std::vector<std::vector<int32_t>> rec;
+  be->SetMoeRoutingHooks(&rec, nullptr);
+  const auto plain = run();
+  ASSERT_EQ(static_cast<int>(rec.size()), m->config().num_hidden_layers);
+  for (const auto& r : rec) ASSERT_EQ(r.size(), ids.size() * m->config().num_experts_per_tok);
+  be->SetMoeRoutingHooks(nullptr, &rec);
+  EXPECT_EQ(run(), plain);
+  auto shifted = rec;
+  for (auto& r : shifted) {
+    for (auto& e : r) e = (e + 1) % E;
+  }
+  be->SetMoeRoutingHooks(nullptr, &shifted);
+  const auto other = run();
+  be->SetMoeRoutingHooks(nullptr, nullptr);
+  EXPECT_GT(MaxRowRelErr(other, plain, m->config().vocab_size), 1e-2);
+}
+
 }  // namespace
 }  // namespace specd::testing

@@ -45,6 +45,8 @@ cudaError_t Add(const bf16* a, const bf16* b, bf16* out, int64_t n, cudaStream_t
 // The fp32 residual stream: h += b (b bf16).
 cudaError_t AddToResidual(float* h, const bf16* b, int64_t n, cudaStream_t s);
 cudaError_t SwiGlu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t s);
+// gu [rows, 2*inner] (gate columns, then up columns) -> out [rows, inner]
+cudaError_t SwiGluPacked(const bf16* gu, int64_t rows, int64_t inner, bf16* out, cudaStream_t s);
 cudaError_t SigmoidMul(const bf16* x, const bf16* gate, bf16* out, int64_t n, cudaStream_t s);
 // Rows of `elem_bytes`-sized elements (2 or 4).
 cudaError_t GatherRows(const void* x, const int64_t* rows, int64_t nrows, int64_t width, int elem_bytes, void* out,
@@ -58,12 +60,30 @@ constexpr int64_t kSkinnyMaxRows = 16;
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w);
 cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, int64_t n, int64_t M, int64_t K,
                        cudaStream_t s);
+// Projections whose weights lie back to back in w: rows [end[i-1], end[i]) write out[i]
+// ([n, end[i] - end[i-1]], bf16). One launch, one weight stream.
+constexpr int kSkinnyMaxStack = 4;
+struct SkinnyStack {
+  int count = 0;
+  int64_t end[kSkinnyMaxStack] = {};
+  void* out[kSkinnyMaxStack] = {};
+};
+cudaError_t SkinnyGemmStacked(const bf16* x, const bf16* w, const SkinnyStack& stack, int64_t n, int64_t K,
+                              cudaStream_t s);
+// out[n, I] = bf16(silu(bf16(x·gate_m)) * bf16(x·up_m)) with w_gate_up = [gate; up] ([2I, K]).
+cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, int64_t n, int64_t I, int64_t K,
+                             cudaStream_t s);
+// Skinny GEMMs start early (programmatic dependent launch) unless turned off (benchmarks A/B).
+void SetProgrammaticLaunch(bool on);
 
 // ---- norms ----
 // y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w), rows of d; x bf16 or fp32.
 cudaError_t RmsNorm(const void* x, bool x_f32, const bf16* w, int64_t rows, int d, float eps, bool unit_offset,
                     bf16* out, cudaStream_t s);
 // y = bf16(rmsnorm(o)) * w * silu(z), rows of d.
+// h[rows, d] (fp32) += mix (bf16); out = bf16(rmsnorm(h) * (unit_offset ? 1 + w : w)).
+cudaError_t AddRmsNorm(float* h, const bf16* mix, const bf16* w, int64_t rows, int d, float eps, bool unit_offset,
+                       bf16* out, cudaStream_t s);
 cudaError_t GatedRmsNorm(const bf16* o, const bf16* z, const bf16* w, int64_t rows, int d, float eps, bf16* out,
                          cudaStream_t s);
 
