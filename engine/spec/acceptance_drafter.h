@@ -46,6 +46,7 @@ class AcceptanceDrafter final : public Drafter {
   // `looked_at()` Bernoulli trials.
   double measured_alpha() const { return looked_at_ ? static_cast<double>(kept_) / looked_at_ : 0.0; }
   int64_t looked_at() const { return looked_at_; }
+  int64_t kept() const { return kept_; }
 
  private:
   struct Seq {
