@@ -288,10 +288,12 @@ int main(int argc, char** argv) {
         const int bad = Mismatches(row.spec.outputs, row.plain.outputs);
         const int off = Mismatches(Concat(prompts, row.spec.outputs), refs);
         if (row.spec.diverged == 0 && off == 0) break;
-        std::printf("  note: batch %d: %d sequence(s) left their reference (%d differ from plain greedy); "
-                    "re-running with the speculative outputs as references\n",
-                    B, std::max(row.spec.diverged, off), bad);
-        if (++row.retries == 3) break;
+        const bool again = ++row.retries < 3;
+        std::printf("  note: batch %d: %d sequence(s) left their reference (%d differ from plain greedy); %s\n", B,
+                    std::max(row.spec.diverged, off), bad,
+                    again ? "re-running with the speculative outputs as references"
+                          : "giving up: the figures below include sequences that drafted nothing after leaving");
+        if (!again) break;
         refs = Concat(prompts, row.spec.outputs);
       }
       row.equal_plain = B * rounds - Mismatches(row.spec.outputs, row.plain.outputs);
