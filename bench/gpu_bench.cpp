@@ -99,7 +99,13 @@ std::string GemvTable(Backend& be, double copy_bw) {
                           {"out_proj / o_proj", 4096, 4096},                    {"mlp gate+up", 24576, 4096},
                           {"mlp gate", 12288, 4096},                           {"mlp down", 4096, 12288},
                           {"lm_head (fp32 out)", 248320, 4096}};
-  std::string t = "| one-row GEMM (9B) | MB | us | GB/s read | / copy bw |\n|---|---|---|---|---|\n";
+  // Variants: warps per row x chunks in flight (0 = the shape rule the decode step uses).
+  const int variants[][2] = {{0, 0}, {1, 4}, {2, 4}, {4, 4}, {1, 8}, {2, 8}, {4, 8}};
+  std::string t = "| one-row GEMM (9B) | MB | us (shape rule) | GB/s | / copy bw |";
+  for (const auto& v : variants) {
+    if (v[0] > 0) t += fmt::format(" split {} x {} us |", v[0], v[1]);
+  }
+  t += "\n|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& sh : shapes) {
     const double mb = 2.0 * sh.m * sh.k;
     const int copies = std::max(2, static_cast<int>(std::ceil(400e6 / mb)));
@@ -108,10 +114,17 @@ std::string GemvTable(Backend& be, double copy_bw) {
     Tensor x = be.Random(DType::kBF16, {1, sh.k}, 1.f, 0.f, 99);
     const bool f32 = sh.m > 100000;
     Tensor y = be.Alloc(f32 ? DType::kF32 : DType::kBF16, {1, sh.m});
-    const double per = GraphTimePerCall(be, fmt::format("gemv{}", sh.m * sh.k), 4 * copies,
-                                        [&](int i) { be.Gemm(x, ws[i % copies], y); });
-    t += fmt::format("| {} [{}x{}] | {:.1f} | {:.2f} | {:.0f} | {:.2f} |\n", sh.what, sh.m, sh.k, mb / 1e6, per * 1e6,
-                     mb / per / 1e9, mb / per / copy_bw);
+    std::vector<double> per;
+    for (const auto& v : variants) {
+      kernels::SetSkinnyVariant(v[0], v[1]);
+      per.push_back(GraphTimePerCall(be, fmt::format("gemv{}_{}_{}", sh.m * sh.k, v[0], v[1]), 4 * copies,
+                                     [&](int i) { be.Gemm(x, ws[i % copies], y); }));
+    }
+    kernels::SetSkinnyVariant(0, 0);
+    t += fmt::format("| {} [{}x{}] | {:.1f} | {:.2f} | {:.0f} | {:.2f} |", sh.what, sh.m, sh.k, mb / 1e6, per[0] * 1e6,
+                     mb / per[0] / 1e9, mb / per[0] / copy_bw);
+    for (size_t i = 1; i < per.size(); ++i) t += fmt::format(" {:.2f} |", per[i] * 1e6);
+    t += "\n";
   }
   Tensor a = be.Random(DType::kF32, {1, 64}, 1.f, 0.f, 5), b = be.Random(DType::kBF16, {1, 64}, 1.f, 0.f, 6);
   const double tiny = GraphTimePerCall(be, "tiny", 500, [&](int) { be.Add(a, b, a); });

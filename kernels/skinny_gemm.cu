@@ -1,9 +1,8 @@
-// Skinny GEMM for decode: out[n, m] = x[n, K] · w[m, K]^T with n <= kSkinnyUseRows rows.
+// Skinny GEMM for decode: out[1, m] = x[1, K] · w[m, K]^T (one row: kSkinnyUseRows).
 // Batch-1 decode is bound by streaming w once; cuBLAS's general kernels reach a fraction of the
-// bandwidth at these shapes. One warp per output row m: each lane streams 16-byte chunks of w's
-// row (coalesced across the warp, kUnroll chunks in flight) and multiplies them with the same
-// chunk of every x row (x is small and stays in L1/L2), keeping NMAX fp32 accumulators; a warp
-// reduction finishes each dot product.
+// bandwidth at these shapes. One to four warps per output row: each lane streams 16-byte chunks
+// of w's row (coalesced across the warp, 4 or 8 chunks in flight) and multiplies them with the
+// same chunk of x (small, served from L1/L2); warp and block reductions finish the dot product.
 //
 // Programmatic dependent launch: the kernel is launched so that it may start while the kernel
 // before it (a norm, a gate) still runs. Weights do not depend on that kernel, so each warp
@@ -21,8 +20,8 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int64_t kSkinnyUseRows = 1;
-constexpr int kUnroll = 4;
 bool g_programmatic = true;
+int g_force_split = 0, g_force_unroll = 0;
 
 __device__ __forceinline__ void Bf16x8ToF32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -39,111 +38,116 @@ enum class Form { kPlainBf16, kPlainF32, kStacked, kSwiGlu };
 struct Args {
   const bf16* x;
   const bf16* w;
-  int n;
-  int64_t M;  // warps' rows (kSwiGlu: I, and each warp also reads row I + m)
+  int64_t M;  // output rows (kSwiGlu: I; each row also reads weight row I + m)
   int64_t K;
-  SkinnyStack stack;  // kStacked: segment ends and outputs; kPlain*/kSwiGlu: out = stack.out[0]
+  SkinnyStack stack;  // kStacked: segment ends and outputs; other forms: out = stack.out[0]
 };
 
-// acc[r] += w_row · x_r over the whole row; the first kUnroll chunks come from `pre`.
-template <int NMAX>
-__device__ __forceinline__ void DotRows(const uint4* wr, const bf16* x, int n, int64_t K, int lane, uint4 (&pre)[kUnroll],
-                                        float (&acc)[NMAX]) {
+// A warp's share of one weight row: 16-byte chunks lane + 32 * (slice + SPLIT * j), UNROLL
+// chunks in flight; the first UNROLL come from `pre` (loaded before the dependency wait).
+template <int SPLIT, int UNROLL>
+__device__ __forceinline__ float DotRow(const uint4* wr, const bf16* x, int64_t K, int base, uint4 (&pre)[UNROLL]) {
   const int64_t chunks = K / 8;
+  constexpr int kStride = 32 * SPLIT;
+  float acc = 0.f;
   bool first = true;
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    uint4 wv[kUnroll];
+  for (int64_t c0 = base; c0 < chunks; c0 += int64_t{kStride} * UNROLL) {
+    uint4 wv[UNROLL];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + u * 32;
+    for (int u = 0; u < UNROLL; ++u) {
+      const int64_t c = c0 + int64_t{u} * kStride;
       wv[u] = first ? pre[u] : (c < chunks ? __ldg(wr + c) : make_uint4(0, 0, 0, 0));
     }
     first = false;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + u * 32;
+    for (int u = 0; u < UNROLL; ++u) {
+      const int64_t c = c0 + int64_t{u} * kStride;
       if (c >= chunks) break;
-      float wf[8];
+      float wf[8], xf[8];
       Bf16x8ToF32(wv[u], wf);
+      Bf16x8ToF32(__ldg(reinterpret_cast<const uint4*>(x) + c), xf);
 #pragma unroll
-      for (int r = 0; r < NMAX; ++r) {
-        if (r >= n) break;
-        float xf[8];
-        Bf16x8ToF32(__ldg(reinterpret_cast<const uint4*>(x + r * K) + c), xf);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[r] += wf[i] * xf[i];
-      }
+      for (int i = 0; i < 8; ++i) acc += wf[i] * xf[i];
     }
   }
+  return acc;
 }
 
-__device__ __forceinline__ void Prefetch(const uint4* wr, int64_t K, int lane, uint4 (&pre)[kUnroll]) {
+template <int SPLIT, int UNROLL>
+__device__ __forceinline__ void Prefetch(const uint4* wr, int64_t K, int base, uint4 (&pre)[UNROLL]) {
   const int64_t chunks = K / 8;
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int64_t c = lane + u * 32;
+  for (int u = 0; u < UNROLL; ++u) {
+    const int64_t c = base + int64_t{u} * 32 * SPLIT;
     pre[u] = c < chunks ? __ldg(wr + c) : make_uint4(0, 0, 0, 0);
   }
 }
 
-template <int NMAX, Form F>
+// Block: kWarpsPerBlock / SPLIT rows, SPLIT warps per row each streaming a share of the row
+// (more warps, hence more bytes in flight, for shapes with few rows); the shares meet in shared
+// memory.
+template <Form F, int SPLIT, int UNROLL>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyGemmK(Args a) {
-  const int lane = threadIdx.x & 31;
-  const int64_t m = blockIdx.x * int64_t{kWarpsPerBlock} + (threadIdx.x >> 5);
+  constexpr int kRowsPerBlock = kWarpsPerBlock / SPLIT;
+  __shared__ float part[2][kWarpsPerBlock];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int slice = warp % SPLIT;
+  const int64_t m = blockIdx.x * int64_t{kRowsPerBlock} + warp / SPLIT;
   // Let the next projection launch now: it only prefetches weights until this kernel is done.
   GridLaunchDependents();
-  if (m >= a.M) {
-    GridDependencyWait();
-    return;
+  const bool live = m < a.M;
+  const int base = slice * 32 + lane;
+  const uint4* wr = reinterpret_cast<const uint4*>(a.w + (live ? m : 0) * a.K);
+  const uint4* wr2 = reinterpret_cast<const uint4*>(a.w + (live ? m + a.M : 0) * a.K);
+  uint4 pre[UNROLL];
+  [[maybe_unused]] uint4 pre2[UNROLL];
+  if (live) {
+    Prefetch<SPLIT, UNROLL>(wr, a.K, base, pre);
+    if constexpr (F == Form::kSwiGlu) Prefetch<SPLIT, UNROLL>(wr2, a.K, base, pre2);
   }
-  const uint4* wr = reinterpret_cast<const uint4*>(a.w + m * a.K);
-  uint4 pre[kUnroll];
-  [[maybe_unused]] uint4 pre2[kUnroll];
-  Prefetch(wr, a.K, lane, pre);
-  const uint4* wr2 = reinterpret_cast<const uint4*>(a.w + (m + a.M) * a.K);
-  if constexpr (F == Form::kSwiGlu) Prefetch(wr2, a.K, lane, pre2);
   GridDependencyWait();  // x is the previous kernel's output
-  float acc[NMAX];
+  float acc = 0.f, acc2 = 0.f;
+  if (live) {
+    acc = WarpSum(DotRow<SPLIT, UNROLL>(wr, a.x, a.K, base, pre));
+    if constexpr (F == Form::kSwiGlu) acc2 = WarpSum(DotRow<SPLIT, UNROLL>(wr2, a.x, a.K, base, pre2));
+  }
+  if constexpr (SPLIT > 1) {
+    if (lane == 0) {
+      part[0][warp] = acc;
+      part[1][warp] = acc2;
+    }
+    __syncthreads();
+    if (slice != 0) return;
+    acc = 0.f;
+    acc2 = 0.f;
 #pragma unroll
-  for (int r = 0; r < NMAX; ++r) acc[r] = 0.f;
-  DotRows<NMAX>(wr, a.x, a.n, a.K, lane, pre, acc);
+    for (int s = 0; s < SPLIT; ++s) {
+      acc += part[0][warp + s];
+      acc2 += part[1][warp + s];
+    }
+  }
+  if (!live || lane != 0) return;
   if constexpr (F == Form::kSwiGlu) {
-    float acc2[NMAX];
-#pragma unroll
-    for (int r = 0; r < NMAX; ++r) acc2[r] = 0.f;
-    DotRows<NMAX>(wr2, a.x, a.n, a.K, lane, pre2, acc2);
-#pragma unroll
-    for (int r = 0; r < NMAX; ++r) {
-      if (r >= a.n) break;
-      // gate and up rounded to bf16 first, as the unfused GEMMs + SwiGLU kernel do.
-      const float g = ToF(ToB(WarpSum(acc[r]))), u = ToF(ToB(WarpSum(acc2[r])));
-      if (lane == 0) static_cast<bf16*>(a.stack.out[0])[r * a.M + m] = ToB(SiluF(g) * u);
-    }
-    return;
-  }
-  int seg = 0;
-  int64_t begin = 0;
-  if constexpr (F == Form::kStacked) {
+    // gate and up rounded to bf16 first, as the unfused GEMMs + SwiGLU kernel do.
+    const float g = ToF(ToB(acc)), u = ToF(ToB(acc2));
+    static_cast<bf16*>(a.stack.out[0])[m] = ToB(SiluF(g) * u);
+  } else if constexpr (F == Form::kPlainF32) {
+    static_cast<float*>(a.stack.out[0])[m] = acc;
+  } else if constexpr (F == Form::kPlainBf16) {
+    static_cast<bf16*>(a.stack.out[0])[m] = ToB(acc);
+  } else {
+    int seg = 0;
+    int64_t begin = 0;
     while (seg + 1 < a.stack.count && m >= a.stack.end[seg]) begin = a.stack.end[seg++];
-  }
-  const int64_t width = F == Form::kStacked ? a.stack.end[seg] - begin : a.M;
-#pragma unroll
-  for (int r = 0; r < NMAX; ++r) {
-    if (r >= a.n) break;
-    const float v = WarpSum(acc[r]);
-    if (lane != 0) continue;
-    if constexpr (F == Form::kPlainF32) {
-      static_cast<float*>(a.stack.out[0])[r * width + m] = v;
-    } else {
-      static_cast<bf16*>(a.stack.out[seg])[r * width + (m - begin)] = ToB(v);
-    }
+    static_cast<bf16*>(a.stack.out[seg])[m - begin] = ToB(acc);
   }
 }
 
-template <int NMAX, Form F>
+template <Form F, int SPLIT, int UNROLL>
 cudaError_t LaunchOne(const Args& a, cudaStream_t s) {
+  constexpr int kRowsPerBlock = kWarpsPerBlock / SPLIT;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((a.M + kWarpsPerBlock - 1) / kWarpsPerBlock));
+  cfg.gridDim = dim3(static_cast<unsigned>((a.M + kRowsPerBlock - 1) / kRowsPerBlock));
   cfg.blockDim = dim3(32 * kWarpsPerBlock);
   cfg.stream = s;
   cudaLaunchAttribute attr[1];
@@ -151,17 +155,26 @@ cudaError_t LaunchOne(const Args& a, cudaStream_t s) {
   attr[0].val.programmaticStreamSerializationAllowed = g_programmatic ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, SkinnyGemmK<NMAX, F>, a);
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, SkinnyGemmK<F, SPLIT, UNROLL>, a);
   return e != cudaSuccess ? e : LaunchStatus();
 }
 
+// Warps per row and chunks in flight per warp, by shape. Few output rows (4096) leave too few
+// warps to keep enough bytes in flight at one warp per row; long rows (K = 12288) more so.
 template <Form F>
 cudaError_t Launch(const Args& a, cudaStream_t s) {
-  if (a.n <= 1) return LaunchOne<1, F>(a, s);
-  if (a.n <= 2) return LaunchOne<2, F>(a, s);
-  if (a.n <= 4) return LaunchOne<4, F>(a, s);
-  if (a.n <= 8) return LaunchOne<8, F>(a, s);
-  return LaunchOne<16, F>(a, s);
+  int split = a.M >= 12288 ? 1 : (a.K >= 8192 ? 4 : 2);
+  int unroll = 4;
+  if (g_force_split > 0) split = g_force_split;
+  if (g_force_unroll > 0) unroll = g_force_unroll;
+  if (unroll == 8) {
+    if (split == 1) return LaunchOne<F, 1, 8>(a, s);
+    if (split == 2) return LaunchOne<F, 2, 8>(a, s);
+    return LaunchOne<F, 4, 8>(a, s);
+  }
+  if (split == 1) return LaunchOne<F, 1, 4>(a, s);
+  if (split == 2) return LaunchOne<F, 2, 4>(a, s);
+  return LaunchOne<F, 4, 4>(a, s);
 }
 
 bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -169,6 +182,10 @@ bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 }  // namespace
 
 void SetProgrammaticLaunch(bool on) { g_programmatic = on; }
+void SetSkinnyVariant(int split, int unroll) {
+  g_force_split = split == 1 || split == 2 || split == 4 ? split : 0;
+  g_force_unroll = unroll == 4 || unroll == 8 ? unroll : 0;
+}
 
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
   // Measured on H200 (docs/PERFORMANCE.md): a clear win over cuBLAS at one row (decode), a loss
@@ -180,7 +197,7 @@ bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
 cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, int64_t n, int64_t M, int64_t K,
                        cudaStream_t s) {
   SPECD_CHECK_ARG(x && w && out && M > 0 && K > 0 && SkinnyGemmApplies(n, K, x, w));
-  Args a{x, w, static_cast<int>(n), M, K, {}};
+  Args a{x, w, M, K, {}};
   a.stack.count = 1;
   a.stack.end[0] = M;
   a.stack.out[0] = out;
@@ -196,14 +213,14 @@ cudaError_t SkinnyGemmStacked(const bf16* x, const bf16* w, const SkinnyStack& s
     SPECD_CHECK_ARG(stack.out[i] != nullptr && stack.end[i] > prev);
     prev = stack.end[i];
   }
-  Args a{x, w, static_cast<int>(n), prev, K, stack};
+  Args a{x, w, prev, K, stack};
   return Launch<Form::kStacked>(a, s);
 }
 
 cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, int64_t n, int64_t I, int64_t K,
                              cudaStream_t s) {
   SPECD_CHECK_ARG(x && w_gate_up && out && I > 0 && K > 0 && SkinnyGemmApplies(n, K, x, w_gate_up));
-  Args a{x, w_gate_up, static_cast<int>(n), I, K, {}};
+  Args a{x, w_gate_up, I, K, {}};
   a.stack.count = 1;
   a.stack.end[0] = I;
   a.stack.out[0] = out;

@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee -a "$OUT/gpu.txt"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPECD_SERVER=OFF -DSPECD_TOKENIZER=OFF \
   -DSPECD_CUDA=ON -DSPECD_BENCH=ON -DSPECD_TESTS=ON > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-ninja -C build-gpu specd_gpu_tests gpu_bench > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+ninja -C build-gpu specd_gpu_tests gpu_bench gpu_e2e_bench > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
 echo "build ok"
 filter=${GPU_TEST_FILTER:-*}
 ./build-gpu/tests/gpu/specd_gpu_tests --gtest_filter="$filter" > "$OUT/gpu_tests.log" 2>&1
@@ -27,5 +27,15 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   ./build-gpu/bench/gpu_bench > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"
   cat "$OUT/bench.log"
+fi
+if [ "${SKIP_E2E:-0}" != 1 ]; then
+  ./build-gpu/bench/gpu_e2e_bench > "$OUT/e2e.log" 2>&1
+  echo "e2e bench rc=$?"
+  tail -25 "$OUT/e2e.log"
+fi
+if [ "${SKIP_HF:-0}" != 1 ]; then
+  timeout 240 python3 bench/hf_baseline.py > "$OUT/hf.log" 2>&1
+  echo "hf baseline rc=$?"
+  tail -15 "$OUT/hf.log"
 fi
 echo "gpu tests rc=$rc_tests"

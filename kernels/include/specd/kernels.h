@@ -75,6 +75,8 @@ cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, in
                              cudaStream_t s);
 // Skinny GEMMs start early (programmatic dependent launch) unless turned off (benchmarks A/B).
 void SetProgrammaticLaunch(bool on);
+// Benchmarks: force warps per row (1, 2, 4) and 16-byte chunks in flight per warp (4, 8); 0 = by shape.
+void SetSkinnyVariant(int split, int unroll);
 
 // ---- norms ----
 // y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w), rows of d; x bf16 or fp32.
