@@ -146,6 +146,10 @@ TEST_F(PagedKv, ScatteredBlocksGiveBitIdenticalLogits) {
   // Bit-identical: the CPU reference reads the same rows in the same order whatever the layout.
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want[i]) << "forward " << i;
+  // The rows are where the table says (not merely somewhere the attention also reads).
+  for (bool values : {false, true}) {
+    EXPECT_EQ(c->SlotKvF32(0, values, a, 20), fresh->SlotKvF32(0, values, r, 20)) << "values " << values;
+  }
 
   // And so does a different block size.
   auto big = Cache(1, 0, 16);
