@@ -29,13 +29,14 @@ __global__ void RopeK(bf16* x, const int32_t* pos, int heads, int d, int rot, fl
 
 // The offset of head 0's row `pos` of `slot` in the pool (head h adds h * block_size * d), or -1
 // where the table gives that row no block.
-__device__ __forceinline__ int64_t PagedRow(const PagedKv& kv, int hkv, int d, int32_t slot, int64_t pos) {
+// Positions are int32 on the device (as tok_pos is): a 32-bit division per key, not a 64-bit one.
+__device__ __forceinline__ int64_t PagedRow(const PagedKv& kv, int hkv, int d, int32_t slot, int32_t pos) {
   if (slot < 0 || slot >= kv.num_slots || pos < 0) return -1;
-  const int64_t j = pos / kv.block_size;
+  const int j = pos / kv.block_size;
   if (j >= kv.max_blocks) return -1;
   const int32_t blk = kv.table[int64_t{slot} * kv.max_blocks + j];
   if (blk < 0 || blk >= kv.num_blocks) return -1;
-  return (int64_t{blk} * hkv * kv.block_size + pos - j * kv.block_size) * d;
+  return (int64_t{blk} * hkv * kv.block_size + (pos - j * kv.block_size)) * d;
 }
 
 __global__ void KvAppendK(const bf16* k, const bf16* v, const int32_t* tok_slot, const int32_t* tok_pos, int hkv,
@@ -88,7 +89,7 @@ __global__ void AttentionPartialK(const bf16* q, PagedKv kv, const int32_t* tok_
   }
   float m = -INFINITY, l = 0.f;
   for (int64_t j = j0 + w; j < j1; j += kAttnWarps) {
-    const int64_t row = PagedRow(kv, hkv, D, slot, j);  // the same for the whole warp
+    const int64_t row = PagedRow(kv, hkv, D, slot, static_cast<int32_t>(j));  // the same for the whole warp
     if (row < 0) continue;
     const bf16* kr = K + row + lane * PER;
     float dot = 0.f;
@@ -163,8 +164,8 @@ cudaError_t Rope(bf16* x, const int32_t* pos, int64_t n, int heads, int d, int r
   return LaunchStatus();
 }
 
-// Shapes the kernels can trust: the pool's element offsets fit int64 by construction, a table
-// row per slot, and block ids the kernels bound-check against num_blocks.
+// A pool and table the kernels can index; the table's entries and the positions are checked on
+// the device (PagedRow), where the launcher cannot see them.
 static bool ValidPaged(const PagedKv& kv) {
   return kv.k && kv.v && kv.table && kv.num_blocks > 0 && kv.num_slots > 0 && kv.max_blocks > 0 &&
          kv.block_size > 0;
