@@ -1,4 +1,4 @@
-// Partial RoPE, KV-cache append and causal GQA attention over each slot's cache.
+// Partial RoPE, paged KV-cache append and causal GQA attention over each slot's cache.
 #include <algorithm>
 
 #include "common.cuh"
@@ -27,30 +27,45 @@ __global__ void RopeK(bf16* x, const int32_t* pos, int heads, int d, int rot, fl
   }
 }
 
+// The offset of head 0's row `pos` of `slot` in the pool (head h adds h * block_size * d), or -1
+// where the table gives that row no block.
+// Positions are int32 on the device (as tok_pos is): a 32-bit division per key, not a 64-bit one.
+__device__ __forceinline__ int64_t PagedRow(const PagedKv& kv, int hkv, int d, int32_t slot, int32_t pos) {
+  if (slot < 0 || slot >= kv.num_slots || pos < 0) return -1;
+  const int j = pos / kv.block_size;
+  if (j >= kv.max_blocks) return -1;
+  const int32_t blk = kv.table[int64_t{slot} * kv.max_blocks + j];
+  if (blk < 0 || blk >= kv.num_blocks) return -1;
+  return (int64_t{blk} * hkv * kv.block_size + (pos - j * kv.block_size)) * d;
+}
+
 __global__ void KvAppendK(const bf16* k, const bf16* v, const int32_t* tok_slot, const int32_t* tok_pos, int hkv,
-                          int d, int64_t max_ctx, bf16* kc, bf16* vc) {
+                          int d, PagedKv kv) {
   const int64_t t = blockIdx.x;
+  const int64_t row = PagedRow(kv, hkv, d, tok_slot[t], tok_pos[t]);
+  if (row < 0) return;
   for (int j = threadIdx.x; j < hkv * d; j += blockDim.x) {
     const int h = j / d, i = j % d;
-    const int64_t dst = ((int64_t{tok_slot[t]} * hkv + h) * max_ctx + tok_pos[t]) * d + i;
-    kc[dst] = k[t * hkv * d + j];
-    vc[dst] = v[t * hkv * d + j];
+    const int64_t dst = row + int64_t{h} * kv.block_size * d + i;
+    kv.k[dst] = k[t * hkv * d + j];
+    kv.v[dst] = v[t * hkv * d + j];
   }
 }
 
 constexpr int kAttnWarps = 4;
 
 // Split-K attention ("flash decoding"): grid (token x query head, split). Each block takes a
-// contiguous share of its token's keys 0..pos; its 4 warps walk those keys in turn, each lane
+// contiguous share of its token's keys 0..pos; its 4 warps walk those keys in turn (each key's row
+// found through the slot's block table: a block of 16 rows is 16 x 512 contiguous bytes per head
+// at D = 256, so paging costs one cached table read per key, not coalescing), each lane
 // holding PER = D/32 consecutive dims of q and of the running output, so a key row is one
 // coalesced 16-byte-per-lane load and its score one warp reduction. Each warp keeps an online
 // softmax (max m, sum l, output acc); the block merges its warps and writes (acc, m, l) for the
 // combine kernel, which merges the splits. Work per block stays small whatever the context, and
 // a decode step of a few heads still spreads over many SMs.
 template <int PER>
-__global__ void AttentionPartialK(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot,
-                                  const int32_t* tok_pos, int hq, int hkv, int64_t max_ctx, float scale, int splits,
-                                  float* part) {
+__global__ void AttentionPartialK(const bf16* q, PagedKv kv, const int32_t* tok_slot, const int32_t* tok_pos, int hq,
+                                  int hkv, float scale, int splits, float* part) {
   constexpr int D = PER * 32;
   __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
   __shared__ float sm_acc[kAttnWarps][D];
@@ -62,8 +77,10 @@ __global__ void AttentionPartialK(const bf16* q, const bf16* kc, const bf16* vc,
   const int64_t n_keys = tok_pos[t] + 1;
   const int64_t chunk = (n_keys + splits - 1) / splits;
   const int64_t j0 = blockIdx.y * chunk, j1 = min(n_keys, j0 + chunk);
-  const bf16* K = kc + (int64_t{tok_slot[t]} * hkv + kvh) * max_ctx * D;
-  const bf16* V = vc + (int64_t{tok_slot[t]} * hkv + kvh) * max_ctx * D;
+  const int32_t slot = tok_slot[t];
+  // Head kvh's rows of every block start this far into the block.
+  const bf16* K = kv.k + int64_t{kvh} * kv.block_size * D;
+  const bf16* V = kv.v + int64_t{kvh} * kv.block_size * D;
   float qv[PER], acc[PER];
 #pragma unroll
   for (int i = 0; i < PER; ++i) {
@@ -72,7 +89,9 @@ __global__ void AttentionPartialK(const bf16* q, const bf16* kc, const bf16* vc,
   }
   float m = -INFINITY, l = 0.f;
   for (int64_t j = j0 + w; j < j1; j += kAttnWarps) {
-    const bf16* kr = K + j * D + lane * PER;
+    const int64_t row = PagedRow(kv, hkv, D, slot, static_cast<int32_t>(j));  // the same for the whole warp
+    if (row < 0) continue;
+    const bf16* kr = K + row + lane * PER;
     float dot = 0.f;
 #pragma unroll
     for (int i = 0; i < PER; ++i) dot += qv[i] * ToF(kr[i]);
@@ -80,7 +99,7 @@ __global__ void AttentionPartialK(const bf16* q, const bf16* kc, const bf16* vc,
     const float m_new = fmaxf(m, sc);
     const float corr = __expf(m - m_new), p = __expf(sc - m_new);
     l = l * corr + p;
-    const bf16* vr = V + j * D + lane * PER;
+    const bf16* vr = V + row + lane * PER;
 #pragma unroll
     for (int i = 0; i < PER; ++i) acc[i] = acc[i] * corr + p * ToF(vr[i]);
     m = m_new;
@@ -145,26 +164,31 @@ cudaError_t Rope(bf16* x, const int32_t* pos, int64_t n, int heads, int d, int r
   return LaunchStatus();
 }
 
+// A pool and table the kernels can index; the table's entries and the positions are checked on
+// the device (PagedRow), where the launcher cannot see them.
+static bool ValidPaged(const PagedKv& kv) {
+  return kv.k && kv.v && kv.table && kv.num_blocks > 0 && kv.num_slots > 0 && kv.max_blocks > 0 &&
+         kv.block_size > 0;
+}
+
 cudaError_t KvAppend(const bf16* k, const bf16* v, const int32_t* tok_slot, const int32_t* tok_pos, int64_t n, int hkv,
-                     int d, int64_t max_ctx, bf16* kc, bf16* vc, cudaStream_t s) {
-  SPECD_CHECK_ARG(k && v && tok_slot && tok_pos && kc && vc && n >= 0 && hkv > 0 && d > 0 && max_ctx > 0);
+                     int d, const PagedKv& kv, cudaStream_t s) {
+  SPECD_CHECK_ARG(k && v && tok_slot && tok_pos && n >= 0 && hkv > 0 && d > 0 && ValidPaged(kv));
   if (n == 0) return cudaSuccess;
-  KvAppendK<<<static_cast<unsigned>(n), 256, 0, s>>>(k, v, tok_slot, tok_pos, hkv, d, max_ctx, kc, vc);
+  KvAppendK<<<static_cast<unsigned>(n), 256, 0, s>>>(k, v, tok_slot, tok_pos, hkv, d, kv);
   return LaunchStatus();
 }
 
-cudaError_t Attention(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot, const int32_t* tok_pos,
-                      int64_t n, int hq, int hkv, int d, int64_t max_ctx, float scale, float* scratch, int splits,
-                      bf16* out, cudaStream_t s) {
-  SPECD_CHECK_ARG(q && kc && vc && tok_slot && tok_pos && out && scratch && n >= 0 && hq > 0 && hkv > 0);
-  SPECD_CHECK_ARG(hq % hkv == 0 && d > 0 && d % 32 == 0 && d <= 512 && max_ctx > 0 && splits > 0 && splits <= 64);
+cudaError_t Attention(const bf16* q, const PagedKv& kv, const int32_t* tok_slot, const int32_t* tok_pos, int64_t n,
+                      int hq, int hkv, int d, float scale, float* scratch, int splits, bf16* out, cudaStream_t s) {
+  SPECD_CHECK_ARG(q && tok_slot && tok_pos && out && scratch && n >= 0 && hq > 0 && hkv > 0 && ValidPaged(kv));
+  SPECD_CHECK_ARG(hq % hkv == 0 && d > 0 && d % 32 == 0 && d <= 512 && splits > 0 && splits <= 64);
   if (n == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(n * hq), static_cast<unsigned>(splits)), block(32, kAttnWarps);
   switch (d / 32) {
 #define SPECD_CALL(P)                                                                                              \
   case P:                                                                                                         \
-    AttentionPartialK<P><<<grid, block, 0, s>>>(q, kc, vc, tok_slot, tok_pos, hq, hkv, max_ctx, scale, splits,    \
-                                                scratch);                                                        \
+    AttentionPartialK<P><<<grid, block, 0, s>>>(q, kv, tok_slot, tok_pos, hq, hkv, scale, splits, scratch);       \
     break;
     SPECD_CALL(1)
     SPECD_CALL(2)

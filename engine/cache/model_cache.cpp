@@ -1,6 +1,9 @@
 #include "cache/model_cache.h"
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
+#include <stdexcept>
 
 namespace specd {
 
@@ -19,10 +22,23 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(const ModelConfig& cfg,
   if (opt.num_slots <= 0) return InvalidArgument("cache needs at least one slot");
   if (opt.max_ctx <= 0) return InvalidArgument("cache max_ctx must be positive");
   if (opt.log_capacity <= 0) return InvalidArgument("cache log capacity must be positive");
+  if (opt.kv_block_size <= 0) return InvalidArgument("cache KV block size must be positive");
+  if (opt.kv_blocks < 0) return InvalidArgument("cache KV block count must not be negative");
+  const int64_t max_blocks = (opt.max_ctx + opt.kv_block_size - 1) / opt.kv_block_size;
+  const int64_t num_blocks = opt.kv_blocks > 0 ? opt.kv_blocks : max_blocks * opt.num_slots;
+  if (num_blocks > INT32_MAX) return InvalidArgument("cache KV pool of {} blocks: block ids are int32", num_blocks);
   auto c = std::unique_ptr<ModelCache>(new ModelCache());
   c->backend_ = backend;
   c->opt_ = opt;
   c->meta_.resize(opt.num_slots);
+  c->kv_blocks_total_ = num_blocks;
+  c->max_blocks_per_slot_ = max_blocks;
+  c->free_blocks_.reserve(static_cast<size_t>(num_blocks));
+  for (int64_t i = num_blocks - 1; i >= 0; --i) c->free_blocks_.push_back(static_cast<int32_t>(i));
+  c->table_.assign(static_cast<size_t>(opt.num_slots * max_blocks), -1);
+  c->slot_blocks_.assign(static_cast<size_t>(opt.num_slots), 0);
+  c->table_tensor_ = backend->Alloc(DType::kI32, {opt.num_slots, max_blocks});
+  c->table_dirty_ = true;
   GdnDims d{cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
             cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim};
   c->gdn_dims_ = d;
@@ -51,13 +67,17 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(const ModelConfig& cfg,
       c->gdn_.push_back(std::move(g));
     } else {
       AttnLayerState a;
-      a.k = backend->Alloc(act, {S, cfg.num_key_value_heads, opt.max_ctx, cfg.head_dim});
-      a.v = backend->Alloc(act, {S, cfg.num_key_value_heads, opt.max_ctx, cfg.head_dim});
+      a.k = backend->Alloc(act, {num_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
+      a.v = backend->Alloc(act, {num_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
+      a.block_table = c->table_tensor_;
+      // What a slot holding max_ctx rows uses (the pool may be smaller than slots x that).
       c->live_bytes_ += 2 * int64_t{cfg.num_key_value_heads} * opt.max_ctx * cfg.head_dim * act_size;
+      c->kv_block_bytes_ += 2 * int64_t{cfg.num_key_value_heads} * opt.kv_block_size * cfg.head_dim * act_size;
       c->state_index_.push_back(static_cast<int>(c->attn_.size()));
       c->attn_.push_back(std::move(a));
     }
   }
+  c->SyncBlockTable();
   return c;
 }
 
@@ -72,9 +92,13 @@ StatusOr<int> ModelCache::AllocSlot() {
   return ResourceExhausted("all {} cache slots are in use", num_slots());
 }
 
-void ModelCache::FreeSlot(int slot) { meta_.at(slot) = SlotMeta{}; }
+void ModelCache::FreeSlot(int slot) {
+  TrimKv(slot, 0);
+  meta_.at(slot) = SlotMeta{};
+}
 
 void ModelCache::ResetSlot(int slot) {
+  TrimKv(slot, 0);
   for (auto& g : gdn_) backend_->GdnReset(g, slot);
   const bool used = meta_.at(slot).in_use;
   meta_[slot] = SlotMeta{};
@@ -113,6 +137,8 @@ Status ModelCache::Commit(int slot, int keep) {
     for (auto& g : gdn_) backend_->GdnCommit(g, gdn_dims_, slot, keep, m.has_checkpoint);
   }
   m.length = m.base_length + keep;
+  // The rejected tail's rows had blocks of their own; those past the kept length go back.
+  TrimKv(slot, m.length);
   m.logging = false;
   m.log_count = 0;
   m.has_checkpoint = false;
@@ -123,6 +149,77 @@ void ModelCache::Advance(int slot, StateMode mode, int64_t len) {
   auto& m = meta_.at(slot);
   if (WritesState(mode)) m.length += len;
   if (WritesLog(mode)) m.log_count += static_cast<int>(len);
+}
+
+Status ModelCache::ReserveKv(const std::vector<std::pair<int, int64_t>>& slot_rows) {
+  const int64_t B = opt_.kv_block_size;
+  int64_t need = 0;
+  for (const auto& [slot, rows] : slot_rows) {
+    if (slot < 0 || slot >= num_slots() || !meta_[slot].in_use) {
+      return FailedPrecondition("KV reserve: slot {} is not in use", slot);
+    }
+    if (rows < 0 || rows > max_blocks_per_slot_ * B) {
+      return ResourceExhausted("slot {}: {} KV rows exceed the context capacity {}", slot, rows, opt_.max_ctx);
+    }
+    need += std::max<int64_t>(0, (rows + B - 1) / B - slot_blocks_[slot]);
+  }
+  if (need > kv_blocks_free()) {
+    return ResourceExhausted("KV cache pool exhausted: this forward needs {} more blocks of {} rows, {} of {} are free",
+                             need, B, kv_blocks_free(), kv_blocks_total_);
+  }
+  for (const auto& [slot, rows] : slot_rows) {
+    const int64_t want = (rows + B - 1) / B;
+    while (slot_blocks_[slot] < want) {
+      table_[slot * max_blocks_per_slot_ + slot_blocks_[slot]] = free_blocks_.back();
+      free_blocks_.pop_back();
+      ++slot_blocks_[slot];
+      table_dirty_ = true;
+    }
+  }
+  return Status::Ok();
+}
+
+void ModelCache::TrimKv(int slot, int64_t rows) {
+  const int64_t B = opt_.kv_block_size;
+  const int64_t keep = (rows + B - 1) / B;
+  int32_t& n = slot_blocks_.at(slot);
+  while (n > keep) {
+    --n;
+    int32_t& e = table_[slot * max_blocks_per_slot_ + n];
+    free_blocks_.push_back(e);
+    e = -1;
+    table_dirty_ = true;
+  }
+}
+
+void ModelCache::SyncBlockTable() {
+  if (!table_dirty_) return;
+  backend_->StageBlockTable(table_, table_tensor_);
+  table_dirty_ = false;
+}
+
+std::vector<int32_t> ModelCache::kv_blocks(int slot) const {
+  const auto* row = table_.data() + int64_t{slot} * max_blocks_per_slot_;
+  return std::vector<int32_t>(row, row + slot_blocks_.at(slot));
+}
+
+std::vector<float> ModelCache::SlotKvF32(int state, bool values, int slot, int64_t rows) const {
+  const AttnLayerState& st = attn_.at(state);
+  const Tensor& pool = values ? st.v : st.k;
+  const std::vector<float> all = backend_->DownloadF32(pool);
+  const int64_t H = pool.dim(1), B = pool.dim(2), D = pool.dim(3);
+  if (rows > slot_blocks_.at(slot) * B) {
+    throw std::out_of_range(fmt::format("slot {} holds {} KV blocks, not rows [0, {})", slot, slot_blocks_[slot], rows));
+  }
+  std::vector<float> out(static_cast<size_t>(H * rows * D));
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t j = 0; j < rows; ++j) {
+      const int64_t blk = table_[slot * max_blocks_per_slot_ + j / B];
+      const float* src = all.data() + ((blk * H + h) * B + j % B) * D;
+      std::copy(src, src + D, out.begin() + (h * rows + j) * D);
+    }
+  }
+  return out;
 }
 
 }  // namespace specd

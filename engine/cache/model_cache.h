@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -19,7 +20,11 @@ namespace specd {
 
 struct CacheOptions {
   int num_slots = 1;
-  int64_t max_ctx = 4096;    // tokens per slot (KV rows)
+  int64_t max_ctx = 4096;    // tokens per slot (KV rows): the most one slot may hold
+  // Paged KV (docs/DESIGN-NOTES.md, "Paged KV cache"): rows per block, and blocks in the pool of
+  // each attention layer. 0 blocks = enough for every slot at max_ctx (no slot ever waits).
+  int kv_block_size = 16;
+  int64_t kv_blocks = 0;
   int log_capacity = 17;     // tokens one speculation step may log per slot (k + 1 for k <= 16)
   bool checkpoints = false;  // keep a rollback checkpoint per slot (draft models)
 };
@@ -59,6 +64,25 @@ class ModelCache {
   // Called by the forward after a span ran on the slot.
   void Advance(int slot, StateMode mode, int64_t len);
 
+  // ---- paged KV ----
+  // Gives each (slot, rows) its blocks for KV rows [0, rows) (a slot's rows past its length too:
+  // a verify writes them before the commit decides). All or nothing: when the pool cannot cover
+  // every request, ResourceExhausted and no slot changes. Slots must be distinct and in use.
+  Status ReserveKv(const std::vector<std::pair<int, int64_t>>& slot_rows);
+  // Copies the block table to the backend when it changed (before a forward's ops or its graph).
+  void SyncBlockTable();
+  int kv_block_size() const { return opt_.kv_block_size; }
+  int64_t kv_blocks_total() const { return kv_blocks_total_; }
+  int64_t kv_blocks_free() const { return static_cast<int64_t>(free_blocks_.size()); }
+  int64_t kv_blocks_max_per_slot() const { return max_blocks_per_slot_; }
+  // The slot's blocks, in row order.
+  std::vector<int32_t> kv_blocks(int slot) const;
+  // K and V bytes of one block over all attention layers (a pool's cost per block).
+  int64_t kv_block_bytes() const { return kv_block_bytes_; }
+  // Rows [0, rows) of one slot in attn()[state] as fp32 [Hkv, rows, D], gathered through the
+  // table (tests and diagnostics: the pool's own layout is the backend's business).
+  std::vector<float> SlotKvF32(int state, bool values, int slot, int64_t rows) const;
+
   std::vector<GdnLayerState>& gdn() { return gdn_; }
   std::vector<AttnLayerState>& attn() { return attn_; }
   // For model layer i: its index into gdn() or attn().
@@ -79,6 +103,8 @@ class ModelCache {
     bool has_checkpoint = false;
   };
   ModelCache();
+  // Returns the slot's blocks past those that rows [0, rows) need to the pool.
+  void TrimKv(int slot, int64_t rows);
   Backend* backend_ = nullptr;
   uint64_t id_ = 0;
   CacheOptions opt_;
@@ -88,6 +114,12 @@ class ModelCache {
   std::vector<int> state_index_;
   std::vector<SlotMeta> meta_;
   int64_t live_bytes_ = 0, scratch_bytes_ = 0;
+  int64_t kv_blocks_total_ = 0, max_blocks_per_slot_ = 0, kv_block_bytes_ = 0;
+  std::vector<int32_t> free_blocks_;  // a stack: the most recently returned block is reused first
+  std::vector<int32_t> table_;        // [slots, max_blocks_per_slot], -1 = none
+  std::vector<int32_t> slot_blocks_;  // blocks each slot holds (a prefix of its table row)
+  Tensor table_tensor_;               // the backend's copy, shared by every attention layer
+  bool table_dirty_ = false;
 };
 
 }  // namespace specd

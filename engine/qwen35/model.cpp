@@ -1,6 +1,7 @@
 #include "qwen35/model.h"
 
 #include <atomic>
+#include <utility>
 
 #include "model/safetensors.h"
 
@@ -82,6 +83,13 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
     }
   }
   if (b.seqs.empty()) return InvalidArgument("empty batch");
+  // KV blocks for every row a span writes, a verify's tail included; the last check, and all or
+  // nothing, so a pool that cannot serve the batch leaves every slot as it was.
+  std::vector<std::pair<int, int64_t>> kv_rows;
+  for (const auto& sp : b.seqs) kv_rows.emplace_back(sp.slot, sp.n_past + sp.len);
+  SPECD_RETURN_IF_ERROR(cache.ReserveKv(kv_rows));
+  // Before the ops and any graph replay: both read the table from the cache's fixed tensor.
+  cache.SyncBlockTable();
 
   Backend& be = *backend_;
   Tensor tok, rows;

@@ -37,10 +37,17 @@ struct GdnLayerState {
   Tensor ckpt_rec;   // [slots, Hv, dk, dv]
 };
 
-// Per-layer KV cache of every slot (post k_norm, post RoPE keys).
+// Per-layer KV cache (post k_norm, post RoPE keys), paged: rows live in fixed-size blocks of a
+// pool that the cache's slots share. Row j of a slot is row j % B of block table[slot][j / B]
+// (B = block_size()). Every attention layer of a cache has its own pool and the same table, so
+// one table serves all layers; -1 marks a table entry with no block.
 struct AttnLayerState {
-  Tensor k;  // [slots, Hkv, max_ctx, D]
-  Tensor v;  // [slots, Hkv, max_ctx, D]
+  Tensor k;            // [num_blocks, Hkv, B, D]
+  Tensor v;            // [num_blocks, Hkv, B, D]
+  Tensor block_table;  // [slots, max_blocks_per_slot] I32, the same tensor in every layer
+  int64_t block_size() const { return k.dim(2); }
+  int64_t num_blocks() const { return k.dim(0); }
+  int64_t max_blocks_per_slot() const { return block_table.dim(1); }
 };
 
 struct AttnDims {
@@ -159,7 +166,11 @@ class Backend {
   virtual void SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) = 0;
   // Rotate-half partial RoPE in place on x [N, heads*D] at each token's absolute position.
   virtual void Rope(Tensor& x, int num_heads, const AttnDims& d, const BatchInfo& b) = 0;
-  // Appends k/v of each span at positions n_past.. and attends causally over the slot's cache.
+  // Copies a host block table into its tensor (same numel), ordered before every op issued after
+  // it. Called outside graph capture: a replay reads the tensor, so it sees the new contents.
+  virtual void StageBlockTable(const std::vector<int32_t>& table, Tensor& dst) = 0;
+  // Appends k/v of each span at positions n_past.. (through the slot's block table, whose blocks
+  // must cover them) and attends causally over the slot's cache.
   virtual void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d,
                          AttnLayerState& st, const BatchInfo& b, Tensor& out) = 0;
 

@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
 
   void SplitQueryGate(const Tensor& q2, int num_heads, int head_dim, Tensor& q, Tensor& gate) override;
   void Rope(Tensor& x, int num_heads, const AttnDims& d, const BatchInfo& b) override;
+  void StageBlockTable(const std::vector<int32_t>& table, Tensor& dst) override;
   void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d,
                  AttnLayerState& st, const BatchInfo& b, Tensor& out) override;
 

@@ -12,6 +12,7 @@
 #include <set>
 #include <cstdlib>
 #include <stdexcept>
+#include <type_traits>
 
 #include "runtime/backend.h"
 #include "specd/kernels.h"
@@ -417,20 +418,52 @@ class CudaBackend final : public Backend {
     const Meta& m = UploadMeta(b);
     Check(K::Rope(B(x), m.tok_pos, b.num_tokens, num_heads, d.head_dim, d.rotary_dim, d.rope_theta, stream_), "rope");
   }
+  void StageBlockTable(const std::vector<int32_t>& table, Tensor& dst) override {
+    const size_t bytes = table.size() * sizeof(int32_t);
+    if (dst.dtype != DType::kI32 || static_cast<int64_t>(table.size()) != dst.numel()) {
+      Fail(fmt::format("StageBlockTable: {} entries into a {} {} tensor", table.size(), DTypeName(dst.dtype),
+                       dst.ShapeString()));
+      return;
+    }
+    // Through pinned memory, so the copy is asynchronous; the previous table copy must have left
+    // the buffer before it is rewritten (as Stage does for the batch layout).
+    if (!table_staged_) {
+      cudaEvent_t e = nullptr;
+      Check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "table event");
+      table_staged_.reset(e);
+    } else {
+      Check(cudaEventSynchronize(table_staged_.get()), "table event wait");
+    }
+    if (bytes > table_pinned_bytes_) {
+      void* p = nullptr;
+      if (cudaMallocHost(&p, bytes) != cudaSuccess) throw std::bad_alloc();
+      table_pinned_.reset(p);
+      table_pinned_bytes_ = bytes;
+    }
+    std::memcpy(table_pinned_.get(), table.data(), bytes);
+    Check(cudaMemcpyAsync(dst.data, table_pinned_.get(), bytes, cudaMemcpyHostToDevice, stream_), "block table");
+    Check(cudaEventRecord(table_staged_.get(), stream_), "table event");
+  }
   void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, AttnLayerState& st,
                  const BatchInfo& b, Tensor& out) override {
     Prof prof_(this, "attention (append + attend)");
     const Meta& m = UploadMeta(b);
-    const int64_t ctx = st.k.dim(2);
-    Check(K::KvAppend(B(k), B(v), m.tok_slot, m.tok_pos, b.num_tokens, d.num_kv_heads, d.head_dim, ctx, B(st.k),
-                      B(st.v), stream_),
+    K::PagedKv kv;
+    kv.k = B(st.k);
+    kv.v = B(st.v);
+    kv.table = st.block_table.ptr<int32_t>();
+    kv.num_blocks = st.num_blocks();
+    kv.num_slots = static_cast<int>(st.block_table.dim(0));
+    kv.max_blocks = static_cast<int>(st.max_blocks_per_slot());
+    kv.block_size = static_cast<int>(st.block_size());
+    Check(K::KvAppend(B(k), B(v), m.tok_slot, m.tok_pos, b.num_tokens, d.num_kv_heads, d.head_dim, kv, stream_),
           "kv_append");
-    // Splits depend only on shapes (not on positions), so a captured graph stays valid.
+    // Splits depend only on shapes (not on positions or the table), so a captured graph stays valid.
+    const int64_t ctx = st.max_blocks_per_slot() * st.block_size();
     const int splits = K::AttentionSplits(b.num_tokens * d.num_q_heads, ctx);
     Tensor part = Empty(DType::kF32, {b.num_tokens * d.num_q_heads * splits * (d.head_dim + 2)});
-    Check(K::Attention(B(q), B(st.k), B(st.v), m.tok_slot, m.tok_pos, b.num_tokens, d.num_q_heads, d.num_kv_heads,
-                       d.head_dim, ctx, 1.f / std::sqrt(static_cast<float>(d.head_dim)), part.ptr<float>(), splits,
-                       B(out), stream_),
+    Check(K::Attention(B(q), kv, m.tok_slot, m.tok_pos, b.num_tokens, d.num_q_heads, d.num_kv_heads, d.head_dim,
+                       1.f / std::sqrt(static_cast<float>(d.head_dim)), part.ptr<float>(), splits, B(out), stream_),
           "attention");
   }
 
@@ -733,6 +766,16 @@ class CudaBackend final : public Backend {
   std::vector<void*> arena_;
   std::map<std::string, Graph> graphs_;
   std::set<std::string> failed_keys_;
+  // KV block tables go to their cache's tensor through this pinned buffer (StageBlockTable).
+  struct PinnedFree {
+    void operator()(void* p) const { cudaFreeHost(p); }
+  };
+  struct EventDestroy {
+    void operator()(cudaEvent_t e) const { cudaEventDestroy(e); }
+  };
+  std::unique_ptr<void, PinnedFree> table_pinned_;
+  size_t table_pinned_bytes_ = 0;
+  std::unique_ptr<std::remove_pointer_t<cudaEvent_t>, EventDestroy> table_staged_;
 };
 
 }  // namespace

@@ -315,5 +315,63 @@ TEST(GpuGraphs, CapturedDecodeAndVerifyStepsEqualOpByOp) {
   EXPECT_EQ(out[0], out[1]);  // the same kernels on the same inputs: bitwise equal
 }
 
+// Paged KV on the GPU: a slot whose blocks are scattered over the pool (other slots grow, are
+// freed and reallocated between its steps, blocks of 4 rows so its table changes every few
+// tokens) gives the same logits as a slot alone in a fresh pool, with graphs replaying its decode
+// and verify steps while the table moves under them.
+TEST(GpuGraphs, ScatteredPagedSlotEqualsContiguousWhileGraphsReplay) {
+  SPECD_REQUIRE_GPU();
+  auto m = std::move(Qwen35Model::Load(ModelDir("dense"), Gpu())).value();
+  auto ids = LoadRefs("dense").Ids("prompt_ids");
+  ASSERT_GE(ids.size(), 45u);
+  auto run = [&](bool scatter, bool graphs) {
+    Gpu()->SetGraphsEnabled(graphs);
+    CacheOptions o;
+    o.num_slots = 3;
+    o.max_ctx = 128;
+    o.kv_block_size = 4;
+    o.log_capacity = 9;
+    auto cache = std::move(m->NewCache(o)).value();
+    const int a = *cache->AllocSlot();
+    const int other = scatter ? *cache->AllocSlot() : -1;
+    int noise = scatter ? *cache->AllocSlot() : -1;
+    std::vector<float> out;
+    auto add = [&](const std::vector<float>& v) { out.insert(out.end(), v.begin(), v.end()); };
+    add(RunForward(*m, *cache, a, {ids.begin(), ids.begin() + 10}, false));
+    size_t t = 10;
+    for (int step = 0; t + 5 <= 42; ++step) {
+      if (scatter) {
+        RunForward(*m, *cache, other, {ids[t]}, false);
+        if (step % 3 == 0) {
+          cache->FreeSlot(noise);
+          noise = *cache->AllocSlot();
+          RunForward(*m, *cache, noise, {ids.begin(), ids.begin() + (step % 2 == 0 ? 5 : 1)}, false);
+        }
+      }
+      if (step % 4 == 3) {  // a verify of 5 tokens, 2 kept: the tail's blocks go back
+        EXPECT_TRUE(cache->BeginLog(a, false).ok());
+        add(RunForward(*m, *cache, a, {ids.begin() + t, ids.begin() + t + 5}, true, StateMode::kLog));
+        EXPECT_TRUE(cache->Commit(a, 2).ok());
+        t += 2;
+      } else {
+        add(RunForward(*m, *cache, a, {ids[t]}, false));
+        t += 1;
+      }
+    }
+    const auto blocks = cache->kv_blocks(a);
+    bool gap = false;
+    for (size_t i = 1; i < blocks.size(); ++i) gap |= blocks[i] != blocks[i - 1] + 1;
+    EXPECT_EQ(gap, scatter) << "layout under test";
+    return out;
+  };
+  const auto want = run(false, false);
+  for (bool graphs : {false, true}) {
+    const auto got = run(true, graphs);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(got, want) << "graphs " << graphs;  // same kernels, same rows: bitwise equal
+  }
+  Gpu()->SetGraphsEnabled(true);
+}
+
 }  // namespace
 }  // namespace specd::testing

@@ -168,9 +168,28 @@ TEST_P(GpuOps, FusedAddNormStackedGemmAndSwiGlu) {
 TEST_P(GpuOps, AttentionWithCacheRopeAndGate) {
   const int hq = sh_.hq, hkv = sh_.hkv, D = sh_.D;
   const AttnDims d{hq, hkv, D, D / 4, 1e7f};
-  const int64_t ctx = 512, past = 37;
-  AttnLayerState sc{cpu_.Alloc(DType::kF32, {3, hkv, ctx, D}), cpu_.Alloc(DType::kF32, {3, hkv, ctx, D})};
-  AttnLayerState sg{Gpu()->Alloc(DType::kBF16, {3, hkv, ctx, D}), Gpu()->Alloc(DType::kBF16, {3, hkv, ctx, D})};
+  const int64_t past = 37;
+  // A paged cache whose slots' blocks are scattered over the pool: a shuffled permutation of a
+  // pool larger than the slots need (some blocks belong to no slot), and slot 0 (unused by the
+  // batches) keeps no blocks at all, as a freed slot does.
+  const int64_t block = 16, max_blocks = 512 / block, pool = 3 * max_blocks + 7;
+  std::vector<int32_t> perm(static_cast<size_t>(pool));
+  for (int64_t i = 0; i < pool; ++i) perm[i] = static_cast<int32_t>(i);
+  uint64_t r = seed_ * 2654435761u + 1;
+  for (int64_t i = pool - 1; i > 0; --i) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    std::swap(perm[i], perm[static_cast<int64_t>((r >> 33) % static_cast<uint64_t>(i + 1))]);
+  }
+  std::vector<int32_t> table(static_cast<size_t>(3 * max_blocks), -1);
+  for (int64_t i = max_blocks; i < 3 * max_blocks; ++i) table[i] = perm[i];
+  auto paged = [&](Backend& be, DType dt) {
+    AttnLayerState st{be.Alloc(dt, {pool, hkv, block, D}), be.Alloc(dt, {pool, hkv, block, D}),
+                      be.Alloc(DType::kI32, {3, max_blocks})};
+    be.StageBlockTable(table, st.block_table);
+    return st;
+  };
+  AttnLayerState sc = paged(cpu_, DType::kF32);
+  AttnLayerState sg = paged(*Gpu(), DType::kBF16);
   // Fill the first `past` rows of slot 1 and 3 rows of slot 2 with a first call.
   BatchInfo pre;
   pre.seqs = {SeqSpan{1, 0, past, 0, StateMode::kUpdate, 0, true}, SeqSpan{2, past, 3, 0, StateMode::kUpdate, 0, true}};
@@ -200,6 +219,9 @@ TEST_P(GpuOps, AttentionWithCacheRopeAndGate) {
   };
   run(pre, false);
   run(Batch(past, StateMode::kUpdate), true);
+  // The pools themselves: every row the calls wrote sits in the same block on both backends.
+  Expect(sc.k, sg.k, "paged k pool");
+  Expect(sc.v, sg.v, "paged v pool");
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
 

@@ -141,18 +141,12 @@ TEST_P(FixtureParity, KvCacheMatchesAfterPrefillAndPrompt) {
   auto ids = refs_.Ids("prompt_ids");
   auto cache = NewCache(64);
   const int slot = *cache->AllocSlot();
-  const int64_t Hkv = cfg.num_key_value_heads, D = cfg.head_dim, ctx = 64;
+  const int64_t D = cfg.head_dim;
   auto check = [&](const char* stage, int64_t T) {
     for (int i = 0; i < cfg.num_hidden_layers; ++i) {
       if (cfg.layer_types[i] != LayerType::kFullAttention) continue;
-      auto& st = cache->attn()[cache->state_index(i)];
       for (const char* kv : {"keys", "values"}) {
-        auto full = backend_->DownloadF32(std::string(kv) == "keys" ? st.k : st.v);
-        std::vector<float> got;
-        for (int64_t h = 0; h < Hkv; ++h) {
-          const float* base = full.data() + ((int64_t{slot} * Hkv + h) * ctx) * D;
-          got.insert(got.end(), base, base + T * D);
-        }
+        auto got = cache->SlotKvF32(cache->state_index(i), std::string(kv) == "values", slot, T);
         const double err = MaxRowRelErr(got, refs_.F(fmt::format("{}.layer{}.{}", stage, i, kv)), D);
         EXPECT_LE(err, kTol) << stage << " layer " << i << " " << kv;
       }

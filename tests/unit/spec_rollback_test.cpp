@@ -16,24 +16,19 @@ constexpr double kTol = 1e-5;
 // Max relative L2 difference between two slots' states, over every layer.
 double SlotStateDiff(Backend& be, ModelCache& a, int sa, ModelCache& b, int sb, int64_t len) {
   double worst = 0;
-  auto slot_part = [&](const Tensor& t, int s, int64_t rows_used) {
-    // rows_used < 0: the whole per-slot block; else the first rows_used rows of each head ([Hkv, ctx, D]).
+  auto slot_part = [&](const Tensor& t, int s) {
     auto all = be.DownloadF32(t);
     const int64_t per = t.numel() / t.dim(0);
-    std::vector<float> out(all.begin() + s * per, all.begin() + (s + 1) * per);
-    if (rows_used < 0) return out;
-    const int64_t H = t.dim(1), ctx = t.dim(2), D = t.dim(3);
-    std::vector<float> r;
-    for (int64_t h = 0; h < H; ++h) r.insert(r.end(), out.begin() + h * ctx * D, out.begin() + (h * ctx + rows_used) * D);
-    return r;
+    return std::vector<float>(all.begin() + s * per, all.begin() + (s + 1) * per);
   };
   for (size_t i = 0; i < a.gdn().size(); ++i) {
-    worst = std::max(worst, RelL2(slot_part(a.gdn()[i].conv, sa, -1), slot_part(b.gdn()[i].conv, sb, -1)));
-    worst = std::max(worst, RelL2(slot_part(a.gdn()[i].rec, sa, -1), slot_part(b.gdn()[i].rec, sb, -1)));
+    worst = std::max(worst, RelL2(slot_part(a.gdn()[i].conv, sa), slot_part(b.gdn()[i].conv, sb)));
+    worst = std::max(worst, RelL2(slot_part(a.gdn()[i].rec, sa), slot_part(b.gdn()[i].rec, sb)));
   }
-  for (size_t i = 0; i < a.attn().size(); ++i) {
-    worst = std::max(worst, RelL2(slot_part(a.attn()[i].k, sa, len), slot_part(b.attn()[i].k, sb, len)));
-    worst = std::max(worst, RelL2(slot_part(a.attn()[i].v, sa, len), slot_part(b.attn()[i].v, sb, len)));
+  for (int i = 0; i < static_cast<int>(a.attn().size()); ++i) {
+    for (bool values : {false, true}) {
+      worst = std::max(worst, RelL2(a.SlotKvF32(i, values, sa, len), b.SlotKvF32(i, values, sb, len)));
+    }
   }
   return worst;
 }

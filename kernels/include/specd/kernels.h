@@ -92,15 +92,26 @@ cudaError_t GatedRmsNorm(const bf16* o, const bf16* z, const bf16* w, int64_t ro
 // ---- attention ----
 // Rotate-half RoPE on the first `rot` dims of each head at position pos[t].
 cudaError_t Rope(bf16* x, const int32_t* pos, int64_t n, int heads, int d, int rot, float theta, cudaStream_t s);
-// kc/vc [slots, hkv, max_ctx, d]: row (slot[t], h, pos[t]) = k/v[t, h].
+// A paged KV cache: k/v [num_blocks, hkv, block_size, d]; row j of slot s is row j % block_size
+// of block table[s * max_blocks + j / block_size] (-1: no block).
+struct PagedKv {
+  bf16* k = nullptr;
+  bf16* v = nullptr;
+  const int32_t* table = nullptr;  // [num_slots, max_blocks]
+  int64_t num_blocks = 0;
+  int num_slots = 0;
+  int max_blocks = 0;
+  int block_size = 0;
+};
+// Row (slot[t], h, pos[t]) of the cache = k/v[t, h]. A row with no block in the table is not
+// written (the engine reserves blocks first; the guard keeps a bad table from corrupting memory).
 cudaError_t KvAppend(const bf16* k, const bf16* v, const int32_t* tok_slot, const int32_t* tok_pos, int64_t n, int hkv,
-                     int d, int64_t max_ctx, bf16* kc, bf16* vc, cudaStream_t s);
+                     int d, const PagedKv& kv, cudaStream_t s);
 // Causal GQA attention of token t over keys 0..pos[t] of its slot; fp32 online softmax, keys split
 // over `splits` blocks per (token, head) and merged. scratch: n*hq*splits*(d+2) floats.
-// d must be a multiple of 32 (<= 512).
-cudaError_t Attention(const bf16* q, const bf16* kc, const bf16* vc, const int32_t* tok_slot, const int32_t* tok_pos,
-                      int64_t n, int hq, int hkv, int d, int64_t max_ctx, float scale, float* scratch, int splits,
-                      bf16* out, cudaStream_t s);
+// d must be a multiple of 32 (<= 512). Keys with no block in the table are skipped.
+cudaError_t Attention(const bf16* q, const PagedKv& kv, const int32_t* tok_slot, const int32_t* tok_pos, int64_t n,
+                      int hq, int hkv, int d, float scale, float* scratch, int splits, bf16* out, cudaStream_t s);
 // A split count that fills the GPU for n*hq (token, head) pairs over a max_ctx-long cache.
 int AttentionSplits(int64_t n_heads_tokens, int64_t max_ctx);
 
