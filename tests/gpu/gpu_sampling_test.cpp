@@ -144,12 +144,12 @@ Models& G() {
   return m;
 }
 
-struct Run {
+struct EngineRun {
   std::vector<std::vector<int32_t>> out;
   int64_t host_rows = 0;
 };
 
-Run RunEngine(bool device, const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs) {
+EngineRun RunEngine(bool device, const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs) {
   std::unique_ptr<Drafter> d;
   if (drafter == "ngram") d = MakeNgramDrafter();
   if (drafter == "near") d = std::move(MakeDraftModelDrafter(G().near.get(), 512, 8, 512, 16)).value();
@@ -166,7 +166,7 @@ Run RunEngine(bool device, const std::string& drafter, int k, const std::vector<
     EXPECT_TRUE(st.ok()) << st.ToString();
     if (!st.ok()) break;
   }
-  Run run;
+  EngineRun run;
   for (int id : ids) run.out.push_back(e->Generated(id));
   run.host_rows = e->host_logits_rows();
   return run;
@@ -190,11 +190,11 @@ TEST(GpuTokenChoice, GreedySpeculationOnTheDeviceEqualsFixtureAndHostPath) {
   for (const std::string d : {"none", "near", "ngram"}) {
     for (int k : {1, 4, 8}) {
       if (d == "none" && k > 1) continue;
-      const Run dev1 = RunEngine(true, d, k, single);
+      const EngineRun dev1 = RunEngine(true, d, k, single);
       EXPECT_EQ(dev1.out[0], fixture) << d << " k=" << k;
       EXPECT_EQ(dev1.host_rows, 0) << d << " k=" << k;
-      const Run host = RunEngine(false, d, k, batch);
-      const Run dev = RunEngine(true, d, k, batch);
+      const EngineRun host = RunEngine(false, d, k, batch);
+      const EngineRun dev = RunEngine(true, d, k, batch);
       EXPECT_EQ(dev.out, host.out) << d << " k=" << k;
       EXPECT_EQ(dev.out[0], fixture) << d << " k=" << k;
       EXPECT_EQ(dev.host_rows, 0) << d << " k=" << k;
@@ -215,8 +215,8 @@ TEST(GpuTokenChoice, MinTokensMaskAndMixedBatchEqualHostPath) {
   sampled.sampling.top_k = 20;
   sampled.sampling.seed = 3;
   for (int k : {0, 4}) {
-    const Run host = RunEngine(false, "near", k, {masked, sampled, Req(p, 30)});
-    const Run dev = RunEngine(true, "near", k, {masked, sampled, Req(p, 30)});
+    const EngineRun host = RunEngine(false, "near", k, {masked, sampled, Req(p, 30)});
+    const EngineRun dev = RunEngine(true, "near", k, {masked, sampled, Req(p, 30)});
     EXPECT_EQ(dev.out, host.out) << "k=" << k;
     ASSERT_GE(dev.out[0].size(), 12u);
     for (size_t i = 0; i < 12; ++i) EXPECT_NE(dev.out[0][i], fixture[2]) << i;

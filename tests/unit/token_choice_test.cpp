@@ -106,12 +106,12 @@ Models& M() {
   return m;
 }
 
-struct Run {
+struct EngineRun {
   std::vector<std::vector<int32_t>> out;
   int64_t host_rows = 0;
 };
 
-Run RunEngine(bool device, const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
+EngineRun RunEngine(bool device, const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
               std::vector<int32_t> eos = {}) {
   EngineOptions o;
   o.max_seqs = 8;
@@ -130,7 +130,7 @@ Run RunEngine(bool device, const std::string& drafter, int k, const std::vector<
     EXPECT_TRUE(st.ok()) << st.ToString();
     if (!st.ok()) break;
   }
-  Run run;
+  EngineRun run;
   for (int id : ids) run.out.push_back(e->Generated(id));
   run.host_rows = e->host_logits_rows();
   return run;
@@ -152,8 +152,8 @@ TEST(DeviceTokenChoice, GreedyEqualsHostPathAndFixtureAndCopiesNoLogits) {
   for (const std::string d : {"none", "near", "ngram"}) {
     for (int k : {1, 4, 8}) {
       if (d == "none" && k > 1) continue;
-      const Run host = RunEngine(false, d, k, reqs);
-      const Run dev = RunEngine(true, d, k, reqs);
+      const EngineRun host = RunEngine(false, d, k, reqs);
+      const EngineRun dev = RunEngine(true, d, k, reqs);
       EXPECT_EQ(dev.out, host.out) << d << " k=" << k;
       EXPECT_EQ(dev.out[0], std::vector<int32_t>(greedy.begin(), greedy.begin() + 24)) << d << " k=" << k;
       EXPECT_GT(host.host_rows, 0) << d << " k=" << k;
@@ -175,8 +175,8 @@ TEST(DeviceTokenChoice, MinTokensMasksOnTheDeviceAsOnTheHost) {
   b.min_tokens = 9;
   GenerationRequest c = Req(p, 30);  // no mask, shares the batch
   for (int k : {0, 3, 8}) {
-    const Run host = RunEngine(false, "near", k, {a, b, c}, {greedy[1], 9999});
-    const Run dev = RunEngine(true, "near", k, {a, b, c}, {greedy[1], 9999});
+    const EngineRun host = RunEngine(false, "near", k, {a, b, c}, {greedy[1], 9999});
+    const EngineRun dev = RunEngine(true, "near", k, {a, b, c}, {greedy[1], 9999});
     EXPECT_EQ(dev.out, host.out) << "k=" << k;
     ASSERT_GE(dev.out[0].size(), 12u);
     for (size_t i = 0; i < 12; ++i) EXPECT_NE(dev.out[0][i], greedy[2]) << i;
@@ -202,8 +202,8 @@ TEST(DeviceTokenChoice, MixedBatchCopiesOnlyTheSampledRowsAndKeepsEveryToken) {
   cpl.min_tokens = 5;
   cpl.ignore_eos = false;
   for (int k : {0, 4}) {
-    const Run host = RunEngine(false, "near", k, {g, rej, cpl});
-    const Run dev = RunEngine(true, "near", k, {g, rej, cpl});
+    const EngineRun host = RunEngine(false, "near", k, {g, rej, cpl});
+    const EngineRun dev = RunEngine(true, "near", k, {g, rej, cpl});
     EXPECT_EQ(dev.out, host.out) << "k=" << k;
     EXPECT_GT(dev.host_rows, 0) << "k=" << k;
     EXPECT_LT(dev.host_rows, host.host_rows) << "the greedy sequence's rows must stay on the device, k=" << k;
