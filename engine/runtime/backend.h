@@ -199,6 +199,16 @@ class Backend {
   // Routed experts (fp32 softmax router, top-k, renormalised) + sigmoid-gated shared expert.
   virtual void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) = 0;
 
+  // ---- token choice (so a step copies ids to the host, not [rows, V] logits) ----
+  // ids[r] = ArgmaxF(logits[r, :]) exactly (spec/sampling.h: the lowest id of the row's maximum;
+  // NaN never wins, except that a NaN at id 0 gives 0). logits fp32 [R, V]; ids I32 [R].
+  virtual void ArgmaxRows(const Tensor& logits, Tensor& ids) = 0;
+  // logits[r, ban[r, j]] = -inf for each ban[r, j] in [0, V), in place (the min_tokens mask);
+  // ban I32 [R, M], -1 pads rows with fewer ids.
+  virtual void MaskIds(Tensor& logits, const Tensor& ban) = 0;
+  // Copies an I32 tensor to the host.
+  virtual std::vector<int32_t> DownloadI32(const Tensor& t) = 0;
+
   // ---- test hooks ----
   // Routing record/replay: while `record` is set, every MoeFfn appends its chosen experts
   // ([N * top_k], token-major, in top-k order) to it; while `force` is set, every MoeFfn takes

@@ -47,6 +47,10 @@ class CpuBackend final : public Backend {
   void GdnReset(GdnLayerState& st, int slot) override;
 
   void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) override;
+
+  void ArgmaxRows(const Tensor& logits, Tensor& ids) override;
+  void MaskIds(Tensor& logits, const Tensor& ban) override;
+  std::vector<int32_t> DownloadI32(const Tensor& t) override;
 };
 
 // Reference math shared by the CPU ops and the CPU-side checks of the CUDA kernels.

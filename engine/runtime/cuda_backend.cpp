@@ -541,6 +541,42 @@ class CudaBackend final : public Backend {
   }
 
   // ---- MoE: routing on the GPU, per-expert row lists on the host, expert GEMMs in cuBLAS ----
+  // ---- token choice ----
+  void ArgmaxRows(const Tensor& logits, Tensor& ids) override {
+    Prof prof_(this, "argmax rows");
+    if (logits.dtype != DType::kF32 || logits.rank() != 2 || ids.dtype != DType::kI32 ||
+        ids.numel() != logits.dim(0)) {
+      Fail(fmt::format("ArgmaxRows: logits {} must be F32 [R, V] and ids {} I32 [R]", logits.ShapeString(),
+                       ids.ShapeString()));
+      return;
+    }
+    const int64_t R = logits.dim(0), V = logits.dim(1);
+    if (R == 0) return;
+    Tensor scratch = Empty(DType::kI64, {R * std::max(K::ArgmaxSplits(R, V), 1)});
+    Check(K::ArgmaxRows(logits.ptr<float>(), R, V, static_cast<uint64_t*>(scratch.data), ids.ptr<int32_t>(),
+                        stream_),
+          "argmax rows");
+  }
+  void MaskIds(Tensor& logits, const Tensor& ban) override {
+    Prof prof_(this, "mask ids");
+    if (logits.dtype != DType::kF32 || logits.rank() != 2 || ban.dtype != DType::kI32 || ban.rank() != 2 ||
+        ban.dim(0) != logits.dim(0)) {
+      Fail(fmt::format("MaskIds: logits {} must be F32 [R, V] and ban {} I32 [R, M]", logits.ShapeString(),
+                       ban.ShapeString()));
+      return;
+    }
+    Check(K::MaskIds(logits.ptr<float>(), logits.dim(0), logits.dim(1), ban.ptr<int32_t>(), ban.dim(1), stream_),
+          "mask ids");
+  }
+  std::vector<int32_t> DownloadI32(const Tensor& t) override {
+    if (t.dtype != DType::kI32) throw std::invalid_argument("DownloadI32 of a non-I32 tensor");
+    std::vector<int32_t> out(static_cast<size_t>(t.numel()));
+    if (out.empty()) return out;
+    Check(cudaMemcpyAsync(out.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost, stream_), "download i32");
+    Check(cudaStreamSynchronize(stream_), "download i32 sync");
+    return out;
+  }
+
   void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) override {
     const int64_t N = m.dim(0), H = m.dim(1), E = w.router.dim(0), Ie = w.down.dim(2);
     const int k = w.top_k;

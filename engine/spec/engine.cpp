@@ -133,14 +133,20 @@ int SpecEngine::ChooseK(Seq& s) const {
   return best;
 }
 
-void SpecEngine::MaskForMinTokens(const Seq& s, int64_t gen_index, float* logits) const {
-  if (gen_index >= s.req.min_tokens) return;
+std::vector<int32_t> SpecEngine::MaskedIds(const Seq& s, int64_t gen_index) const {
+  std::vector<int32_t> ids;
+  if (gen_index >= s.req.min_tokens) return ids;
   if (!s.req.ignore_eos) {
     for (int32_t e : opt_.eos_ids) {
-      if (e >= 0 && e < target_->config().vocab_size) logits[e] = -INFINITY;
+      if (e >= 0 && e < target_->config().vocab_size) ids.push_back(e);
     }
   }
-  for (int32_t e : s.req.stop_ids) logits[e] = -INFINITY;
+  ids.insert(ids.end(), s.req.stop_ids.begin(), s.req.stop_ids.end());
+  return ids;
+}
+
+void SpecEngine::MaskForMinTokens(const Seq& s, int64_t gen_index, float* logits) const {
+  for (int32_t e : MaskedIds(s, gen_index)) logits[e] = -INFINITY;
 }
 
 bool SpecEngine::Emit(Seq& s, int32_t tok) {
@@ -155,6 +161,84 @@ bool SpecEngine::Emit(Seq& s, int32_t tok) {
     s.reason = FinishReason::kLength;
   }
   return s.reason != FinishReason::kNone;
+}
+
+float* SpecEngine::TokenRows::Row(size_t r, int64_t j, int64_t V) {
+  if (!all.empty()) return all.data() + (first[r] + j) * V;
+  return part.at(r).data() + j * V;
+}
+
+StatusOr<SpecEngine::TokenRows> SpecEngine::FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
+                                                           const std::vector<int64_t>& chunk_len,
+                                                           const std::vector<int>& decode_ids,
+                                                           const std::vector<DraftProposal>& props) {
+  Backend* be = target_->backend();
+  const size_t n_in = prefilling.size() + decode_ids.size();
+  TokenRows tr;
+  tr.on_device.assign(n_in, 0);
+  tr.first.assign(fo.row0.begin(), fo.row0.end());
+  // Rows each input needs (0 for a prefill chunk that does not end its prompt), its greediness,
+  // and the generated-token index its first row produces.
+  std::vector<int64_t> nrows(n_in, 0), gen0(n_in, 0);
+  std::vector<const Seq*> seq(n_in, nullptr);
+  for (size_t i = 0; i < prefilling.size(); ++i) {
+    const Seq& s = seqs_.at(prefilling[i]);
+    seq[i] = &s;
+    nrows[i] = s.prefilled + chunk_len[i] >= static_cast<int64_t>(s.req.prompt.size()) ? 1 : 0;
+  }
+  for (size_t i = 0; i < decode_ids.size(); ++i) {
+    const Seq& s = seqs_.at(decode_ids[i]);
+    const size_t r = prefilling.size() + i;
+    seq[r] = &s;
+    nrows[r] = static_cast<int64_t>(props[i].tokens.size()) + 1;
+    gen0[r] = static_cast<int64_t>(s.generated.size());
+  }
+  bool any_device = false, any_host = false;
+  for (size_t r = 0; r < n_in; ++r) {
+    if (nrows[r] == 0) continue;
+    tr.on_device[r] = opt_.device_token_choice && seq[r]->req.sampling.greedy();
+    any_device |= tr.on_device[r] != 0;
+    any_host |= tr.on_device[r] == 0;
+  }
+  if (any_device) {
+    const int64_t R = fo.logits.dim(0);
+    // The min_tokens mask of the device rows, as an I32 [R, M] table padded with -1.
+    std::vector<std::vector<int32_t>> masked(static_cast<size_t>(R));
+    size_t M = 0;
+    for (size_t r = 0; r < n_in; ++r) {
+      if (!tr.on_device[r]) continue;
+      for (int64_t j = 0; j < nrows[r]; ++j) {
+        auto& m = masked[static_cast<size_t>(fo.row0[r] + j)];
+        m = MaskedIds(*seq[r], gen0[r] + j);
+        M = std::max(M, m.size());
+      }
+    }
+    if (M > 0) {
+      std::vector<int32_t> ban(static_cast<size_t>(R) * M, -1);
+      for (size_t q = 0; q < masked.size(); ++q) std::copy(masked[q].begin(), masked[q].end(), ban.begin() + q * M);
+      Tensor t = be->Upload(ban.data(), DType::kI32, {R, static_cast<int64_t>(M)}, DType::kI32);
+      be->MaskIds(fo.logits, t);
+    }
+    Tensor ids = be->Empty(DType::kI32, {R});
+    be->ArgmaxRows(fo.logits, ids);
+    SPECD_RETURN_IF_ERROR(be->TakeError());
+    tr.ids = be->DownloadI32(ids);
+    SPECD_RETURN_IF_ERROR(be->TakeError());
+  }
+  if (any_host) {
+    if (!any_device) {
+      tr.all = be->DownloadF32(fo.logits);  // one copy when every row goes to the host anyway
+      host_logits_rows_ += fo.logits.dim(0);
+    } else {
+      for (size_t r = 0; r < n_in; ++r) {
+        if (nrows[r] == 0 || tr.on_device[r]) continue;
+        tr.part[r] = be->DownloadF32(fo.logits.Rows(fo.row0[r], nrows[r]));
+        host_logits_rows_ += nrows[r];
+      }
+    }
+    SPECD_RETURN_IF_ERROR(be->TakeError());
+  }
+  return tr;
 }
 
 Status SpecEngine::Step() {
@@ -209,7 +293,7 @@ Status SpecEngine::Step() {
     }
   }
   SPECD_ASSIGN_OR_RETURN(ForwardOutput fo, target_->Forward(in, *cache_));
-  std::vector<float> logits = target_->backend()->DownloadF32(fo.logits);
+  SPECD_ASSIGN_OR_RETURN(TokenRows tr, FetchTokenRows(fo, prefilling, chunk_len, decode_ids, props));
 
   size_t row = 0;
   for (size_t i = 0; i < prefilling.size(); ++i) {
@@ -221,11 +305,17 @@ Status SpecEngine::Step() {
     if (s.prefilled < P) continue;
     // The prompt is in: its last logits give the first generated token (position P).
     s.decoding = true;
-    float* l = logits.data() + fo.row0[r] * V;
-    MaskForMinTokens(s, 0, l);
-    std::vector<float> p;
-    ProcessedProbs(l, V, s.req.sampling, p);
-    if (Emit(s, SampleToken(p, s.req.sampling, P))) Finish(id, s, s.reason);
+    int32_t tok = 0;
+    if (tr.on_device[r]) {
+      tok = tr.ids[fo.row0[r]];
+    } else {
+      float* l = tr.Row(r, 0, V);
+      MaskForMinTokens(s, 0, l);
+      std::vector<float> p;
+      ProcessedProbs(l, V, s.req.sampling, p);
+      tok = SampleToken(p, s.req.sampling, P);
+    }
+    if (Emit(s, tok)) Finish(id, s, s.reason);
   }
   std::vector<DraftOutcome> outcomes;
   for (size_t i = 0; i < decode_ids.size(); ++i) {
@@ -236,15 +326,20 @@ Status SpecEngine::Step() {
     const int k = static_cast<int>(d.size());
     const int64_t n_gen = static_cast<int64_t>(s.generated.size());
     const int64_t pos = static_cast<int64_t>(s.context.size());  // position of d1
-    std::vector<std::vector<float>> P(static_cast<size_t>(k + 1));
-    for (int j = 0; j <= k; ++j) {
-      float* l = logits.data() + (fo.row0[r] + j) * V;
-      MaskForMinTokens(s, n_gen + j, l);
-      ProcessedProbs(l, V, s.req.sampling, P[j]);
+    VerifyResult vr;
+    if (tr.on_device[r]) {
+      vr = VerifyGreedyIds(tr.ids.data() + fo.row0[r], d);
+    } else {
+      std::vector<std::vector<float>> P(static_cast<size_t>(k + 1));
+      for (int j = 0; j <= k; ++j) {
+        float* l = tr.Row(r, j, V);
+        MaskForMinTokens(s, n_gen + j, l);
+        ProcessedProbs(l, V, s.req.sampling, P[j]);
+      }
+      const auto& q = props[i].probs;
+      VerifyInput vi{&P, &d, q.size() == d.size() ? &q : nullptr, &s.req.sampling, pos};
+      vr = Verify(vi);
     }
-    const auto& q = props[i].probs;
-    VerifyInput vi{&P, &d, q.size() == d.size() ? &q : nullptr, &s.req.sampling, pos};
-    const VerifyResult vr = Verify(vi);
     if (k > 0) SPECD_RETURN_IF_ERROR(cache_->Commit(s.slot, vr.accepted + 1));
     s.stats.Record(k, vr.accepted);
     if (k > 0) s.alpha = 0.8 * s.alpha + 0.2 * static_cast<double>(vr.accepted) / k;

@@ -40,6 +40,10 @@ struct EngineOptions {
   std::vector<int32_t> eos_ids;  // from the target's config
   // Adaptive k: cost of one extra drafted+verified token relative to a plain decode step.
   double adaptive_token_cost = 0.1;
+  // Greedy sequences take their tokens from the backend's ArgmaxRows and copy only ids to the
+  // host; the others copy just their own logits rows. false = every row through the host path
+  // (the reference: full logits download, ProcessedProbs, Verify). Tokens are identical.
+  bool device_token_choice = true;
 };
 
 class SpecEngine {
@@ -67,6 +71,8 @@ class SpecEngine {
   Drafter* drafter() { return drafter_.get(); }
   ModelCache& target_cache() { return *cache_; }
   int target_slot(int id) const { return seqs_.at(id).slot; }
+  // Logits rows copied to the host so far (the device token choice copies none for greedy).
+  int64_t host_logits_rows() const { return host_logits_rows_; }
 
  private:
   struct Seq {
@@ -81,8 +87,25 @@ class SpecEngine {
     double alpha = 0.6;  // running per-draft acceptance, for adaptive k
     int probe = 0;
   };
+  // What the token choice of one step reads: per input (prefill chunks, then decode spans, as
+  // the forward's inputs) whether the backend chose its tokens, the chosen ids per logits row,
+  // and host copies of the rows the host path needs.
+  struct TokenRows {
+    std::vector<char> on_device;
+    std::vector<int32_t> ids;                    // per logits row, when any input is on the device
+    std::vector<int64_t> first;                  // fo.row0
+    std::vector<float> all;                      // every row, when no input is on the device
+    std::map<size_t, std::vector<float>> part;   // input -> its rows, otherwise
+    float* Row(size_t input, int64_t j, int64_t V);
+  };
   SpecEngine() = default;
+  StatusOr<TokenRows> FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
+                                     const std::vector<int64_t>& chunk_len, const std::vector<int>& decode_ids,
+                                     const std::vector<DraftProposal>& props);
   int ChooseK(Seq& s) const;
+  // The ids min_tokens masks in the row that produces generated token `gen_index` (none once
+  // min_tokens tokens exist): eos ids (unless ignore_eos) and stop ids.
+  std::vector<int32_t> MaskedIds(const Seq& s, int64_t gen_index) const;
   void MaskForMinTokens(const Seq& s, int64_t gen_index, float* logits) const;
   // Appends a token; returns true when the sequence finished with it.
   bool Emit(Seq& s, int32_t tok);
@@ -94,6 +117,7 @@ class SpecEngine {
   EngineOptions opt_;
   std::map<int, Seq> seqs_;
   int next_id_ = 0;
+  int64_t host_logits_rows_ = 0;
 };
 
 }  // namespace specd

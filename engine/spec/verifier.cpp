@@ -53,4 +53,19 @@ VerifyResult Verify(const VerifyInput& in) {
   return r;
 }
 
+VerifyResult VerifyGreedyIds(const int32_t* y, const std::vector<int32_t>& drafts) {
+  VerifyResult r;
+  const int k = static_cast<int>(drafts.size());
+  for (int i = 0; i < k; ++i) {
+    if (drafts[i] != y[i]) {
+      r.accepted = i;
+      r.next = y[i];
+      return r;
+    }
+  }
+  r.accepted = k;
+  r.next = y[k];
+  return r;
+}
+
 }  // namespace specd

@@ -27,4 +27,9 @@ struct VerifyResult {
 
 VerifyResult Verify(const VerifyInput& in);
 
+// Greedy verification from the target's argmax ids alone: y[i] = argmax of row i, i = 0..k
+// (drafts.size() = k). The same result as Verify() with greedy params on those rows, so the
+// argmax can be taken on the device and only k+1 ids copied to the host.
+VerifyResult VerifyGreedyIds(const int32_t* y, const std::vector<int32_t>& drafts);
+
 }  // namespace specd

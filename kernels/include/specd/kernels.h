@@ -154,4 +154,12 @@ cudaError_t ScaledRowAdd(const bf16* y, const int32_t* rows, const float* w, int
 cudaError_t MoeFinish(const float* acc, const bf16* shared, const bf16* gate_logit, int64_t n, int64_t h, bf16* out,
                       cudaStream_t s);
 
+// ---- token choice (sampling.cu) ----
+// ids[r] = the host's ArgmaxF of logits[r, 0..V) (lowest id of the maximum; NaN never wins
+// unless at id 0, then 0). scratch: R * ArgmaxSplits(R, V) uint64. R <= 65535, V < 2^31.
+int ArgmaxSplits(int64_t R, int64_t V);
+cudaError_t ArgmaxRows(const float* logits, int64_t R, int64_t V, uint64_t* scratch, int32_t* ids, cudaStream_t s);
+// logits[r, ban[r, j]] = -inf for every ban[r, j] in [0, V); other entries (-1 pads) are skipped.
+cudaError_t MaskIds(float* logits, int64_t R, int64_t V, const int32_t* ban, int64_t M, cudaStream_t s);
+
 }  // namespace specd::kernels

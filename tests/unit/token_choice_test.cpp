@@ -1,0 +1,214 @@
+// The token-choice ops (Backend::ArgmaxRows, MaskIds) equal the host path's rules, greedy
+// verification from ids equals Verify(), and the engine's device token choice gives the host
+// path's tokens while copying no logits for greedy sequences.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "runtime/backend.h"
+#include "spec/engine.h"
+#include "spec/verifier.h"
+#include "test_util.h"
+#include "token_choice_cases.h"
+
+namespace specd::testing {
+namespace {
+
+TEST(TokenChoiceOps, ArgmaxRowsEqualsHostArgmaxOnHardRows) {
+  auto be = MakeCpuBackend();
+  for (int64_t V : {1, 2, 7, 512, 4099, 10000}) {
+    const int64_t R = 24;  // two of each hard case
+    const auto x = HardLogits(R, V, static_cast<uint64_t>(V));
+    Tensor l = be->Upload(x.data(), DType::kF32, {R, V}, DType::kF32);
+    Tensor ids = be->Alloc(DType::kI32, {R});
+    be->ArgmaxRows(l, ids);
+    const auto got = be->DownloadI32(ids);
+    ASSERT_EQ(got.size(), static_cast<size_t>(R));
+    for (int64_t r = 0; r < R; ++r) {
+      EXPECT_EQ(got[r], ArgmaxF(x.data() + r * V, V)) << "V " << V << " row " << r;
+      EXPECT_EQ(got[r], ExpectedArgmax(x.data() + r * V, V)) << "V " << V << " row " << r;
+    }
+  }
+}
+
+TEST(TokenChoiceOps, HardRowsHoldTheCasesTheyClaim) {
+  // Guards the case generator: a tie row, the -0/+0 row and the denormal row must each have a
+  // unique answer that a sloppy argmax (highest id, flush-to-zero, NaN-as-max) would miss.
+  const int64_t V = 4099;
+  const auto x = HardLogits(12, V, 3);
+  EXPECT_EQ(ExpectedArgmax(x.data() + 1 * V, V), V / 3 + 1);
+  EXPECT_EQ(ExpectedArgmax(x.data() + 3 * V, V), 0);
+  EXPECT_EQ(ExpectedArgmax(x.data() + 7 * V, V), V / 4 + 3);
+  EXPECT_EQ(ExpectedArgmax(x.data() + 8 * V, V), V - 3);
+  EXPECT_EQ(ExpectedArgmax(x.data() + 9 * V, V), V / 5 + 2);
+}
+
+TEST(TokenChoiceOps, MaskIdsSetsExactlyTheBannedIdsToMinusInfinity) {
+  auto be = MakeCpuBackend();
+  const int64_t R = 5, V = 300, M = 3;
+  const auto x = RandomVec(static_cast<size_t>(R * V), 11, 4.f);
+  // -1 pads; 300 and -7 are out of range and must be skipped; row 3 bans an id twice.
+  const std::vector<int32_t> ban = {2, 299, -1, -1, -1, -1, 0, 300, -7, 5, 5, 6, 17, -1, -1};
+  Tensor l = be->Upload(x.data(), DType::kF32, {R, V}, DType::kF32);
+  Tensor b = be->Upload(ban.data(), DType::kI32, {R, M}, DType::kI32);
+  be->MaskIds(l, b);
+  const auto got = be->DownloadF32(l);
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < V; ++v) {
+      bool banned = false;
+      for (int64_t j = 0; j < M; ++j) banned |= ban[r * M + j] == v;
+      if (banned) {
+        EXPECT_EQ(got[r * V + v], -INFINITY) << r << " " << v;
+      } else {
+        EXPECT_EQ(got[r * V + v], x[r * V + v]) << r << " " << v;
+      }
+    }
+  }
+}
+
+TEST(TokenChoiceOps, GreedyVerifyFromIdsEqualsVerify) {
+  const int64_t V = 64;
+  SamplingParams sp;  // greedy
+  for (int trial = 0; trial < 200; ++trial) {
+    const int k = trial % 9;
+    const auto x = RandomVec(static_cast<size_t>((k + 1) * V), 100 + trial, 3.f);
+    std::vector<std::vector<float>> P(static_cast<size_t>(k + 1));
+    std::vector<int32_t> y(static_cast<size_t>(k + 1));
+    for (int j = 0; j <= k; ++j) {
+      ProcessedProbs(x.data() + j * V, V, sp, P[j]);
+      y[j] = ArgmaxF(x.data() + j * V, V);
+    }
+    // Drafts agree with the argmax for a trial-dependent prefix, then differ.
+    std::vector<int32_t> d(static_cast<size_t>(k));
+    const int agree = trial % (k + 1);
+    for (int j = 0; j < k; ++j) d[j] = j < agree ? y[j] : static_cast<int32_t>((y[j] + 1 + trial % (V - 1)) % V);
+    VerifyInput vi{&P, &d, nullptr, &sp, 10};
+    const VerifyResult want = Verify(vi);
+    const VerifyResult got = VerifyGreedyIds(y.data(), d);
+    EXPECT_EQ(got.accepted, want.accepted) << trial;
+    EXPECT_EQ(got.next, want.next) << trial;
+    EXPECT_EQ(got.accepted, agree) << trial;
+  }
+}
+
+// ---- the engine ----
+
+struct Models {
+  std::unique_ptr<Backend> be = MakeCpuBackend();
+  std::unique_ptr<Qwen35Model> target, near;
+  Models() {
+    target = std::move(Qwen35Model::Load(ModelDir("dense"), be.get())).value();
+    near = std::move(Qwen35Model::Load(ModelDir("draft_near"), be.get())).value();
+  }
+};
+Models& M() {
+  static Models m;
+  return m;
+}
+
+struct EngineRun {
+  std::vector<std::vector<int32_t>> out;
+  int64_t host_rows = 0;
+};
+
+EngineRun RunEngine(bool device, const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
+              std::vector<int32_t> eos = {}) {
+  EngineOptions o;
+  o.max_seqs = 8;
+  o.max_ctx = 512;
+  o.default_k = k;
+  o.device_token_choice = device;
+  o.eos_ids = std::move(eos);
+  std::unique_ptr<Drafter> d;
+  if (drafter == "ngram") d = MakeNgramDrafter();
+  if (drafter == "near") d = std::move(MakeDraftModelDrafter(M().near.get(), 512, 8, 512, 16)).value();
+  auto e = std::move(SpecEngine::Create(M().target.get(), std::move(d), o)).value();
+  std::vector<int> ids;
+  for (const auto& r : reqs) ids.push_back(*e->Add(r));
+  while (e->HasWork()) {
+    const Status st = e->Step();
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    if (!st.ok()) break;
+  }
+  EngineRun run;
+  for (int id : ids) run.out.push_back(e->Generated(id));
+  run.host_rows = e->host_logits_rows();
+  return run;
+}
+
+GenerationRequest Req(std::vector<int32_t> prompt, int n) {
+  GenerationRequest r;
+  r.prompt = std::move(prompt);
+  r.max_tokens = n;
+  r.ignore_eos = true;
+  return r;
+}
+
+TEST(DeviceTokenChoice, GreedyEqualsHostPathAndFixtureAndCopiesNoLogits) {
+  auto refs = LoadRefs("dense");
+  const auto p = refs.Ids("prompt_ids"), lp = refs.Ids("long_prompt_ids"), greedy = refs.Ids("greedy_ids");
+  const std::vector<GenerationRequest> reqs = {Req(p, 24), Req({lp.begin(), lp.begin() + 37}, 24),
+                                               Req({lp.begin(), lp.begin() + 3}, 24)};
+  for (const std::string d : {"none", "near", "ngram"}) {
+    for (int k : {1, 4, 8}) {
+      if (d == "none" && k > 1) continue;
+      const EngineRun host = RunEngine(false, d, k, reqs);
+      const EngineRun dev = RunEngine(true, d, k, reqs);
+      EXPECT_EQ(dev.out, host.out) << d << " k=" << k;
+      EXPECT_EQ(dev.out[0], std::vector<int32_t>(greedy.begin(), greedy.begin() + 24)) << d << " k=" << k;
+      EXPECT_GT(host.host_rows, 0) << d << " k=" << k;
+      EXPECT_EQ(dev.host_rows, 0) << "greedy rows must not be copied: " << d << " k=" << k;
+    }
+  }
+}
+
+TEST(DeviceTokenChoice, MinTokensMasksOnTheDeviceAsOnTheHost) {
+  auto refs = LoadRefs("dense");
+  const auto p = refs.Ids("prompt_ids"), greedy = refs.Ids("greedy_ids");
+  // The stop id and the eos id are tokens plain greedy would emit early, so the mask changes the
+  // output of both paths; they must agree token for token.
+  GenerationRequest a = Req(p, 30);
+  a.stop_ids = {greedy[2]};
+  a.min_tokens = 12;
+  GenerationRequest b = Req(p, 30);
+  b.ignore_eos = false;
+  b.min_tokens = 9;
+  GenerationRequest c = Req(p, 30);  // no mask, shares the batch
+  for (int k : {0, 3, 8}) {
+    const EngineRun host = RunEngine(false, "near", k, {a, b, c}, {greedy[1], 9999});
+    const EngineRun dev = RunEngine(true, "near", k, {a, b, c}, {greedy[1], 9999});
+    EXPECT_EQ(dev.out, host.out) << "k=" << k;
+    ASSERT_GE(dev.out[0].size(), 12u);
+    for (size_t i = 0; i < 12; ++i) EXPECT_NE(dev.out[0][i], greedy[2]) << i;
+    ASSERT_GE(dev.out[1].size(), 9u);
+    for (size_t i = 0; i < 9; ++i) EXPECT_NE(dev.out[1][i], greedy[1]) << i;
+    EXPECT_NE(dev.out[0], std::vector<int32_t>(greedy.begin(), greedy.begin() + dev.out[0].size()));
+    EXPECT_EQ(dev.host_rows, 0);
+  }
+}
+
+TEST(DeviceTokenChoice, MixedBatchCopiesOnlyTheSampledRowsAndKeepsEveryToken) {
+  auto refs = LoadRefs("dense");
+  const auto p = refs.Ids("prompt_ids"), lp = refs.Ids("long_prompt_ids");
+  GenerationRequest g = Req(p, 20);
+  GenerationRequest rej = Req({lp.begin(), lp.begin() + 21}, 20);
+  rej.sampling.temperature = 1.3f;
+  rej.sampling.top_k = 20;
+  rej.sampling.seed = 7;
+  GenerationRequest cpl = rej;
+  cpl.prompt = {lp.begin(), lp.begin() + 9};
+  cpl.sampling.mode = SamplingMode::kCoupled;
+  cpl.sampling.top_p = 0.9f;
+  cpl.min_tokens = 5;
+  cpl.ignore_eos = false;
+  for (int k : {0, 4}) {
+    const EngineRun host = RunEngine(false, "near", k, {g, rej, cpl});
+    const EngineRun dev = RunEngine(true, "near", k, {g, rej, cpl});
+    EXPECT_EQ(dev.out, host.out) << "k=" << k;
+    EXPECT_GT(dev.host_rows, 0) << "k=" << k;
+    EXPECT_LT(dev.host_rows, host.host_rows) << "the greedy sequence's rows must stay on the device, k=" << k;
+  }
+}
+
+}  // namespace
+}  // namespace specd::testing
