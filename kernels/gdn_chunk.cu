@@ -38,12 +38,17 @@ ChunkScratch Carve(float* base, int64_t P, int hv, int dk, int dv) {
   return s;
 }
 
-// Shared floats of ChunkPrep: K and Q rows padded to DK + 1 (the q·k / k·k dot products read
-// 32 different rows per warp at one column: the odd stride spreads them over all banks), Lm
-// [64][65], G and beta.
+// 16-byte shared-memory load; every caller's offset is a multiple of 4 floats from a 16-byte
+// aligned buffer (row strides and tile origins below are multiples of 4).
+__device__ __forceinline__ float4 Ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float Dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+
+// Shared floats of ChunkPrep: K and Q rows [64][DK + 4], Lm [64][68] (rows 16-byte aligned for
+// float4 loads; the +4 staggers rows over the banks), G and beta.
+constexpr int kLS = kC + 4;
 template <int DK>
 constexpr int PrepSmemFloats() {
-  return 2 * kC * (DK + 1) + kC * (kC + 1) + 2 * kC;
+  return 2 * kC * (DK + 4) + kC * kLS + 2 * kC;
 }
 
 // grid (chunk, value head), 256 threads.
@@ -53,7 +58,7 @@ __global__ void __launch_bounds__(kThreads)
                   int len, int hk, int hv, int dv, ChunkScratch sc) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
-  constexpr int KS = DK + 1, LS = kC + 1;
+  constexpr int KS = DK + 4, LS = kLS;
   float* Ks = smem;
   float* Qs = Ks + kC * KS;
   float* Lm = Qs + kC * KS;
@@ -86,31 +91,53 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // One (i, j) pair per thread and step; a warp holds one row i and 32 consecutive j.
-  float* Aout = sc.A + (int64_t{h} * nc + c) * kC * kC;
-  for (int idx = tid; idx < kC * kC; idx += kThreads) {
-    const int i = idx / kC, j = idx % kC;
-    float lm = 0.f, aq = 0.f;
-    if (j <= i && i < L) {
-      float kk = 0.f, qk = 0.f;
-#pragma unroll 8
-      for (int a = 0; a < DK; ++a) {
-        const float kj = Ks[j * KS + a];
-        kk += Ks[i * KS + a] * kj;
-        qk += Qs[i * KS + a] * kj;
+  // k_i·k_j and q_i·k_j for a 4x4 tile of (i, j) per thread: rows i = ti + 16 p, columns
+  // j = tj + 16 q. The interleave puts a quarter-warp's 8 j rows on distinct 16-byte bank groups
+  // (row stride DK + 4), and the two i rows of a warp are broadcasts.
+  {
+    const int ti = tid / 16, tj = tid % 16;
+    float kk[4][4] = {}, qk[4][4] = {};
+#pragma unroll 2
+    for (int a = 0; a < DK; a += 4) {
+      float4 ki[4], qi[4], kj[4];
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        ki[p] = Ld4(&Ks[(ti + 16 * p) * KS + a]);
+        qi[p] = Ld4(&Qs[(ti + 16 * p) * KS + a]);
+        kj[p] = Ld4(&Ks[(tj + 16 * p) * KS + a]);
       }
-      // j <= i: G_i - G_j <= 0 for g <= 0, so the exponent cannot overflow.
-      const float decay = __expf(Gs[i] - Gs[j]);
-      if (j < i) lm = Bs[i] * kk * decay;
-      aq = qk * decay;
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+#pragma unroll
+        for (int qq = 0; qq < 4; ++qq) {
+          kk[p][qq] += Dot4(ki[p], kj[qq]);
+          qk[p][qq] += Dot4(qi[p], kj[qq]);
+        }
+      }
     }
-    Lm[i * LS + j] = lm;
-    Aout[idx] = aq;
+    float* Aout = sc.A + (int64_t{h} * nc + c) * kC * kC;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+#pragma unroll
+      for (int qq = 0; qq < 4; ++qq) {
+        const int i = ti + 16 * p, j = tj + 16 * qq;
+        float lm = 0.f, aq = 0.f;
+        if (j <= i && i < L) {
+          // j <= i: G_i - G_j <= 0 for g <= 0, so the exponent cannot overflow.
+          const float decay = __expf(Gs[i] - Gs[j]);
+          if (j < i) lm = Bs[i] * kk[p][qq] * decay;
+          aq = qk[p][qq] * decay;
+        }
+        Lm[i * LS + j] = lm;
+        Aout[i * kC + j] = aq;  // zeros above the diagonal and in padded rows: ChunkOut relies on it
+      }
+    }
   }
   __syncthreads();
 
   // Forward substitution, one right-hand-side column per thread: columns [0, DK) are W's
-  // (beta e^G k), [DK, DK + dv) U's (beta v). Fully unrolled so x[] stays in registers.
+  // (beta e^G k), [DK, DK + dv) U's (beta v). Fully unrolled so x[] stays in registers; Lm rows
+  // are broadcast float4 loads.
   for (int col = tid; col < DK + dv; col += kThreads) {
     const bool is_w = col < DK;
     const int vc = col - DK;
@@ -123,8 +150,17 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         rhs = i < L ? Bs[i] * v[((t0 + c0 + i) * hv + h) * dv + vc] : 0.f;
       }
+      const float* lrow = &Lm[i * LS];
 #pragma unroll
-      for (int m = 0; m < i; ++m) rhs -= Lm[i * LS + m] * x[m];
+      for (int m = 0; m + 4 <= i; m += 4) {
+        const float4 l = Ld4(lrow + m);
+        rhs -= l.x * x[m];
+        rhs -= l.y * x[m + 1];
+        rhs -= l.z * x[m + 2];
+        rhs -= l.w * x[m + 3];
+      }
+#pragma unroll
+      for (int m = i & ~3; m < i; ++m) rhs -= lrow[m] * x[m];
       x[i] = rhs;
     }
     if (is_w) {
@@ -139,20 +175,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ChunkState shared floats: S tile [DK][32]; W^T and Q^T [DK][RS] (RS = 68: float4-aligned rows,
-// and only 4-way conflicts on the transposing stores); v_new [64][32]; G [64]. The K chunk
-// (scaled by e^{G_last - G}) reuses the W^T buffer as [64][DK] once v_new is done.
+// ChunkState: 512 threads as (32, 16). Shared floats: S tile [DK][32]; W^T and Q^T [DK][RS]
+// (RS = 68: float4-aligned rows, and only 4-way conflicts on the transposing stores); v_new
+// [64][32]; G [64]. The K chunk (scaled by e^{G_last - G}) reuses the W^T buffer as [64][DK] once
+// v_new is done.
 constexpr int kRS = kC + 4;
+constexpr int kSTy = 16, kSThreads = 32 * kSTy;
 template <int DK>
 constexpr int StateSmemFloats() {
   return DK * 32 + 2 * DK * kRS + kC * 32 + kC;
 }
 
-// grid (value head, ceil(dv / 32)), block (32, 8). Thread (tx, ty) owns state column col = 32
-// blockIdx.y + tx; for v_new / o_inter it computes rows 8 ty .. 8 ty + 7, for the state update
-// key rows (DK / 8) ty .. + DK / 8.
+// grid (value head, ceil(dv / 32)), block (32, 16). Thread (tx, ty) owns state column col = 32
+// blockIdx.y + tx; for v_new / o_inter it computes rows 4 ty .. 4 ty + 3, for the state update
+// key rows (DK / 16) ty .. + DK / 16.
 template <int DK>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kSThreads)
     GdnChunkStateK(const float* q, const float* k, int64_t t0, int len, int hk, int hv, int dv, float* state,
                    ChunkScratch sc) {
   extern __shared__ float4 smem4[];
@@ -162,7 +200,9 @@ __global__ void __launch_bounds__(kThreads)
   float* Qt = Wt + DK * kRS;      // [DK][kRS]
   float* Vn = Qt + DK * kRS;      // [64][32]
   float* Gs = Vn + kC * 32;       // [64]
-  constexpr int kSR = DK / 8;     // state rows per thread in the update
+  constexpr int kSR = DK / kSTy;  // state rows per thread in the update
+  constexpr int kVR = kC / kSTy;  // v_new rows per thread
+  static_assert(kVR == 4, "one float4 of W^T / Q^T per thread and key row");
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 32 + tx;
   const int h = blockIdx.x, kh = h / (hv / hk), col = blockIdx.y * 32 + tx;
   const bool live = col < dv;
@@ -170,23 +210,23 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t P = int64_t{nc} * kC;
   float* S = state + int64_t{h} * DK * dv;
 
-  for (int a = ty; a < DK; a += 8) Ss[a * 32 + tx] = live ? S[int64_t{a} * dv + col] : 0.f;
+  for (int a = ty; a < DK; a += kSTy) Ss[a * 32 + tx] = live ? S[int64_t{a} * dv + col] : 0.f;
 
-  const int r0 = ty * 8;
+  const int r0 = ty * kVR;
   for (int c = 0; c < nc; ++c) {
     const int64_t c0 = int64_t{c} * kC;
     const int L = min(kC, len - c * kC);
     __syncthreads();  // the previous chunk's state update (reads of Wt/Vn, writes of Ss) is done
-    for (int idx = tid; idx < kC * DK; idx += kThreads) {
+    for (int idx = tid; idx < kC * DK; idx += kSThreads) {
       const int r = idx / DK, a = idx % DK;
       Wt[a * kRS + r] = sc.W[(int64_t{h} * P + c0 + r) * DK + a];
       Qt[a * kRS + r] = r < L ? q[((t0 + c0 + r) * hk + kh) * DK + a] : 0.f;
     }
     if (tid < kC) Gs[tid] = sc.G[int64_t{h} * P + c0 + tid];
-    float vn[8], oi[8];
+    float vn[kVR], oi[kVR];
     float* Ud = sc.U + (int64_t{h} * P + c0) * dv + col;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < kVR; ++i) {
       vn[i] = live ? Ud[int64_t{r0 + i} * dv] : 0.f;
       oi[i] = 0.f;
     }
@@ -194,18 +234,20 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 4
     for (int a = 0; a < DK; ++a) {
       const float s = Ss[a * 32 + tx];
-      const float4 w0 = *reinterpret_cast<const float4*>(&Wt[a * kRS + r0]);
-      const float4 w1 = *reinterpret_cast<const float4*>(&Wt[a * kRS + r0 + 4]);
-      const float4 q0 = *reinterpret_cast<const float4*>(&Qt[a * kRS + r0]);
-      const float4 q1 = *reinterpret_cast<const float4*>(&Qt[a * kRS + r0 + 4]);
-      vn[0] -= w0.x * s; vn[1] -= w0.y * s; vn[2] -= w0.z * s; vn[3] -= w0.w * s;
-      vn[4] -= w1.x * s; vn[5] -= w1.y * s; vn[6] -= w1.z * s; vn[7] -= w1.w * s;
-      oi[0] += q0.x * s; oi[1] += q0.y * s; oi[2] += q0.z * s; oi[3] += q0.w * s;
-      oi[4] += q1.x * s; oi[5] += q1.y * s; oi[6] += q1.z * s; oi[7] += q1.w * s;
+      const float4 w = Ld4(&Wt[a * kRS + r0]);
+      const float4 qv = Ld4(&Qt[a * kRS + r0]);
+      vn[0] -= w.x * s;
+      vn[1] -= w.y * s;
+      vn[2] -= w.z * s;
+      vn[3] -= w.w * s;
+      oi[0] += qv.x * s;
+      oi[1] += qv.y * s;
+      oi[2] += qv.z * s;
+      oi[3] += qv.w * s;
     }
     float* Od = sc.O + (int64_t{h} * P + c0) * dv + col;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < kVR; ++i) {
       const int r = r0 + i;
       Vn[r * 32 + tx] = vn[i];
       if (live) {
@@ -216,7 +258,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // Wt / Qt reads done, Vn complete
     const float gl = Gs[L - 1];
     float* Kc = Wt;  // [64][DK]
-    for (int idx = tid; idx < kC * DK; idx += kThreads) {
+    for (int idx = tid; idx < kC * DK; idx += kSThreads) {
       const int r = idx / DK, a = idx % DK;
       Kc[idx] = r < L ? k[((t0 + c0 + r) * hk + kh) * DK + a] * __expf(gl - Gs[r]) : 0.f;
     }
@@ -228,24 +270,37 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kSR; ++j) acc[j] = Ss[(a0 + j) * 32 + tx] * egl;
     for (int r = 0; r < L; ++r) {
       const float vr = Vn[r * 32 + tx];
+      if constexpr (kSR % 4 == 0) {
 #pragma unroll
-      for (int j = 0; j < kSR; ++j) acc[j] += Kc[r * DK + a0 + j] * vr;
+        for (int j = 0; j < kSR; j += 4) {
+          const float4 kv = Ld4(&Kc[r * DK + a0 + j]);
+          acc[j] += kv.x * vr;
+          acc[j + 1] += kv.y * vr;
+          acc[j + 2] += kv.z * vr;
+          acc[j + 3] += kv.w * vr;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kSR; ++j) acc[j] += Kc[r * DK + a0 + j] * vr;
+      }
     }
 #pragma unroll
     for (int j = 0; j < kSR; ++j) Ss[(a0 + j) * 32 + tx] = acc[j];
   }
   __syncthreads();
   if (live) {
-    for (int a = ty; a < DK; a += 8) S[int64_t{a} * dv + col] = Ss[a * 32 + tx];
+    for (int a = ty; a < DK; a += kSTy) S[int64_t{a} * dv + col] = Ss[a * 32 + tx];
   }
 }
 
 // grid (chunk, value head, ceil(dv / 64)), 256 threads: o[i, col] = o_inter[i, col] +
-// sum_{j <= i} Aqk[i, j] v_new[j, col] for the chunk's real rows, written as bf16.
+// sum_{j <= i} Aqk[i, j] v_new[j, col] for the chunk's real rows, written as bf16. Each thread
+// a 4x4 tile: rows tr + 16 p, columns tc + 16 q; Aqk is zero above the diagonal and in padded
+// rows (ChunkPrep), so the sum runs over whole rows without masks.
 __global__ void __launch_bounds__(kThreads)
     GdnChunkOutK(int64_t t0, int len, int hv, int dv, ChunkScratch sc, bf16* o) {
-  constexpr int kW = 64;
-  __shared__ float As[kC * kC];
+  constexpr int kW = 64, kAS = kC + 1;  // odd stride: a warp's two rows of As fall on different banks
+  __shared__ float As[kC * kAS];
   __shared__ float Vs[kC * kW];
   const int c = blockIdx.x, h = blockIdx.y, col0 = blockIdx.z * kW, tid = threadIdx.x;
   const int nc = gridDim.x;
@@ -253,19 +308,37 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t c0 = int64_t{c} * kC;
   const int L = min(kC, len - c * kC);
   const float* Ain = sc.A + (int64_t{h} * nc + c) * kC * kC;
-  for (int idx = tid; idx < kC * kC; idx += kThreads) As[idx] = Ain[idx];
+  for (int idx = tid; idx < kC * kC; idx += kThreads) As[(idx / kC) * kAS + idx % kC] = Ain[idx];
   for (int idx = tid; idx < kC * kW; idx += kThreads) {
     const int r = idx / kW, cc = idx % kW;
     Vs[idx] = col0 + cc < dv ? sc.U[(int64_t{h} * P + c0 + r) * dv + col0 + cc] : 0.f;
   }
   __syncthreads();
-  // A warp holds one row i and 32 consecutive columns: As is a broadcast, Vs conflict-free.
-  for (int idx = tid; idx < kC * kW; idx += kThreads) {
-    const int i = idx / kW, cc = idx % kW, col = col0 + cc;
-    if (i >= L || col >= dv) continue;
-    float acc = sc.O[(int64_t{h} * P + c0 + i) * dv + col];
-    for (int j = 0; j <= i; ++j) acc += As[i * kC + j] * Vs[j * kW + cc];
-    o[((t0 + c0 + i) * hv + h) * dv + col] = ToB(acc);
+  const int tr = tid / 16, tc = tid % 16;
+  float acc[4][4] = {};
+  const int jend = min(L, tr + 16 * 3 + 1);  // past the thread's last row, Aqk is zero
+  for (int j = 0; j < jend; ++j) {
+    float av[4], vv[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      av[p] = As[(tr + 16 * p) * kAS + j];
+      vv[p] = Vs[j * kW + tc + 16 * p];
+    }
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+#pragma unroll
+      for (int qq = 0; qq < 4; ++qq) acc[p][qq] += av[p] * vv[qq];
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const int i = tr + 16 * p;
+    if (i >= L) continue;
+#pragma unroll
+    for (int qq = 0; qq < 4; ++qq) {
+      const int col = col0 + tc + 16 * qq;
+      if (col < dv) o[((t0 + c0 + i) * hv + h) * dv + col] = ToB(sc.O[(int64_t{h} * P + c0 + i) * dv + col] + acc[p][qq]);
+    }
   }
 }
 
@@ -276,7 +349,7 @@ cudaError_t LaunchChunked(const float* q, const float* k, const float* v, const 
   const unsigned nc = static_cast<unsigned>((len + kC - 1) / kC);
   const size_t prep_smem = sizeof(float) * PrepSmemFloats<DK>();
   const size_t state_smem = sizeof(float) * StateSmemFloats<DK>();
-  // Above the default 48 KiB of dynamic shared memory for DK = 128 (83 KiB and 94 KiB); sm_90 allows 227 KiB.
+  // Above the default 48 KiB of dynamic shared memory for DK = 128 (85 KiB and 94 KiB); sm_90 allows 227 KiB.
   cudaError_t e = cudaFuncSetAttribute(GdnChunkPrepK<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(prep_smem));
   if (e != cudaSuccess) return e;
@@ -285,7 +358,7 @@ cudaError_t LaunchChunked(const float* q, const float* k, const float* v, const 
   if (e != cudaSuccess) return e;
   GdnChunkPrepK<DK><<<dim3(nc, static_cast<unsigned>(hv)), kThreads, prep_smem, s>>>(q, k, v, g, beta, t0, len, hk,
                                                                                       hv, dv, sc);
-  GdnChunkStateK<DK><<<dim3(static_cast<unsigned>(hv), static_cast<unsigned>((dv + 31) / 32)), dim3(32, 8),
+  GdnChunkStateK<DK><<<dim3(static_cast<unsigned>(hv), static_cast<unsigned>((dv + 31) / 32)), dim3(32, kSTy),
                        state_smem, s>>>(q, k, t0, len, hk, hv, dv, state, sc);
   GdnChunkOutK<<<dim3(nc, static_cast<unsigned>(hv), static_cast<unsigned>((dv + 63) / 64)), kThreads, 0, s>>>(
       t0, len, hv, dv, sc, o);
