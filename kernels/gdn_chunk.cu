@@ -212,17 +212,42 @@ __global__ void __launch_bounds__(kSThreads)
 
   for (int a = ty; a < DK; a += kSTy) Ss[a * 32 + tx] = live ? S[int64_t{a} * dv + col] : 0.f;
 
+  // The chunk's W, Q and K rows are loaded into registers one phase ahead of their use (W and Q
+  // of chunk c + 1 during chunk c's state update, K during the v_new product), so the global
+  // latency overlaps compute. A thread holds key column pa of rows pr + e * kStep (512 threads
+  // cover kStep = 512 / DK whole rows per step).
+  constexpr int kPre = kC * DK / kSThreads, kStep = kSThreads / DK;
+  const int pr = tid / DK, pa = tid % DK;
+  const int64_t qk_row = int64_t{hk} * DK;  // q/k row stride (tokens)
+  float wpre[kPre], qpre[kPre], kpre[kPre];
+  auto load_wq = [&](int cc) {
+    const int Lc = min(kC, len - cc * kC);
+    const float* wp = sc.W + (int64_t{h} * P + int64_t{cc} * kC + pr) * DK + pa;
+    const float* qp = q + (t0 + int64_t{cc} * kC + pr) * qk_row + int64_t{kh} * DK + pa;
+#pragma unroll
+    for (int e = 0; e < kPre; ++e) {
+      wpre[e] = wp[e * kStep * DK];
+      qpre[e] = pr + e * kStep < Lc ? qp[e * kStep * qk_row] : 0.f;
+    }
+  };
+  load_wq(0);
+
   const int r0 = ty * kVR;
   for (int c = 0; c < nc; ++c) {
     const int64_t c0 = int64_t{c} * kC;
     const int L = min(kC, len - c * kC);
     __syncthreads();  // the previous chunk's state update (reads of Wt/Vn, writes of Ss) is done
-    for (int idx = tid; idx < kC * DK; idx += kSThreads) {
-      const int r = idx / DK, a = idx % DK;
-      Wt[a * kRS + r] = sc.W[(int64_t{h} * P + c0 + r) * DK + a];
-      Qt[a * kRS + r] = r < L ? q[((t0 + c0 + r) * hk + kh) * DK + a] : 0.f;
+#pragma unroll
+    for (int e = 0; e < kPre; ++e) {
+      Wt[pa * kRS + pr + e * kStep] = wpre[e];
+      Qt[pa * kRS + pr + e * kStep] = qpre[e];
     }
     if (tid < kC) Gs[tid] = sc.G[int64_t{h} * P + c0 + tid];
+    {
+      const float* kp = k + (t0 + c0 + pr) * qk_row + int64_t{kh} * DK + pa;
+#pragma unroll
+      for (int e = 0; e < kPre; ++e) kpre[e] = pr + e * kStep < L ? kp[e * kStep * qk_row] : 0.f;
+    }
     float vn[kVR], oi[kVR];
     float* Ud = sc.U + (int64_t{h} * P + c0) * dv + col;
 #pragma unroll
@@ -258,10 +283,12 @@ __global__ void __launch_bounds__(kSThreads)
     __syncthreads();  // Wt / Qt reads done, Vn complete
     const float gl = Gs[L - 1];
     float* Kc = Wt;  // [64][DK]
-    for (int idx = tid; idx < kC * DK; idx += kSThreads) {
-      const int r = idx / DK, a = idx % DK;
-      Kc[idx] = r < L ? k[((t0 + c0 + r) * hk + kh) * DK + a] * __expf(gl - Gs[r]) : 0.f;
+#pragma unroll
+    for (int e = 0; e < kPre; ++e) {
+      const int r = pr + e * kStep;
+      Kc[r * DK + pa] = kpre[e] * __expf(gl - Gs[r]);  // padded rows are already zero
     }
+    if (c + 1 < nc) load_wq(c + 1);
     __syncthreads();
     const float egl = __expf(gl);
     const int a0 = ty * kSR;
