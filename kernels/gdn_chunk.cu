@@ -44,11 +44,11 @@ __device__ __forceinline__ float4 Ld4(const float* p) { return *reinterpret_cast
 __device__ __forceinline__ float Dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
 
 // Shared floats of ChunkPrep: K and Q rows [64][DK + 4], Lm [64][68] (rows 16-byte aligned for
-// float4 loads; the +4 staggers rows over the banks), G and beta.
+// float4 loads; the +4 staggers rows over the banks), G, beta and raw g.
 constexpr int kLS = kC + 4;
 template <int DK>
 constexpr int PrepSmemFloats() {
-  return 2 * kC * (DK + 4) + kC * kLS + 2 * kC;
+  return 2 * kC * (DK + 4) + kC * kLS + 3 * kC;
 }
 
 // grid (chunk, value head), 256 threads.
@@ -64,6 +64,7 @@ __global__ void __launch_bounds__(kThreads)
   float* Lm = Qs + kC * KS;
   float* Gs = Lm + kC * LS;
   float* Bs = Gs + kC;
+  float* Gr = Bs + kC;  // the chunk's raw g
   const int c = blockIdx.x, h = blockIdx.y, kh = h / (hv / hk), tid = threadIdx.x;
   const int nc = gridDim.x;
   const int64_t P = int64_t{nc} * kC;
@@ -82,11 +83,15 @@ __global__ void __launch_bounds__(kThreads)
     Qs[r * KS + a] = qv;
   }
   if (tid < kC) {
-    // Summed in the reference's order; padded rows keep G of the last real row (g = 0).
-    float acc = 0.f;
-    for (int m = 0; m <= tid && m < L; ++m) acc += g[(t0 + c0 + m) * hv + h];
-    Gs[tid] = acc;
+    Gr[tid] = tid < L ? g[(t0 + c0 + tid) * hv + h] : 0.f;
     Bs[tid] = tid < L ? beta[(t0 + c0 + tid) * hv + h] : 0.f;
+  }
+  __syncthreads();
+  if (tid < kC) {
+    // Summed in the reference's order; padded rows add g = 0 and keep G of the last real row.
+    float acc = 0.f;
+    for (int m = 0; m <= tid; ++m) acc += Gr[m];
+    Gs[tid] = acc;
     sc.G[int64_t{h} * P + c0 + tid] = acc;
   }
   __syncthreads();
