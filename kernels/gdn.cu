@@ -144,10 +144,12 @@ __device__ void StoreTile(const GdnTile<DK>& st, float* S, int dv, int col) {
 // grid (span, value head, 32-column chunk)
 template <int DK>
 __global__ void GdnRecurrentK(const float* q, const float* k, const float* v, const float* g, const float* beta,
-                              const SeqMeta* seqs, int hk, int hv, int dv, float* state, bf16* o) {
+                              const SeqMeta* seqs, int hk, int hv, int dv, float* state, bf16* o,
+                              int chunk_min_len) {
   __shared__ float ks[DK], qs[DK];
   __shared__ float red[kGdnWarps][32];
   const SeqMeta sm = seqs[blockIdx.x];
+  if (GdnSpanChunked(sm.mode, sm.len, chunk_min_len)) return;  // GdnChunked's span
   const int h = blockIdx.y, kh = h / (hv / hk), col = blockIdx.z * 32 + threadIdx.x;
   float* S = state + (int64_t{sm.slot} * hv + h) * DK * dv;
   GdnTile<DK> st;
@@ -209,12 +211,12 @@ cudaError_t GdnLogWrite(const float* k, const float* v, const float* g, const fl
 
 cudaError_t GdnRecurrent(const float* q, const float* k, const float* v, const float* g, const float* beta,
                          const SeqMeta* seqs, int nseq, int hk, int hv, int dk, int dv, float* state, bf16* o,
-                         cudaStream_t s) {
+                         int chunk_min_len, cudaStream_t s) {
   SPECD_CHECK_ARG(q && k && v && g && beta && seqs && state && o && nseq >= 0 && hk > 0 && hv % hk == 0);
-  SPECD_CHECK_ARG(dv > 0 && dv <= 1024);
+  SPECD_CHECK_ARG(dv > 0 && dv <= 1024 && chunk_min_len >= 0);
   if (nseq == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(nseq), static_cast<unsigned>(hv), Chunks(dv));
-#define SPECD_CALL(D) GdnRecurrentK<D><<<grid, dim3(32, kGdnWarps), 0, s>>>(q, k, v, g, beta, seqs, hk, hv, dv, state, o)
+#define SPECD_CALL(D) GdnRecurrentK<D><<<grid, dim3(32, kGdnWarps), 0, s>>>(q, k, v, g, beta, seqs, hk, hv, dv, state, o, chunk_min_len)
   SPECD_GDN_DISPATCH(dk, SPECD_CALL)
 #undef SPECD_CALL
   return LaunchStatus();

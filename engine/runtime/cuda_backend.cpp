@@ -97,6 +97,9 @@ class CudaBackend final : public Backend {
     cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming);
     const char* g = std::getenv("SPECD_CUDA_GRAPHS");
     graphs_enabled_ = g == nullptr || std::string(g) != "0";
+    // SPECD_GDN_CHUNKED=0 runs prefill spans token by token too (for comparison and bisecting).
+    const char* c = std::getenv("SPECD_GDN_CHUNKED");
+    gdn_chunked_ = c == nullptr || std::string(c) != "0";
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -496,9 +499,27 @@ class CudaBackend final : public Backend {
                          st.log_k.dim(1), st.log_k.ptr<float>(), st.log_v.ptr<float>(), st.log_g.ptr<float>(),
                          st.log_beta.ptr<float>(), stream_),
           "gdn_log");
+    // Long update spans (prefill) take the chunked form; the recurrent kernel skips exactly those
+    // (the same predicate on the device), and runs every other span of the batch.
+    const int chunk_min = gdn_chunked_ && K::GdnChunkSupports(hk, hv, dk, dv) ? K::kGdnChunkMinLen : 0;
     Check(K::GdnRecurrent(q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), g.ptr<float>(), beta.ptr<float>(), m.seqs,
-                          static_cast<int>(b.seqs.size()), hk, hv, dk, dv, st.rec.ptr<float>(), B(o), stream_),
+                          static_cast<int>(b.seqs.size()), hk, hv, dk, dv, st.rec.ptr<float>(), B(o), chunk_min,
+                          stream_),
           "gdn_recurrent");
+    int64_t longest = 0;
+    for (const auto& s : b.seqs) {
+      if (K::GdnSpanChunked(static_cast<int>(s.mode), s.len, chunk_min)) longest = std::max(longest, s.len);
+    }
+    if (longest == 0) return;
+    // One scratch serves every chunked span: their launches are ordered on the stream.
+    Tensor scratch = Empty(DType::kF32, {K::GdnChunkScratchFloats(longest, hv, dk, dv)});
+    for (const auto& s : b.seqs) {
+      if (!K::GdnSpanChunked(static_cast<int>(s.mode), s.len, chunk_min)) continue;
+      Check(K::GdnChunked(q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), g.ptr<float>(), beta.ptr<float>(), s.offset,
+                          s.len, hk, hv, dk, dv, st.rec.ptr<float>() + int64_t{s.slot} * hv * dk * dv,
+                          scratch.ptr<float>(), B(o), stream_),
+            "gdn_chunked");
+    }
   }
   void GatedRmsNorm(const Tensor& o, const Tensor& z, const Tensor& w, float eps, Tensor& out) override {
     Prof prof_(this, "gated_rmsnorm");
@@ -796,6 +817,7 @@ class CudaBackend final : public Backend {
   char* staged_tok_ = nullptr;
   char* staged_ids_ = nullptr;
   bool graphs_enabled_ = true;
+  bool gdn_chunked_ = true;
   bool profiling_ = false;
   std::vector<ProfEvent> prof_events_;
   bool capturing_ = false;

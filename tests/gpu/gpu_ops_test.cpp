@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "gpu_test_util.h"
+#include "specd/kernels.h"
 
 namespace specd::testing {
 namespace {
@@ -301,6 +302,108 @@ TEST_P(GpuOps, GatedDeltaNetConvStateLogAndCommit) {
   cpu_.GdnCommit(sc, d, 2, 1, true);
   Gpu()->GdnCommit(sg, d, 2, 1, true);
   states("after rollback");
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+// The gated delta rule over a batch of update (and other) spans from a random NON-ZERO state in
+// every slot, three ways: the CPU reference, the GPU as wired (long update spans chunked), and the
+// GPU token by token (the same batch with kUpdate turned into kUpdateLog, which advances the state
+// identically but is never chunked). Checks o and each touched slot's final state.
+//
+// Bounds. Against the CPU: 1e-2 on o and state. The GPU rounds o to bf16 (RMS relative error
+// ~1.5e-3) and beta to bf16 as transformers does (the CPU keeps it fp32: up to 2^-9 relative per
+// token), both unrelated to the chunking; a wrong chunk boundary, gate or initial state gives
+// O(1). Against the GPU recurrence both sides share the prep (same bf16 beta), so only fp32
+// summation order differs: 1e-4 on the fp32 state, 1e-3 on o (bf16 rounding flips of values that
+// differ by ~1e-6 relative).
+void CheckGdnSpans(CpuBackend& cpu, const Shape& sh, const std::vector<SeqSpan>& spans, uint64_t seed,
+                   const std::string& what) {
+  const GdnDims d{sh.hk, sh.hv, sh.dk, sh.dv, 4};
+  const int64_t C = d.conv_dim(), Vd = int64_t{d.num_v_heads} * d.head_v;
+  BatchInfo b;
+  b.seqs = spans;
+  int slots = 0;
+  for (const auto& s : spans) {
+    b.num_tokens += s.len;
+    b.max_len = std::max(b.max_len, s.len);
+    slots = std::max(slots, s.slot + 1);
+  }
+  const int64_t N = b.num_tokens, L = b.max_len;
+  GdnLayerState sc = MakeGdn(cpu, DType::kF32, d, slots, L), sg = MakeGdn(*Gpu(), DType::kBF16, d, slots, L),
+                sr = MakeGdn(*Gpu(), DType::kBF16, d, slots, L);
+  const std::vector<int64_t> rshape = {slots, d.num_v_heads, d.head_k, d.head_v};
+  const auto s0 = RandomVec(static_cast<size_t>(slots) * d.num_v_heads * d.head_k * d.head_v, ++seed, 0.5f);
+  sc.rec = cpu.Upload(s0.data(), DType::kF32, rshape, DType::kF32);
+  sg.rec = Gpu()->Upload(s0.data(), DType::kF32, rshape, DType::kF32);
+  sr.rec = Gpu()->Upload(s0.data(), DType::kF32, rshape, DType::kF32);
+  auto rnd = [&](size_t n, float scale) { return RoundBf16(RandomVec(n, ++seed, scale)); };
+  auto y = MakePair(cpu, rnd(N * C, 1.f), {N, C});
+  auto br = MakePair(cpu, rnd(N * d.num_v_heads, 2.f), {N, d.num_v_heads});
+  auto ar = MakePair(cpu, rnd(N * d.num_v_heads, 2.f), {N, d.num_v_heads});
+  // A_log in [-4, -1]: per-token decays e^g from ~0.99 to ~0.6, so some heads carry the initial
+  // state across several chunks and others forget it within one.
+  auto al = RandomVec(d.num_v_heads, ++seed, 1.5f);
+  for (auto& x : al) x -= 2.5f;
+  auto a_log = MakePair(cpu, al, {d.num_v_heads}, DType::kF32);
+  auto dt_bias = MakePair(cpu, RandomVec(d.num_v_heads, ++seed, 0.5f), {d.num_v_heads}, DType::kF32);
+  Tensor oc = cpu.Alloc(DType::kF32, {N, Vd}), og = Gpu()->Alloc(DType::kBF16, {N, Vd}),
+         orr = Gpu()->Alloc(DType::kBF16, {N, Vd});
+  cpu.GatedDeltaRule(y.cpu, br.cpu, ar.cpu, a_log.cpu, dt_bias.cpu, d, sc, b, oc);
+  Gpu()->GatedDeltaRule(y.gpu, br.gpu, ar.gpu, a_log.gpu, dt_bias.gpu, d, sg, b, og);
+  BatchInfo br_b = b;
+  for (auto& s : br_b.seqs) {
+    if (s.mode == StateMode::kUpdate) s.mode = StateMode::kUpdateLog;
+  }
+  Gpu()->GatedDeltaRule(y.gpu, br.gpu, ar.gpu, a_log.gpu, dt_bias.gpu, d, sr, br_b, orr);
+  ASSERT_TRUE(Gpu()->TakeError().ok()) << what;
+
+  const auto o_cpu = cpu.DownloadF32(oc), o_gpu = Gpu()->DownloadF32(og), o_rec = Gpu()->DownloadF32(orr);
+  const auto st_cpu = cpu.DownloadF32(sc.rec), st_gpu = Gpu()->DownloadF32(sg.rec), st_rec = Gpu()->DownloadF32(sr.rec);
+  const int64_t sw = int64_t{d.num_v_heads} * d.head_k * d.head_v;
+  auto slice = [](const std::vector<float>& v, int64_t off, int64_t n) {
+    return std::vector<float>(v.begin() + off, v.begin() + off + n);
+  };
+  for (const auto& s : spans) {
+    const bool chunked = kernels::GdnSpanChunked(static_cast<int>(s.mode), s.len, kernels::kGdnChunkMinLen);
+    const std::string tag = what + " span slot " + std::to_string(s.slot) + " len " + std::to_string(s.len) +
+                            (chunked ? " (chunked)" : " (recurrent)");
+    const auto oc_s = slice(o_cpu, s.offset * Vd, s.len * Vd), og_s = slice(o_gpu, s.offset * Vd, s.len * Vd),
+               or_s = slice(o_rec, s.offset * Vd, s.len * Vd);
+    EXPECT_LE(RelL2(og_s, oc_s), 1e-2) << tag << ": o vs CPU";
+    EXPECT_LE(RelL2(og_s, or_s), 1e-3) << tag << ": o vs GPU recurrence";
+    const auto sc_s = slice(st_cpu, s.slot * sw, sw), sg_s = slice(st_gpu, s.slot * sw, sw),
+               sr_s = slice(st_rec, s.slot * sw, sw);
+    EXPECT_LE(RelL2(sg_s, sc_s), 1e-2) << tag << ": state vs CPU";
+    EXPECT_LE(RelL2(sg_s, sr_s), 1e-4) << tag << ": state vs GPU recurrence";
+    // The state must have moved off the initial one for update spans (else the above proves little).
+    if (s.mode != StateMode::kLog) {
+      EXPECT_GT(RelL2(sg_s, slice(s0, s.slot * sw, sw)), 1e-2) << tag;
+    }
+  }
+}
+
+// The span under test: T tokens of update (chunked from T = 32 on) on slot 1 after 100 tokens,
+// next to a 5-token update on slot 2, both from non-zero states.
+TEST_P(GpuOps, GatedDeltaRuleChunkedPrefillFromState) {
+  if (T_ >= kernels::kGdnChunkMinLen) {
+    ASSERT_TRUE(kernels::GdnChunkSupports(sh_.hk, sh_.hv, sh_.dk, sh_.dv)) << sh_.name;
+  }
+  CheckGdnSpans(cpu_, sh_,
+                {SeqSpan{1, 0, T_, 100, StateMode::kUpdate, 0, true}, SeqSpan{2, T_, 5, 3, StateMode::kUpdate, 0, true}},
+                seed_, std::string(sh_.name) + " T=" + std::to_string(T_));
+}
+
+// Qwen3.5-9B heads (Hk 16, Hv 32, dk = dv = 128): a 1000-token prefill, and a mixed batch (a
+// 200-token prefill, a decode token on another slot, a 65-token prefill and a 9-token verify).
+TEST(GpuGdnChunked, LongPrefillAndMixedBatch9b) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  const Shape& sh = kShapes[2];
+  CheckGdnSpans(cpu, sh, {SeqSpan{0, 0, 1000, 40, StateMode::kUpdate, 0, true}}, 77, "9b T=1000");
+  CheckGdnSpans(cpu, sh,
+                {SeqSpan{2, 0, 200, 0, StateMode::kUpdate, 0, true}, SeqSpan{0, 200, 1, 57, StateMode::kUpdate, 0, true},
+                 SeqSpan{3, 201, 65, 12, StateMode::kUpdate, 0, true}, SeqSpan{1, 266, 9, 30, StateMode::kLog, 0, true}},
+                78, "9b mixed");
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
 

@@ -134,11 +134,29 @@ cudaError_t GdnPrep(const bf16* y, const bf16* braw, const bf16* araw, const flo
 cudaError_t GdnLogWrite(const float* k, const float* v, const float* g, const float* beta, const SeqMeta* seqs,
                         int nseq, int max_len, int hk, int hv, int dk, int dv, int64_t log_cap, float* log_k,
                         float* log_v, float* log_g, float* log_beta, cudaStream_t s);
+// Spans of mode 0 (update, no log) with at least `chunk_min_len` tokens run the chunked form
+// (GdnChunked); decode, verify and draft spans stay token by token. 0 turns the chunked form off.
+constexpr int kGdnChunk = 64;
+constexpr int kGdnChunkMinLen = 32;
+SPECD_HD inline bool GdnSpanChunked(int mode, int64_t len, int chunk_min_len) {
+  return chunk_min_len > 0 && mode == 0 && len >= chunk_min_len;
+}
 // The recurrence over each span from its slot's state [slots, hv, dk, dv]; writes o [n, hv*dv]
-// (bf16) and, for state modes, the final state.
+// (bf16) and, for state modes, the final state. Skips the spans GdnSpanChunked selects.
 cudaError_t GdnRecurrent(const float* q, const float* k, const float* v, const float* g, const float* beta,
                          const SeqMeta* seqs, int nseq, int hk, int hv, int dk, int dv, float* state, bf16* o,
-                         cudaStream_t s);
+                         int chunk_min_len, cudaStream_t s);
+// Head shapes the chunked kernels are built for (dk in {16, 32, 64, 128}, dv <= 1024).
+bool GdnChunkSupports(int hk, int hv, int dk, int dv);
+// Scratch of GdnChunked for one span, in floats: per token (padded up to a multiple of 64) and
+// value head dk + 2 dv + 65 floats; Qwen3.5-9B (hv 32, dk = dv = 128): 57.5 KB per token.
+int64_t GdnChunkScratchFloats(int64_t len, int hv, int dk, int dv);
+// The chunked (WY, chunk 64) form over one span of `len` tokens starting at row t0 of q/k [n, hk,
+// dk], v [n, hv, dv], g/beta [n, hv] (GdnPrep's outputs): state [hv, dk, dv] is the slot's state,
+// read as the initial state and overwritten with the final one; o rows t0 .. t0 + len written.
+cudaError_t GdnChunked(const float* q, const float* k, const float* v, const float* g, const float* beta,
+                       int64_t t0, int64_t len, int hk, int hv, int dk, int dv, float* state, float* scratch, bf16* o,
+                       cudaStream_t s);
 // One slot: state [hv, dk, dv] <- replay of log entries 0..keep.
 cudaError_t GdnReplay(float* state, const float* log_k, const float* log_v, const float* log_g, const float* log_beta,
                       int keep, int hk, int hv, int dk, int dv, cudaStream_t s);
