@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee -a "$OUT/gpu.txt"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPECD_SERVER=OFF -DSPECD_TOKENIZER=OFF \
   -DSPECD_CUDA=ON -DSPECD_BENCH=ON -DSPECD_TESTS=ON > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-ninja -C build-gpu specd_gpu_tests gpu_bench gpu_e2e_bench > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+ninja -C build-gpu specd_gpu_tests gpu_bench gpu_e2e_bench gdn_bench > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
 echo "build ok"
 filter=${GPU_TEST_FILTER:-*}
 ./build-gpu/tests/gpu/specd_gpu_tests --gtest_filter="$filter" > "$OUT/gpu_tests.log" 2>&1
@@ -26,7 +26,19 @@ fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   ./build-gpu/bench/gpu_bench > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"
-  cat "$OUT/bench.log"
+  sed "/^### /,\$d" "$OUT/bench.log"
+fi
+if [ "${SKIP_GDN:-0}" != 1 ]; then
+  SPECD_GDN_DUMP=/tmp/specd_gdn.bin ./build-gpu/bench/gdn_bench > "$OUT/gdn.log" 2>&1
+  echo "gdn bench rc=$?"
+  tail -20 "$OUT/gdn.log"
+  # FLA side by side (wheels carried in .whl/: no network on the GPU machine).
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    pip install --no-index --no-deps .whl/*.whl > "$OUT/fla_install.log" 2>&1 || tail -5 "$OUT/fla_install.log"
+    SPECD_GDN_DUMP=/tmp/specd_gdn.bin timeout 300 python3 bench/fla_gdn.py > "$OUT/fla.log" 2>&1
+    echo "fla rc=$?"
+    tail -20 "$OUT/fla.log"
+  fi
 fi
 if [ "${SKIP_E2E:-0}" != 1 ]; then
   ./build-gpu/bench/gpu_e2e_bench > "$OUT/e2e.log" 2>&1
