@@ -52,7 +52,31 @@ __global__ void ConvWindowReplayK(bf16* win, const bf16* log_raw, int keep, int6
   if (c < C) ShiftWindow(win, log_raw, keep, C, K, c);
 }
 
+// Every GDN layer's window of one slot in one launch: grid (layer, channel block); restores the
+// checkpoint first when asked, then shifts in the first `keep` logged rows.
+__global__ void ConvReplayLayersK(GdnCommitTable tab, int slot, int keep, bool from_ckpt, int64_t C, int K) {
+  const int64_t c = blockIdx.y * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= C) return;
+  const GdnCommitLayer& L = tab.layer[blockIdx.x];
+  bf16* wnd = L.conv + int64_t{slot} * K * C;
+  if (from_ckpt) {
+    const bf16* ck = L.ckpt_conv + int64_t{slot} * K * C;
+    for (int j = 0; j < K; ++j) wnd[j * C + c] = ck[j * C + c];
+  }
+  if (keep > 0) ShiftWindow(wnd, L.log_raw + int64_t{slot} * tab.log_cap * C, keep, C, K, c);
+}
+
 }  // namespace
+
+cudaError_t ConvReplayLayers(const GdnCommitTable& tab, int slot, int keep, bool from_checkpoint, int64_t C, int K,
+                             cudaStream_t s) {
+  SPECD_CHECK_ARG(tab.layers > 0 && tab.layers <= kGdnCommitMaxLayers && slot >= 0 && keep >= 0 && C > 0 && K > 0 &&
+                  K <= 16 && keep <= tab.log_cap);
+  if (keep == 0 && !from_checkpoint) return cudaSuccess;
+  ConvReplayLayersK<<<dim3(static_cast<unsigned>(tab.layers), Blocks(C, 256)), 256, 0, s>>>(tab, slot, keep,
+                                                                                             from_checkpoint, C, K);
+  return LaunchStatus();
+}
 
 cudaError_t CausalConvSilu(const bf16* p, const bf16* w, const bf16* win, const SeqMeta* seqs, const int32_t* tok_seq,
                            int64_t n, int64_t C, int K, bf16* y, cudaStream_t s) {

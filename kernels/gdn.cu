@@ -2,7 +2,7 @@
 //
 // Per (sequence, value head) the state S [dk, dv] evolves per token t:
 //   S <- e^{g_t} S;  S <- S + k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T q_t.
-// The state lives in registers for the whole span (see RunSteps for the layout); k_t and q_t are
+// The state lives in registers for the whole span (see StepColumn for the layout); k_t and q_t are
 // broadcast through shared memory. The same step serves decode (T = 1), verify (kLog: the state
 // is read, never written) and the replay that commits a verify's accepted prefix.
 #include "common.cuh"
@@ -64,117 +64,220 @@ __global__ void GdnLogWriteK(const float* k, const float* v, const float* g, con
   }
 }
 
-// Layout of the recurrence: a block owns 32 state columns (lane = column) of one value head,
-// and its 4 warps split the DK rows (DK/4 each), so every (head, 32-column chunk) is a block:
-// 4x more blocks than a thread-per-column design, and each row read is one coalesced 128-byte
-// transaction. S^T k and S^T q sum the warps' partial dot products through shared memory.
-constexpr int kGdnWarps = 4;
+// Layout of the recurrence: the state column's DK rows live in registers, split over two lanes of
+// one warp when DK = 128 (lanes l and l ^ 16 hold the two halves of one column; 64 rows each keep
+// the register count under the spill line), so a token's S^T k and S^T q are per-thread dot
+// products finished by one shuffle: no shared-memory reduction and no barrier per token. A block
+// covers kCols columns of one value head and shares the tokens' q/k through shared memory,
+// staged kGroup tokens at a time. Decode, verify, short spans, the fused decode/verify kernel and
+// the commit's replay all run StepColumn, so each of them is bitwise the others.
+constexpr int kCols = 64;
+constexpr int kGroup = kGdnFusedMaxLen;  // tokens staged at once (a verify of k = 16 fits)
 
 template <int DK>
-struct GdnTile {
-  static constexpr int kRows = DK / kGdnWarps;
-  float s[kRows];
+struct ColumnLayout {
+  static constexpr int kSplit = DK > 64 ? 2 : 1;  // lanes per column
+  static constexpr int kRows = DK / kSplit;       // state rows per lane
+  static constexpr int kThreads = kCols * kSplit;
+  static constexpr int kColsPerWarp = 32 / kSplit;
+  int col, row0;
+  __device__ ColumnLayout() {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    col = blockIdx.z * kCols + warp * kColsPerWarp + lane % kColsPerWarp;
+    row0 = (lane / kColsPerWarp) * kRows;
+  }
 };
 
-// Runs `len` steps. Tokens are read at row stride from the given bases: k/q [.., hk, DK],
-// v [.., hv, dv], g/beta [.., hv]. o (bf16) is written when q is given.
 template <int DK>
-__device__ void RunSteps(GdnTile<DK>& st, int len, int h, int kh, int hk, int hv, int dv, int col, const float* q,
-                         const float* k, const float* v, const float* g, const float* beta, bf16* o, float* ks,
-                         float* qs, float (*red)[32]) {
-  constexpr int R = GdnTile<DK>::kRows;
-  const int lane = threadIdx.x, w = threadIdx.y, tid = w * 32 + lane;
-  const int r0 = w * R;
-  for (int t = 0; t < len; ++t) {
-    for (int i = tid; i < DK; i += 32 * kGdnWarps) {
-      ks[i] = k[(int64_t{t} * hk + kh) * DK + i];
-      if (q != nullptr) qs[i] = q[(int64_t{t} * hk + kh) * DK + i];
+__device__ __forceinline__ float FinishDot(float (&p)[4]) {
+  float v = (p[0] + p[1]) + (p[2] + p[3]);
+  if constexpr (ColumnLayout<DK>::kSplit == 2) v += __shfl_xor_sync(0xffffffffu, v, 16);
+  return v;
+}
+
+// One token on one column: S <- e^g S; S <- S + k (beta (v - S^T k))^T; returns (S^T q)[col].
+// k and q point at this lane's rows. Four partial sums per dot product keep the FMA chains short.
+template <int DK>
+__device__ __forceinline__ float StepColumn(float (&s)[ColumnLayout<DK>::kRows], const float* k, const float* q,
+                                            float g, float beta, float v) {
+  constexpr int R = ColumnLayout<DK>::kRows;
+  const float decay = __expf(g);
+  float m[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    s[i] *= decay;
+    m[i & 3] += s[i] * k[i];
+  }
+  const float delta = beta * (v - FinishDot<DK>(m));
+  float o[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    s[i] += k[i] * delta;
+    if (q != nullptr) o[i & 3] += s[i] * q[i];
+  }
+  return FinishDot<DK>(o);
+}
+
+template <int DK>
+__device__ __forceinline__ void LoadColumn(float (&s)[ColumnLayout<DK>::kRows], const float* S, int dv,
+                                           const ColumnLayout<DK>& L) {
+#pragma unroll
+  for (int i = 0; i < ColumnLayout<DK>::kRows; ++i) s[i] = L.col < dv ? S[int64_t{L.row0 + i} * dv + L.col] : 0.f;
+}
+template <int DK>
+__device__ __forceinline__ void StoreColumn(const float (&s)[ColumnLayout<DK>::kRows], float* S, int dv,
+                                            const ColumnLayout<DK>& L) {
+  if (L.col >= dv) return;
+#pragma unroll
+  for (int i = 0; i < ColumnLayout<DK>::kRows; ++i) S[int64_t{L.row0 + i} * dv + L.col] = s[i];
+}
+
+struct StageSmem {
+  float q[kGroup][128], k[kGroup][128], g[kGroup], beta[kGroup];
+};
+
+// `len` tokens from prepped fp32 inputs at row strides k/q [.., hk, DK], v [.., hv, dv],
+// g/beta [.., hv]; o (bf16, [.., hv, dv]) written when q is given.
+template <int DK>
+__device__ void RunColumn(float (&s)[ColumnLayout<DK>::kRows], const ColumnLayout<DK>& L, int len, int h, int kh,
+                          int hk, int hv, int dv, const float* q, const float* k, const float* v, const float* g,
+                          const float* beta, bf16* o, StageSmem& sm) {
+  const int col = L.col;
+  for (int t0 = 0; t0 < len; t0 += kGroup) {
+    const int n = min(kGroup, len - t0);
+    __syncthreads();  // the previous group is consumed
+    for (int e = threadIdx.x; e < n * DK; e += blockDim.x) {
+      const int t = e / DK, i = e % DK;
+      sm.k[t][i] = k[(int64_t{t0 + t} * hk + kh) * DK + i];
+      sm.q[t][i] = q != nullptr ? q[(int64_t{t0 + t} * hk + kh) * DK + i] : 0.f;
+    }
+    for (int t = threadIdx.x; t < n; t += blockDim.x) {
+      sm.g[t] = g[int64_t{t0 + t} * hv + h];
+      sm.beta[t] = beta[int64_t{t0 + t} * hv + h];
     }
     __syncthreads();
-    const float decay = __expf(g[int64_t{t} * hv + h]);
-    const float b = beta[int64_t{t} * hv + h];
-    float m = 0.f;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      st.s[i] *= decay;
-      m += st.s[i] * ks[r0 + i];
-    }
-    red[w][lane] = m;
-    __syncthreads();
-    float mt = 0.f;
-#pragma unroll
-    for (int x = 0; x < kGdnWarps; ++x) mt += red[x][lane];
-    const float vv = col < dv ? v[(int64_t{t} * hv + h) * dv + col] : 0.f;
-    const float delta = b * (vv - mt);
-    float out = 0.f;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      st.s[i] += ks[r0 + i] * delta;
-      if (q != nullptr) out += st.s[i] * qs[r0 + i];
-    }
-    __syncthreads();  // everyone has read red (m) and ks/qs
-    if (q != nullptr) {
-      red[w][lane] = out;
-      __syncthreads();
-      if (w == 0 && col < dv) {
-        float ot = 0.f;
-#pragma unroll
-        for (int x = 0; x < kGdnWarps; ++x) ot += red[x][lane];
-        o[(int64_t{t} * hv + h) * dv + col] = ToB(ot);
-      }
-      __syncthreads();
+    for (int t = 0; t < n; ++t) {
+      const int64_t tok = t0 + t;
+      const float vv = col < dv ? v[(tok * hv + h) * dv + col] : 0.f;
+      const float out = StepColumn<DK>(s, sm.k[t] + L.row0, q != nullptr ? sm.q[t] + L.row0 : nullptr, sm.g[t],
+                                       sm.beta[t], vv);
+      if (q != nullptr && col < dv && L.row0 == 0) o[(tok * hv + h) * dv + col] = ToB(out);
     }
   }
 }
 
+// grid (span, value head, column block)
 template <int DK>
-__device__ void LoadTile(GdnTile<DK>& st, const float* S, int dv, int col) {
-  const int r0 = threadIdx.y * GdnTile<DK>::kRows;
-#pragma unroll
-  for (int i = 0; i < GdnTile<DK>::kRows; ++i) st.s[i] = col < dv ? S[int64_t{r0 + i} * dv + col] : 0.f;
-}
-template <int DK>
-__device__ void StoreTile(const GdnTile<DK>& st, float* S, int dv, int col) {
-  if (col >= dv) return;
-  const int r0 = threadIdx.y * GdnTile<DK>::kRows;
-#pragma unroll
-  for (int i = 0; i < GdnTile<DK>::kRows; ++i) S[int64_t{r0 + i} * dv + col] = st.s[i];
-}
-
-// grid (span, value head, 32-column chunk)
-template <int DK>
-__global__ void GdnRecurrentK(const float* q, const float* k, const float* v, const float* g, const float* beta,
-                              const SeqMeta* seqs, int hk, int hv, int dv, float* state, bf16* o,
-                              int chunk_min_len) {
-  __shared__ float ks[DK], qs[DK];
-  __shared__ float red[kGdnWarps][32];
-  const SeqMeta sm = seqs[blockIdx.x];
-  if (GdnSpanChunked(sm.mode, sm.len, chunk_min_len)) return;  // GdnChunked's span
-  const int h = blockIdx.y, kh = h / (hv / hk), col = blockIdx.z * 32 + threadIdx.x;
-  float* S = state + (int64_t{sm.slot} * hv + h) * DK * dv;
-  GdnTile<DK> st;
-  LoadTile<DK>(st, S, dv, col);
-  const int64_t off = sm.offset;
-  RunSteps<DK>(st, sm.len, h, kh, hk, hv, dv, col, q + off * hk * DK, k + off * hk * DK, v + off * hv * dv,
-               g + off * hv, beta + off * hv, o + off * hv * dv, ks, qs, red);
-  if (MetaWritesState(sm.mode)) StoreTile<DK>(st, S, dv, col);
+__global__ void __launch_bounds__(ColumnLayout<DK>::kThreads)
+    GdnRecurrentK(const float* q, const float* k, const float* v, const float* g, const float* beta,
+                  const SeqMeta* seqs, int hk, int hv, int dv, float* state, bf16* o, int chunk_min_len) {
+  __shared__ StageSmem sm;
+  const SeqMeta meta = seqs[blockIdx.x];
+  if (GdnSpanChunked(meta.mode, meta.len, chunk_min_len)) return;  // GdnChunked's span
+  const int h = blockIdx.y, kh = h / (hv / hk);
+  const ColumnLayout<DK> L;
+  float* S = state + (int64_t{meta.slot} * hv + h) * DK * dv;
+  float s[ColumnLayout<DK>::kRows];
+  LoadColumn<DK>(s, S, dv, L);
+  const int64_t off = meta.offset;
+  RunColumn<DK>(s, L, meta.len, h, kh, hk, hv, dv, q + off * hk * DK, k + off * hk * DK, v + off * hv * dv,
+                g + off * hv, beta + off * hv, o + off * hv * dv, sm);
+  if (MetaWritesState(meta.mode)) StoreColumn<DK>(s, S, dv, L);
 }
 
-// grid (value head, 32-column chunk)
+// Decode and verify in one kernel: the prep (l2-normalised q/k, v, g, beta from the conv output
+// and the gate projections, computed exactly as GdnPrepQkK / GdnPrepVgK do), the verify log, and
+// the recurrence. Spans of at most kGroup tokens. grid (span, value head, column block).
 template <int DK>
-__global__ void GdnReplayK(float* state, const float* log_k, const float* log_v, const float* log_g,
-                           const float* log_beta, int keep, int hk, int hv, int dv) {
-  __shared__ float ks[DK], qs[DK];
-  __shared__ float red[kGdnWarps][32];
-  const int h = blockIdx.x, kh = h / (hv / hk), col = blockIdx.y * 32 + threadIdx.x;
-  float* S = state + int64_t{h} * DK * dv;
-  GdnTile<DK> st;
-  LoadTile<DK>(st, S, dv, col);
-  RunSteps<DK>(st, keep, h, kh, hk, hv, dv, col, nullptr, log_k, log_v, log_g, log_beta, nullptr, ks, qs, red);
-  StoreTile<DK>(st, S, dv, col);
+__global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(const bf16* y, const bf16* braw, const bf16* araw,
+                                                       const float* a_log, const float* dt_bias, const SeqMeta* seqs,
+                                                       int64_t C, int hk, int hv, int dv, float* state, bf16* o,
+                                                       int64_t log_cap, float* log_k, float* log_v, float* log_g,
+                                                       float* log_beta) {
+  __shared__ StageSmem sm;
+  const SeqMeta meta = seqs[blockIdx.x];
+  const int h = blockIdx.y, ratio = hv / hk, kh = h / ratio;
+  const ColumnLayout<DK> L;
+  const int col = L.col;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int n = meta.len;
+  for (int t = warp; t < n; t += nwarps) {
+    const int64_t tok = meta.offset + t;
+    const bf16* yq = y + tok * C + kh * DK;
+    const bf16* yk = y + tok * C + int64_t{hk} * DK + kh * DK;
+    float sq = 0.f, sk = 0.f;
+    for (int i = lane; i < DK; i += 32) {
+      const float a = ToF(yq[i]), b = ToF(yk[i]);
+      sq += a * a;
+      sk += b * b;
+    }
+    sq = WarpSum(sq);
+    sk = WarpSum(sk);
+    const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(DK)), ik = rsqrtf(sk + 1e-6f);
+    for (int i = lane; i < DK; i += 32) {
+      sm.q[t][i] = ToF(yq[i]) * iq;
+      sm.k[t][i] = ToF(yk[i]) * ik;
+    }
+    if (lane == 0) {
+      sm.beta[t] = ToF(ToB(SigmoidF(ToF(braw[tok * hv + h]))));
+      const float x = ToF(araw[tok * hv + h]) + dt_bias[h];
+      const float sp = x > 20.f ? x : log1pf(expf(x));
+      sm.g[t] = -expf(a_log[h]) * sp;
+    }
+  }
+  __syncthreads();
+  const bool log = MetaWritesLog(meta.mode);
+  if (log) {
+    const int64_t e0 = int64_t{meta.slot} * log_cap + meta.log_offset;
+    if (blockIdx.z == 0 && h % ratio == 0) {
+      for (int e = threadIdx.x; e < n * DK; e += blockDim.x) {
+        const int t = e / DK, i = e % DK;
+        log_k[((e0 + t) * hk + kh) * DK + i] = sm.k[t][i];
+      }
+    }
+    if (blockIdx.z == 0) {
+      for (int t = threadIdx.x; t < n; t += blockDim.x) {
+        log_g[(e0 + t) * hv + h] = sm.g[t];
+        log_beta[(e0 + t) * hv + h] = sm.beta[t];
+      }
+    }
+  }
+  float* S = state + (int64_t{meta.slot} * hv + h) * DK * dv;
+  float s[ColumnLayout<DK>::kRows];
+  LoadColumn<DK>(s, S, dv, L);
+  const bf16* yv = y + int64_t{meta.offset} * C + 2 * int64_t{hk} * DK + int64_t{h} * dv;
+  for (int t = 0; t < n; ++t) {
+    const int64_t tok = meta.offset + t;
+    const float vv = col < dv ? ToF(yv[int64_t{t} * C + col]) : 0.f;
+    const bool writer = col < dv && L.row0 == 0;
+    if (log && writer) log_v[((int64_t{meta.slot} * log_cap + meta.log_offset + t) * hv + h) * dv + col] = vv;
+    const float out = StepColumn<DK>(s, sm.k[t] + L.row0, sm.q[t] + L.row0, sm.g[t], sm.beta[t], vv);
+    if (writer) o[(tok * hv + h) * dv + col] = ToB(out);
+  }
+  if (MetaWritesState(meta.mode)) StoreColumn<DK>(s, S, dv, L);
 }
 
-unsigned Chunks(int dv) { return static_cast<unsigned>((dv + 31) / 32); }
+// The commit's replay for every GDN layer of a model in one launch: grid (layer, value head,
+// column block); starts from the checkpoint or the live state and writes the live state.
+template <int DK>
+__global__ void __launch_bounds__(ColumnLayout<DK>::kThreads)
+    GdnReplayLayersK(GdnCommitTable tab, int slot, int keep, bool from_ckpt, int hk, int hv, int dv) {
+  __shared__ StageSmem sm;
+  const GdnCommitLayer& ly = tab.layer[blockIdx.x];
+  const int h = blockIdx.y, kh = h / (hv / hk);
+  const ColumnLayout<DK> L;
+  const int64_t sz = int64_t{hv} * DK * dv, cap = tab.log_cap;
+  float* S = ly.rec + int64_t{slot} * sz + int64_t{h} * DK * dv;
+  const float* S0 = from_ckpt ? ly.ckpt_rec + int64_t{slot} * sz + int64_t{h} * DK * dv : S;
+  float s[ColumnLayout<DK>::kRows];
+  LoadColumn<DK>(s, S0, dv, L);
+  RunColumn<DK>(s, L, keep, h, kh, hk, hv, dv, nullptr, ly.log_k + int64_t{slot} * cap * hk * DK,
+                ly.log_v + int64_t{slot} * cap * hv * dv, ly.log_g + int64_t{slot} * cap * hv,
+                ly.log_beta + int64_t{slot} * cap * hv, nullptr, sm);
+  StoreColumn<DK>(s, S, dv, L);
+}
+
+unsigned Chunks(int dv) { return static_cast<unsigned>((dv + kCols - 1) / kCols); }
 
 }  // namespace
 
@@ -216,19 +319,37 @@ cudaError_t GdnRecurrent(const float* q, const float* k, const float* v, const f
   SPECD_CHECK_ARG(dv > 0 && dv <= 1024 && chunk_min_len >= 0);
   if (nseq == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(nseq), static_cast<unsigned>(hv), Chunks(dv));
-#define SPECD_CALL(D) GdnRecurrentK<D><<<grid, dim3(32, kGdnWarps), 0, s>>>(q, k, v, g, beta, seqs, hk, hv, dv, state, o, chunk_min_len)
+#define SPECD_CALL(D) GdnRecurrentK<D><<<grid, ColumnLayout<D>::kThreads, 0, s>>>(q, k, v, g, beta, seqs, hk, hv, dv, state, o, chunk_min_len)
   SPECD_GDN_DISPATCH(dk, SPECD_CALL)
 #undef SPECD_CALL
   return LaunchStatus();
 }
 
-cudaError_t GdnReplay(float* state, const float* log_k, const float* log_v, const float* log_g, const float* log_beta,
-                      int keep, int hk, int hv, int dk, int dv, cudaStream_t s) {
-  SPECD_CHECK_ARG(state && log_k && log_v && log_g && log_beta && keep >= 0 && hk > 0 && hv % hk == 0);
-  SPECD_CHECK_ARG(dv > 0 && dv <= 1024);
-  if (keep == 0) return cudaSuccess;
-#define SPECD_CALL(D) \
-  GdnReplayK<D><<<dim3(static_cast<unsigned>(hv), Chunks(dv)), dim3(32, kGdnWarps), 0, s>>>(state, log_k, log_v, log_g, log_beta, keep, hk, hv, dv)
+cudaError_t GdnFusedStep(const bf16* y, const bf16* braw, const bf16* araw, const float* a_log, const float* dt_bias,
+                         const SeqMeta* seqs, int nseq, int max_len, int hk, int hv, int dk, int dv, float* state,
+                         bf16* o, int64_t log_cap, float* log_k, float* log_v, float* log_g, float* log_beta,
+                         cudaStream_t s) {
+  SPECD_CHECK_ARG(y && braw && araw && a_log && dt_bias && seqs && state && o && nseq >= 0 && hk > 0 && hv % hk == 0);
+  SPECD_CHECK_ARG(dv > 0 && dv <= 1024 && max_len <= kGdnFusedMaxLen && log_cap > 0);
+  SPECD_CHECK_ARG(log_k && log_v && log_g && log_beta);
+  if (nseq == 0 || max_len == 0) return cudaSuccess;
+  const int64_t C = 2 * int64_t{hk} * dk + int64_t{hv} * dv;
+  const dim3 grid(static_cast<unsigned>(nseq), static_cast<unsigned>(hv), Chunks(dv));
+#define SPECD_CALL(D)                                                                                          \
+  GdnFusedStepK<D><<<grid, ColumnLayout<D>::kThreads, 0, s>>>(y, braw, araw, a_log, dt_bias, seqs, C, hk, hv, dv, state, o, log_cap, \
+                                          log_k, log_v, log_g, log_beta)
+  SPECD_GDN_DISPATCH(dk, SPECD_CALL)
+#undef SPECD_CALL
+  return LaunchStatus();
+}
+
+cudaError_t GdnReplayLayers(const GdnCommitTable& tab, int slot, int keep, bool from_checkpoint, int hk, int hv, int dk,
+                            int dv, cudaStream_t s) {
+  SPECD_CHECK_ARG(tab.layers > 0 && tab.layers <= kGdnCommitMaxLayers && slot >= 0 && keep >= 0 && tab.log_cap > 0);
+  SPECD_CHECK_ARG(hk > 0 && hv % hk == 0 && dv > 0 && dv <= 1024 && keep <= tab.log_cap);
+  if (keep == 0 && !from_checkpoint) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(tab.layers), static_cast<unsigned>(hv), Chunks(dv));
+#define SPECD_CALL(D) GdnReplayLayersK<D><<<grid, ColumnLayout<D>::kThreads, 0, s>>>(tab, slot, keep, from_checkpoint, hk, hv, dv)
   SPECD_GDN_DISPATCH(dk, SPECD_CALL)
 #undef SPECD_CALL
   return LaunchStatus();

@@ -159,11 +159,12 @@ cudaError_t LaunchOne(const Args& a, cudaStream_t s) {
   return e != cudaSuccess ? e : LaunchStatus();
 }
 
-// Warps per row and chunks in flight per warp, by shape. Few output rows (4096) leave too few
-// warps to keep enough bytes in flight at one warp per row; long rows (K = 12288) more so.
+// Warps per row and chunks in flight per warp, by shape (measured on H200, docs/PERFORMANCE.md:
+// four warps per row won or tied at every 9B projection but the square 4096 x 4096 one, where
+// two did; the 248K-row lm_head has warps enough at two).
 template <Form F>
 cudaError_t Launch(const Args& a, cudaStream_t s) {
-  int split = a.M >= 12288 ? 1 : (a.K >= 8192 ? 4 : 2);
+  int split = a.M >= 100000 || (a.M <= 4096 && a.K <= 4096) ? 2 : 4;
   int unroll = 4;
   if (g_force_split > 0) split = g_force_split;
   if (g_force_unroll > 0) unroll = g_force_unroll;

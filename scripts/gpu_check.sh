@@ -34,7 +34,7 @@ if [ "${SKIP_GDN:-0}" != 1 ]; then
   tail -20 "$OUT/gdn.log"
   # FLA side by side (wheels carried in .whl/: no network on the GPU machine).
   if ls .whl/*.whl >/dev/null 2>&1; then
-    pip install --no-index --no-deps .whl/*.whl > "$OUT/fla_install.log" 2>&1 || tail -5 "$OUT/fla_install.log"
+    python3 -m pip install --no-index --no-deps .whl/*.whl > "$OUT/fla_install.log" 2>&1 || tail -5 "$OUT/fla_install.log"
     SPECD_GDN_DUMP=/tmp/specd_gdn.bin timeout 300 python3 bench/fla_gdn.py > "$OUT/fla.log" 2>&1
     echo "fla rc=$?"
     tail -20 "$OUT/fla.log"

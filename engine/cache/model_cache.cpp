@@ -134,7 +134,7 @@ Status ModelCache::Commit(int slot, int keep) {
   // Drafts that advanced their state and are all kept need no replay.
   const bool nothing_to_undo = m.has_checkpoint && keep == m.log_count;
   if (!nothing_to_undo) {
-    for (auto& g : gdn_) backend_->GdnCommit(g, gdn_dims_, slot, keep, m.has_checkpoint);
+    if (!gdn_.empty()) backend_->GdnCommitLayers(gdn_, gdn_dims_, slot, keep, m.has_checkpoint);
   }
   m.length = m.base_length + keep;
   // The rejected tail's rows had blocks of their own; those past the kept length go back.

@@ -156,6 +156,10 @@ class Backend {
   // Forgets every graph whose key contains `needle` (a model or cache going away).
   virtual void DropGraphs(const std::string& needle) {}
   virtual void SetGraphsEnabled(bool on) {}
+  // Kernel choices a device backend offers for A/B runs and tests (no-ops elsewhere):
+  // "gdn_fused" (decode/verify GDN in one kernel), "gdn_chunked" (chunked prefill),
+  // "programmatic_launch" (projections start before the kernel ahead of them ends).
+  virtual void SetKernelOption(const std::string& name, bool on) {}
   // Per-op device time (benchmarks): on = time every op with events (and run op by op);
   // the report lists total ms and calls per op, largest first, and resets the counters.
   virtual void SetProfiling(bool on) {}
@@ -190,6 +194,11 @@ class Backend {
   // Makes the slot's state that of having consumed the first `keep` logged tokens: starts from
   // the checkpoint when `from_checkpoint`, else from the live state, and replays the log.
   virtual void GdnCommit(GdnLayerState& st, const GdnDims& d, int slot, int keep, bool from_checkpoint) = 0;
+  // GdnCommit for every GDN layer of a model at once (a device backend batches the launches).
+  virtual void GdnCommitLayers(std::vector<GdnLayerState>& layers, const GdnDims& d, int slot, int keep,
+                               bool from_checkpoint) {
+    for (auto& l : layers) GdnCommit(l, d, slot, keep, from_checkpoint);
+  }
   // Copies the slot's live conv window and recurrent state into its checkpoint.
   virtual void GdnCheckpoint(GdnLayerState& st, int slot) = 0;
   // Zeroes the slot's conv window and recurrent state (a fresh sequence).

@@ -100,6 +100,8 @@ class CudaBackend final : public Backend {
     // SPECD_GDN_CHUNKED=0 runs prefill spans token by token too (for comparison and bisecting).
     const char* c = std::getenv("SPECD_GDN_CHUNKED");
     gdn_chunked_ = c == nullptr || std::string(c) != "0";
+    const char* f = std::getenv("SPECD_GDN_FUSED");
+    gdn_fused_ = f == nullptr || std::string(f) != "0";
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -332,6 +334,11 @@ class CudaBackend final : public Backend {
     return true;
   }
   int64_t graph_replays() const override { return graph_replays_; }
+  void SetKernelOption(const std::string& name, bool on) override {
+    if (name == "gdn_fused") gdn_fused_ = on;
+    if (name == "gdn_chunked") gdn_chunked_ = on;
+    if (name == "programmatic_launch") K::SetProgrammaticLaunch(on);
+  }
   bool BeginGraphCapture(const std::string& key) override {
     if (!graphs_enabled_ || failed_keys_.count(key)) return false;
     if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
@@ -489,6 +496,15 @@ class CudaBackend final : public Backend {
     const Meta& m = UploadMeta(b);
     const int64_t N = b.num_tokens;
     const int hk = d.num_k_heads, hv = d.num_v_heads, dk = d.head_k, dv = d.head_v;
+    if (gdn_fused_ && b.max_len <= K::kGdnFusedMaxLen) {
+      // Decode / verify / draft steps: prep, log and recurrence in one kernel.
+      Check(K::GdnFusedStep(B(y), B(braw), B(araw), a_log.ptr<float>(), dt_bias.ptr<float>(), m.seqs,
+                            static_cast<int>(b.seqs.size()), static_cast<int>(b.max_len), hk, hv, dk, dv,
+                            st.rec.ptr<float>(), B(o), st.log_k.dim(1), st.log_k.ptr<float>(), st.log_v.ptr<float>(),
+                            st.log_g.ptr<float>(), st.log_beta.ptr<float>(), stream_),
+            "gdn_fused_step");
+      return;
+    }
     Tensor q = Empty(DType::kF32, {N, hk, dk}), k = Empty(DType::kF32, {N, hk, dk});
     Tensor v = Empty(DType::kF32, {N, hv, dv}), g = Empty(DType::kF32, {N, hv}), beta = Empty(DType::kF32, {N, hv});
     Check(K::GdnPrep(B(y), B(braw), B(araw), a_log.ptr<float>(), dt_bias.ptr<float>(), N, hk, hv, dk, dv,
@@ -527,23 +543,42 @@ class CudaBackend final : public Backend {
     Check(K::GatedRmsNorm(B(o), B(z), B(w), o.numel() / d, static_cast<int>(d), eps, B(out), stream_), "gated_norm");
   }
   void GdnCommit(GdnLayerState& st, const GdnDims& d, int slot, int keep, bool from_checkpoint) override {
-    Prof prof_(this, "gdn commit (replay)");
-    const int64_t C = d.conv_dim(), L = st.log_k.dim(1);
-    const int hk = d.num_k_heads, hv = d.num_v_heads, dk = d.head_k, dv = d.head_v, Kc = d.conv_kernel;
-    bf16* win = B(st.conv) + int64_t{slot} * Kc * C;
-    float* rec = st.rec.ptr<float>() + int64_t{slot} * hv * dk * dv;
-    if (from_checkpoint) {
-      Check(cudaMemcpyAsync(win, B(st.ckpt_conv) + int64_t{slot} * Kc * C, sizeof(bf16) * Kc * C,
-                            cudaMemcpyDeviceToDevice, stream_),
-            "restore conv");
-      Check(cudaMemcpyAsync(rec, st.ckpt_rec.ptr<float>() + int64_t{slot} * hv * dk * dv,
-                            sizeof(float) * hv * dk * dv, cudaMemcpyDeviceToDevice, stream_),
-            "restore state");
+    std::vector<GdnLayerState*> one{&st};
+    CommitLayers(one, d, slot, keep, from_checkpoint);
+  }
+  void GdnCommitLayers(std::vector<GdnLayerState>& layers, const GdnDims& d, int slot, int keep,
+                       bool from_checkpoint) override {
+    std::vector<GdnLayerState*> all;
+    for (auto& l : layers) all.push_back(&l);
+    for (size_t i = 0; i < all.size(); i += K::kGdnCommitMaxLayers) {
+      std::vector<GdnLayerState*> part(all.begin() + i,
+                                       all.begin() + std::min(all.size(), i + K::kGdnCommitMaxLayers));
+      CommitLayers(part, d, slot, keep, from_checkpoint);
     }
-    Check(K::ConvWindowReplay(win, B(st.log_raw) + int64_t{slot} * L * C, keep, C, Kc, stream_), "conv_replay");
-    Check(K::GdnReplay(rec, st.log_k.ptr<float>() + int64_t{slot} * L * hk * dk,
-                       st.log_v.ptr<float>() + int64_t{slot} * L * hv * dv, st.log_g.ptr<float>() + int64_t{slot} * L * hv,
-                       st.log_beta.ptr<float>() + int64_t{slot} * L * hv, keep, hk, hv, dk, dv, stream_),
+  }
+  // Every layer's window and state of the slot in two launches (not two to four per layer).
+  void CommitLayers(const std::vector<GdnLayerState*>& layers, const GdnDims& d, int slot, int keep,
+                    bool from_checkpoint) {
+    Prof prof_(this, "gdn commit (replay)");
+    if (layers.empty()) return;
+    K::GdnCommitTable tab;
+    tab.layers = static_cast<int>(layers.size());
+    tab.log_cap = layers[0]->log_k.dim(1);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      GdnLayerState& st = *layers[i];
+      if (from_checkpoint && (!st.ckpt_conv.defined() || !st.ckpt_rec.defined())) {
+        Fail("GdnCommit from a checkpoint, but the cache keeps none");
+        return;
+      }
+      tab.layer[i] = K::GdnCommitLayer{B(st.conv),           st.ckpt_conv.defined() ? B(st.ckpt_conv) : nullptr,
+                                       B(st.log_raw),        st.rec.ptr<float>(),
+                                       st.ckpt_rec.ptr<float>(), st.log_k.ptr<float>(),
+                                       st.log_v.ptr<float>(), st.log_g.ptr<float>(),
+                                       st.log_beta.ptr<float>()};
+    }
+    Check(K::ConvReplayLayers(tab, slot, keep, from_checkpoint, d.conv_dim(), d.conv_kernel, stream_), "conv_replay");
+    Check(K::GdnReplayLayers(tab, slot, keep, from_checkpoint, d.num_k_heads, d.num_v_heads, d.head_k, d.head_v,
+                             stream_),
           "gdn_replay");
   }
   void GdnCheckpoint(GdnLayerState& st, int slot) override {
@@ -818,6 +853,7 @@ class CudaBackend final : public Backend {
   char* staged_ids_ = nullptr;
   bool graphs_enabled_ = true;
   bool gdn_chunked_ = true;
+  bool gdn_fused_ = true;
   bool profiling_ = false;
   std::vector<ProfEvent> prof_events_;
   bool capturing_ = false;

@@ -158,8 +158,38 @@ cudaError_t GdnChunked(const float* q, const float* k, const float* v, const flo
                        int64_t t0, int64_t len, int hk, int hv, int dk, int dv, float* state, float* scratch, bf16* o,
                        cudaStream_t s);
 // One slot: state [hv, dk, dv] <- replay of log entries 0..keep.
-cudaError_t GdnReplay(float* state, const float* log_k, const float* log_v, const float* log_g, const float* log_beta,
-                      int keep, int hk, int hv, int dk, int dv, cudaStream_t s);
+// Decode and verify spans (at most kGdnFusedMaxLen tokens each, none chunked) in one kernel:
+// GdnPrep + GdnLogWrite + GdnRecurrent, bitwise equal to running the three.
+constexpr int kGdnFusedMaxLen = 17;
+cudaError_t GdnFusedStep(const bf16* y, const bf16* braw, const bf16* araw, const float* a_log, const float* dt_bias,
+                         const SeqMeta* seqs, int nseq, int max_len, int hk, int hv, int dk, int dv, float* state,
+                         bf16* o, int64_t log_cap, float* log_k, float* log_v, float* log_g, float* log_beta,
+                         cudaStream_t s);
+// The commit of one slot across every GDN layer of a model (two launches, not two per layer):
+// per layer its live window/state, checkpoint and log (pointers to slot 0; slots at fixed strides).
+constexpr int kGdnCommitMaxLayers = 64;
+struct GdnCommitLayer {
+  bf16* conv;
+  const bf16* ckpt_conv;
+  const bf16* log_raw;
+  float* rec;
+  const float* ckpt_rec;
+  const float* log_k;
+  const float* log_v;
+  const float* log_g;
+  const float* log_beta;
+};
+struct GdnCommitTable {
+  int layers = 0;
+  int64_t log_cap = 0;
+  GdnCommitLayer layer[kGdnCommitMaxLayers];
+};
+// Recurrent state: from the checkpoint (or the live state), replay `keep` logged tokens.
+cudaError_t GdnReplayLayers(const GdnCommitTable& tab, int slot, int keep, bool from_checkpoint, int hk, int hv, int dk,
+                            int dv, cudaStream_t s);
+// Conv windows: restore the checkpoint if asked, then shift in the first `keep` logged rows.
+cudaError_t ConvReplayLayers(const GdnCommitTable& tab, int slot, int keep, bool from_checkpoint, int64_t C, int K,
+                             cudaStream_t s);
 
 // ---- MoE ----
 // probs = softmax(logits) in fp32; top-k ids (ties to the lower id), weights renormalised.
