@@ -142,7 +142,7 @@ void WriteDump(Backend& be, const char* path, int64_t T) {
 
 // (b): the op's kernels on a stream of our own, captured 50 times into one graph.
 struct DecodeTimes {
-  double op_us, rec_us;
+  double op_us, rec_us, fused_us;
 };
 DecodeTimes DecodeUs(int T, int mode) {
   constexpr int kCalls = 50, kReplays = 30;
@@ -178,19 +178,24 @@ DecodeTimes DecodeUs(int T, int mode) {
   const K::SeqMeta sm{0, 0, T, 100, mode, 0};
   Die("meta", cudaMemcpyAsync(seqs, &sm, sizeof(sm), cudaMemcpyHostToDevice, s));
   Die("sync", cudaStreamSynchronize(s));
-  auto op = [&](bool full) {
-    if (full) {
+  auto op = [&](int which) {  // 0: recurrence alone, 1: prep + log + recurrence, 2: the fused kernel
+    if (which == 2) {
+      Die("fused", K::GdnFusedStep(y, braw, araw, a_log, dt_bias, seqs, 1, T, kHk, kHv, kDk, kDv, state, o, L, lk, lv,
+                                   lg, lb, s));
+      return;
+    }
+    if (which == 1) {
       Die("prep", K::GdnPrep(y, braw, araw, a_log, dt_bias, T, kHk, kHv, kDk, kDv, q, k, v, g, beta, s));
       Die("log", K::GdnLogWrite(k, v, g, beta, seqs, 1, T, kHk, kHv, kDk, kDv, L, lk, lv, lg, lb, s));
     }
     Die("recurrent", K::GdnRecurrent(q, k, v, g, beta, seqs, 1, kHk, kHv, kDk, kDv, state, o, K::kGdnChunkMinLen, s));
   };
-  op(true);  // q/k/v/g/beta for the recurrence-only graph
-  auto time_graph = [&](bool full) {
+  op(1);  // q/k/v/g/beta for the recurrence-only graph
+  auto time_graph = [&](int which) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     Die("capture", cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kCalls; ++i) op(full);
+    for (int i = 0; i < kCalls; ++i) op(which);
     Die("capture end", cudaStreamEndCapture(s, &graph));
     Die("instantiate", cudaGraphInstantiate(&exec, graph, 0));
     cudaEvent_t e0, e1;
@@ -213,7 +218,7 @@ DecodeTimes DecodeUs(int T, int mode) {
     cudaGraphDestroy(graph);
     return Median(t);
   };
-  const DecodeTimes r{time_graph(true), time_graph(false)};
+  const DecodeTimes r{time_graph(1), time_graph(0), time_graph(2)};
   for (void* p : std::initializer_list<void*>{y, braw, araw, o, a_log, dt_bias, q, k, v, g, beta, state, lk, lv, lg,
                                               lb, seqs}) {
     cudaFree(p);
@@ -248,7 +253,8 @@ int main() {
   std::printf("(b) decode / verify per layer (CUDA graph of 50 calls, median replay / 50)\n");
   for (auto [T, mode, name] : {std::tuple{9, 1, "verify T=9 (kLog)"}, std::tuple{1, 0, "decode T=1 (kUpdate)"}}) {
     const DecodeTimes t = DecodeUs(T, mode);
-    std::printf("  %-22s prep+log+recurrence %7.2f us   recurrence alone %7.2f us\n", name, t.op_us, t.rec_us);
+    std::printf("  %-22s fused kernel %7.2f us   prep+log+recurrence %7.2f us   recurrence alone %7.2f us\n", name,
+                t.fused_us, t.op_us, t.rec_us);
   }
   return 0;
 }

@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads)
 template <int DK>
 __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(const bf16* y, const bf16* braw, const bf16* araw,
                                                        const float* a_log, const float* dt_bias, const SeqMeta* seqs,
-                                                       int64_t C, int hk, int hv, int dv, float* state, bf16* o,
+                                                       int64_t C, int hk, int hv, int dk, int dv, float* state, bf16* o,
                                                        int64_t log_cap, float* log_k, float* log_v, float* log_g,
                                                        float* log_beta) {
   __shared__ StageSmem sm;
@@ -213,7 +213,9 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(cons
     }
     sq = WarpSum(sq);
     sk = WarpSum(sk);
-    const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(DK)), ik = rsqrtf(sk + 1e-6f);
+    // dk at run time, as GdnPrepQkK has it: a compile-time DK would let the compiler fold the
+    // rsqrt exactly, and the fast-math rsqrt it replaces differs in the last bit.
+    const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(dk)), ik = rsqrtf(sk + 1e-6f);
     for (int i = lane; i < DK; i += 32) {
       sm.q[t][i] = ToF(yq[i]) * iq;
       sm.k[t][i] = ToF(yk[i]) * ik;
@@ -336,7 +338,7 @@ cudaError_t GdnFusedStep(const bf16* y, const bf16* braw, const bf16* araw, cons
   const int64_t C = 2 * int64_t{hk} * dk + int64_t{hv} * dv;
   const dim3 grid(static_cast<unsigned>(nseq), static_cast<unsigned>(hv), Chunks(dv));
 #define SPECD_CALL(D)                                                                                          \
-  GdnFusedStepK<D><<<grid, ColumnLayout<D>::kThreads, 0, s>>>(y, braw, araw, a_log, dt_bias, seqs, C, hk, hv, dv, state, o, log_cap, \
+  GdnFusedStepK<D><<<grid, ColumnLayout<D>::kThreads, 0, s>>>(y, braw, araw, a_log, dt_bias, seqs, C, hk, hv, dk, dv, state, o, log_cap, \
                                           log_k, log_v, log_g, log_beta)
   SPECD_GDN_DISPATCH(dk, SPECD_CALL)
 #undef SPECD_CALL

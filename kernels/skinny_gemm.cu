@@ -136,10 +136,18 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyGemmK(Args a) {
   } else if constexpr (F == Form::kPlainBf16) {
     static_cast<bf16*>(a.stack.out[0])[m] = ToB(acc);
   } else {
-    int seg = 0;
+    // Constant indices only: a runtime index into the parameter struct would copy it to local
+    // memory in every thread (measured: +40 % on the 9B in_proj).
+    void* out = a.stack.out[0];
     int64_t begin = 0;
-    while (seg + 1 < a.stack.count && m >= a.stack.end[seg]) begin = a.stack.end[seg++];
-    static_cast<bf16*>(a.stack.out[seg])[m - begin] = ToB(acc);
+#pragma unroll
+    for (int i = 1; i < kSkinnyMaxStack; ++i) {
+      if (i < a.stack.count && m >= a.stack.end[i - 1]) {
+        out = a.stack.out[i];
+        begin = a.stack.end[i - 1];
+      }
+    }
+    static_cast<bf16*>(out)[m - begin] = ToB(acc);
   }
 }
 
