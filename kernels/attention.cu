@@ -203,8 +203,11 @@ cudaError_t Attention(const bf16* q, const PagedKv& kv, const int32_t* tok_slot,
   return LaunchStatus();
 }
 
-int AttentionSplits(int64_t n_heads_tokens, int64_t max_ctx) {
-  // Enough blocks to cover the SMs a few times; never chunks under 64 keys.
+int AttentionSplits(int64_t tokens, int heads, int64_t max_ctx) {
+  // Enough blocks to cover the SMs a few times; never chunks under 64 keys. Decode, verify and
+  // small batched steps (up to 64 tokens) split as one token would: a token's key partition, hence
+  // its rounding, then does not depend on how many tokens share the call.
+  const int64_t n_heads_tokens = (tokens <= 64 ? 1 : tokens) * heads;
   int64_t splits = (264 + n_heads_tokens - 1) / n_heads_tokens;
   splits = std::min<int64_t>(splits, (max_ctx + 63) / 64);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(64, splits)));

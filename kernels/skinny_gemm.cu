@@ -19,7 +19,7 @@ namespace specd::kernels {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-constexpr int64_t kSkinnyUseRows = 1;
+constexpr int64_t kSkinnyUseRows = 16;
 bool g_programmatic = true;
 int g_force_split = 0, g_force_unroll = 0;
 
@@ -170,9 +170,11 @@ cudaError_t LaunchOne(const Args& a, cudaStream_t s) {
 // Warps per row and chunks in flight per warp, by shape (measured on H200, docs/PERFORMANCE.md:
 // four warps per row won or tied at every 9B projection but the square 4096 x 4096 one, where
 // two did; the 248K-row lm_head has warps enough at two).
+int ShapeSplit(const Args& a) { return a.M >= 100000 || (a.M <= 4096 && a.K <= 4096) ? 2 : 4; }
+
 template <Form F>
 cudaError_t Launch(const Args& a, cudaStream_t s) {
-  int split = a.M >= 100000 || (a.M <= 4096 && a.K <= 4096) ? 2 : 4;
+  int split = ShapeSplit(a);
   int unroll = 4;
   if (g_force_split > 0) split = g_force_split;
   if (g_force_unroll > 0) unroll = g_force_unroll;
@@ -186,6 +188,159 @@ cudaError_t Launch(const Args& a, cudaStream_t s) {
   return LaunchOne<F, 4, 4>(a, s);
 }
 
+// Verify rows (2..16): each warp streams R weight rows of its K-slice at once and multiplies every
+// weight chunk with the same chunk of each of the n x rows, so x is read R times less often than
+// with one row per warp (one row per warp made a 9-token verify L1-bound). Each (weight row, x row)
+// dot product is summed exactly as the one-row kernel sums it (same warps per row, same chunks
+// per lane in the same order, same reductions), so a verify row's logits are bitwise those of a
+// decode step at the same position: the output never depends on how many tokens share the call.
+template <Form F, int SPLIT, int NMAX>
+struct Multi {
+  static constexpr int kW = 32 / NMAX;                              // weight rows per warp
+  static constexpr int kR = F == Form::kSwiGlu ? kW / 2 : kW;       // output rows per warp
+  static constexpr int kGroups = kWarpsPerBlock / SPLIT;            // row groups per block
+  static constexpr int kRowsPerBlock = kGroups * kR;
+};
+
+template <Form F, int SPLIT, int NMAX>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMultiK(Args a, int n) {
+  using P = Multi<F, SPLIT, NMAX>;
+  constexpr int W = P::kW, R = P::kR;
+  __shared__ float part[kWarpsPerBlock][W][NMAX];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int slice = warp % SPLIT, grp = warp / SPLIT;
+  const int64_t m0 = blockIdx.x * int64_t{P::kRowsPerBlock} + int64_t{grp} * R;
+  const int64_t chunks = a.K / 8;
+  constexpr int kStride = 32 * SPLIT;
+  const uint4* wr[W];
+  bool live[W];
+#pragma unroll
+  for (int w = 0; w < W; ++w) {
+    const int64_t m = m0 + (w % R);
+    live[w] = m < a.M;
+    const int64_t row = F == Form::kSwiGlu && w >= R ? m + a.M : m;
+    wr[w] = reinterpret_cast<const uint4*>(a.w + (live[w] ? row : 0) * a.K);
+  }
+  float acc[W][NMAX];
+#pragma unroll
+  for (int w = 0; w < W; ++w)
+#pragma unroll
+    for (int r = 0; r < NMAX; ++r) acc[w][r] = 0.f;
+  const uint4* xr = reinterpret_cast<const uint4*>(a.x);
+  const int64_t xrow = chunks;  // x row stride in 16-byte chunks
+  for (int64_t c = slice * 32 + lane; c < chunks; c += 2 * kStride) {
+    // Two chunks per lane in flight for every weight row.
+    uint4 wv[2][W];
+    const bool second = c + kStride < chunks;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      wv[0][w] = live[w] ? __ldg(wr[w] + c) : make_uint4(0, 0, 0, 0);
+      wv[1][w] = live[w] && second ? __ldg(wr[w] + c + kStride) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (h == 1 && !second) break;
+      const int64_t cc = c + h * kStride;
+#pragma unroll
+      for (int r = 0; r < NMAX; ++r) {
+        if (r >= n) break;
+        float xf[8];
+        Bf16x8ToF32(__ldg(xr + r * xrow + cc), xf);
+#pragma unroll
+        for (int w = 0; w < W; ++w) {
+          float wf[8];
+          Bf16x8ToF32(wv[h][w], wf);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[w][r] += wf[i] * xf[i];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int w = 0; w < W; ++w)
+#pragma unroll
+    for (int r = 0; r < NMAX; ++r) acc[w][r] = WarpSum(acc[w][r]);
+  if constexpr (SPLIT > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int w = 0; w < W; ++w)
+#pragma unroll
+        for (int r = 0; r < NMAX; ++r) part[warp][w][r] = acc[w][r];
+    }
+    __syncthreads();
+    if (slice != 0) return;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+#pragma unroll
+      for (int r = 0; r < NMAX; ++r) {
+        float v = 0.f;
+#pragma unroll
+        for (int s = 0; s < SPLIT; ++s) v += part[warp + s][w][r];
+        acc[w][r] = v;
+      }
+    }
+  }
+  if (lane != 0) return;
+#pragma unroll
+  for (int w = 0; w < R; ++w) {
+    const int64_t m = m0 + w;
+    if (m >= a.M) break;
+    void* out = a.stack.out[0];
+    int64_t begin = 0, width = a.M;
+    if constexpr (F == Form::kStacked) {
+#pragma unroll
+      for (int i = 1; i < kSkinnyMaxStack; ++i) {
+        if (i < a.stack.count && m >= a.stack.end[i - 1]) {
+          out = a.stack.out[i];
+          begin = a.stack.end[i - 1];
+        }
+      }
+      // The segment's end: the first end past m (constant indices only, see SkinnyGemmK).
+      width = a.stack.end[0] - begin;
+#pragma unroll
+      for (int i = 1; i < kSkinnyMaxStack; ++i) {
+        if (i < a.stack.count && m >= a.stack.end[i - 1]) width = a.stack.end[i] - begin;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < NMAX; ++r) {
+      if (r >= n) break;
+      if constexpr (F == Form::kSwiGlu) {
+        const float g = ToF(ToB(acc[w][r])), u = ToF(ToB(acc[w + R][r]));
+        static_cast<bf16*>(out)[r * a.M + m] = ToB(SiluF(g) * u);
+      } else if constexpr (F == Form::kPlainF32) {
+        static_cast<float*>(out)[r * a.M + m] = acc[w][r];
+      } else {
+        static_cast<bf16*>(out)[r * width + (m - begin)] = ToB(acc[w][r]);
+      }
+    }
+  }
+}
+
+template <Form F, int SPLIT, int NMAX>
+cudaError_t LaunchMulti(const Args& a, int n, cudaStream_t s) {
+  using P = Multi<F, SPLIT, NMAX>;
+  const unsigned blocks = static_cast<unsigned>((a.M + P::kRowsPerBlock - 1) / P::kRowsPerBlock);
+  SkinnyMultiK<F, SPLIT, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(a, n);
+  return LaunchStatus();
+}
+
+template <Form F, int SPLIT>
+cudaError_t LaunchMultiN(const Args& a, int n, cudaStream_t s) {
+  if (n <= 4) return LaunchMulti<F, SPLIT, 4>(a, n, s);
+  if (n <= 8) return LaunchMulti<F, SPLIT, 8>(a, n, s);
+  return LaunchMulti<F, SPLIT, 16>(a, n, s);
+}
+
+// One row: the decode kernel (variants for the benchmark sweep); more: the multi-row kernel with
+// the one-row kernel's shape rule, which bitwise equality with it needs.
+template <Form F>
+cudaError_t LaunchRows(const Args& a, int64_t n, cudaStream_t s) {
+  if (n == 1) return Launch<F>(a, s);
+  if (ShapeSplit(a) == 2) return LaunchMultiN<F, 2>(a, static_cast<int>(n), s);
+  return LaunchMultiN<F, 4>(a, static_cast<int>(n), s);
+}
+
 bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
@@ -197,9 +352,7 @@ void SetSkinnyVariant(int split, int unroll) {
 }
 
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
-  // Measured on H200 (docs/PERFORMANCE.md): a clear win over cuBLAS at one row (decode), a loss
-  // from two rows on (each weight chunk then meets n x-chunks from L1), so verify stays on cuBLAS
-  // until this kernel stages x in shared memory.
+  // Decode (one row) and verify (up to 16 rows, k <= 15); larger batches and prefill go to cuBLAS.
   return n >= 1 && n <= kSkinnyUseRows && K % 8 == 0 && Aligned(x) && Aligned(w);
 }
 
@@ -210,7 +363,7 @@ cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, in
   a.stack.count = 1;
   a.stack.end[0] = M;
   a.stack.out[0] = out;
-  return out_f32 ? Launch<Form::kPlainF32>(a, s) : Launch<Form::kPlainBf16>(a, s);
+  return out_f32 ? LaunchRows<Form::kPlainF32>(a, n, s) : LaunchRows<Form::kPlainBf16>(a, n, s);
 }
 
 cudaError_t SkinnyGemmStacked(const bf16* x, const bf16* w, const SkinnyStack& stack, int64_t n, int64_t K,
@@ -223,7 +376,7 @@ cudaError_t SkinnyGemmStacked(const bf16* x, const bf16* w, const SkinnyStack& s
     prev = stack.end[i];
   }
   Args a{x, w, prev, K, stack};
-  return Launch<Form::kStacked>(a, s);
+  return LaunchRows<Form::kStacked>(a, n, s);
 }
 
 cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, int64_t n, int64_t I, int64_t K,
@@ -233,7 +386,7 @@ cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, in
   a.stack.count = 1;
   a.stack.end[0] = I;
   a.stack.out[0] = out;
-  return Launch<Form::kSwiGlu>(a, s);
+  return LaunchRows<Form::kSwiGlu>(a, n, s);
 }
 
 }  // namespace specd::kernels

@@ -470,7 +470,7 @@ class CudaBackend final : public Backend {
           "kv_append");
     // Splits depend only on shapes (not on positions or the table), so a captured graph stays valid.
     const int64_t ctx = st.max_blocks_per_slot() * st.block_size();
-    const int splits = K::AttentionSplits(b.num_tokens * d.num_q_heads, ctx);
+    const int splits = K::AttentionSplits(b.num_tokens, d.num_q_heads, ctx);
     Tensor part = Empty(DType::kF32, {b.num_tokens * d.num_q_heads * splits * (d.head_dim + 2)});
     Check(K::Attention(B(q), kv, m.tok_slot, m.tok_pos, b.num_tokens, d.num_q_heads, d.num_kv_heads, d.head_dim,
                        1.f / std::sqrt(static_cast<float>(d.head_dim)), part.ptr<float>(), splits, B(out), stream_),

@@ -113,7 +113,7 @@ cudaError_t KvAppend(const bf16* k, const bf16* v, const int32_t* tok_slot, cons
 cudaError_t Attention(const bf16* q, const PagedKv& kv, const int32_t* tok_slot, const int32_t* tok_pos, int64_t n,
                       int hq, int hkv, int d, float scale, float* scratch, int splits, bf16* out, cudaStream_t s);
 // A split count that fills the GPU for n*hq (token, head) pairs over a max_ctx-long cache.
-int AttentionSplits(int64_t n_heads_tokens, int64_t max_ctx);
+int AttentionSplits(int64_t tokens, int heads, int64_t max_ctx);
 
 // ---- GDN conv ----
 // y[t, c] = silu(sum_j w[c, j] * xt(t + 1 + j, c)), xt = [window of the span's slot (K rows) | p rows].
