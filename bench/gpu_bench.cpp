@@ -101,11 +101,11 @@ std::string GemvTable(Backend& be, double copy_bw) {
                           {"lm_head (fp32 out)", 248320, 4096}};
   // Variants: warps per row x chunks in flight (0 = the shape rule the decode step uses).
   const int variants[][2] = {{0, 0}, {1, 4}, {2, 4}, {4, 4}, {1, 8}, {2, 8}, {4, 8}};
-  std::string t = "| one-row GEMM (9B) | MB | us (shape rule) | GB/s | / copy bw |";
+  std::string t = "| one-row GEMM (9B) | MB | us (tensor cores) | GB/s | / copy bw |";
   for (const auto& v : variants) {
-    if (v[0] > 0) t += fmt::format(" split {} x {} us |", v[0], v[1]);
+    if (v[0] > 0) t += fmt::format(" CUDA cores, {} warps x {} us |", v[0], v[1]);
   }
-  t += " cuBLAS 9 rows us | GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  t += " 9 rows us | GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& sh : shapes) {
     const double mb = 2.0 * sh.m * sh.k;
     const int copies = std::max(2, static_cast<int>(std::ceil(400e6 / mb)));
@@ -116,12 +116,14 @@ std::string GemvTable(Backend& be, double copy_bw) {
     Tensor y = be.Alloc(f32 ? DType::kF32 : DType::kBF16, {1, sh.m});
     std::vector<double> per;
     for (const auto& v : variants) {
+      kernels::SetCudaCoreDecode(v[0] > 0);  // the sweep is of the CUDA-core one-row kernel
       kernels::SetSkinnyVariant(v[0], v[1]);
       per.push_back(GraphTimePerCall(be, fmt::format("gemv{}_{}_{}", sh.m * sh.k, v[0], v[1]), 4 * copies,
                                      [&](int i) { be.Gemm(x, ws[i % copies], y); }));
     }
     kernels::SetSkinnyVariant(0, 0);
-    // A verify of k = 8 (9 rows) goes to cuBLAS: what it gets at the same shape.
+    kernels::SetCudaCoreDecode(false);
+    // A verify of k = 8 (9 rows): the same tensor-core kernel.
     Tensor x9 = be.Random(DType::kBF16, {9, sh.k}, 1.f, 0.f, 98);
     Tensor y9 = be.Alloc(f32 ? DType::kF32 : DType::kBF16, {9, sh.m});
     const double per9 = GraphTimePerCall(be, fmt::format("gemm9_{}", sh.m * sh.k), 4 * copies,
@@ -212,8 +214,20 @@ int main() {
     }
     kernels::SetProgrammaticLaunch(true);
     be.DropGraphs(":");
-    no_graph.push_back(fmt::format("Qwen3.5-{} shapes: decode {:.3f} ms with graphs, {:.3f} ms op by op, {:.3f} ms with graphs but no programmatic launch",
-                                   nine ? "9B" : "0.8B", d * 1e3, Median(dec_nograph) * 1e3, Median(dec_nopdl) * 1e3));
+    // And with the CUDA-core one-row GEMMs instead of the tensor-core ones.
+    kernels::SetCudaCoreDecode(true);
+    std::vector<double> dec_simt;
+    for (int i = 0; i < 25; ++i) {
+      const double t0 = Now();
+      check(model->Forward({SeqInput{slot, {prompt[i % 128]}, StateMode::kUpdate, false}}, *cache));
+      be.Synchronize();
+      if (i >= 5) dec_simt.push_back(Now() - t0);
+    }
+    kernels::SetCudaCoreDecode(false);
+    be.DropGraphs(":");
+    no_graph.push_back(fmt::format("Qwen3.5-{} shapes: decode {:.3f} ms with graphs, {:.3f} ms op by op, {:.3f} ms with graphs but no programmatic launch, {:.3f} ms with CUDA-core one-row GEMMs",
+                                   nine ? "9B" : "0.8B", d * 1e3, Median(dec_nograph) * 1e3, Median(dec_nopdl) * 1e3,
+                                   Median(dec_simt) * 1e3));
     std::printf("| Qwen3.5-%s shapes | %.2f | %.2f | %.3f | %.3f | %.2f |", nine ? "9B" : "0.8B", wgb / 1e9,
                 streamed / 1e9, streamed / bw * 1e3, d * 1e3, d / (streamed / bw));
     for (int T = 1; T <= 9; ++T) {

@@ -22,6 +22,7 @@ constexpr int kWarpsPerBlock = 8;
 constexpr int64_t kSkinnyUseRows = 16;
 bool g_programmatic = true;
 int g_force_split = 0, g_force_unroll = 0;
+bool g_cuda_core_decode = false;
 
 __device__ __forceinline__ void Bf16x8ToF32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -188,157 +189,203 @@ cudaError_t Launch(const Args& a, cudaStream_t s) {
   return LaunchOne<F, 4, 4>(a, s);
 }
 
-// Verify rows (2..16): each warp streams R weight rows of its K-slice at once and multiplies every
-// weight chunk with the same chunk of each of the n x rows, so x is read R times less often than
-// with one row per warp (one row per warp made a 9-token verify L1-bound). Each (weight row, x row)
-// dot product is summed exactly as the one-row kernel sums it (same warps per row, same chunks
-// per lane in the same order, same reductions), so a verify row's logits are bitwise those of a
-// decode step at the same position: the output never depends on how many tokens share the call.
-template <Form F, int SPLIT, int NMAX>
-struct Multi {
-  static constexpr int kW = 32 / NMAX;                              // weight rows per warp
-  static constexpr int kR = F == Form::kSwiGlu ? kW / 2 : kW;       // output rows per warp
-  static constexpr int kGroups = kWarpsPerBlock / SPLIT;            // row groups per block
-  static constexpr int kRowsPerBlock = kGroups * kR;
-};
+// Tensor-core form for 1..16 rows (decode and verify): a warp owns a tile of 16 weight rows and a
+// share of K; mma.sync m16n8k16 (bf16 in, fp32 accumulate) multiplies the tile with up to 8 (two
+// tiles: 16) x rows. The reduction over K is permuted so that every lane loads 16 contiguous bytes
+// per weight row: within each 32-element block, lane (g, t) supplies k-positions 8t..8t+3 to the
+// first mma and 8t+4..8t+7 to the second, and x is loaded with the same permutation, so the dot
+// products are unchanged. Each output element's sum depends only on its own weight row and x row
+// (mma computes each element on its own; the K shares meet in a fixed order), so a row's result
+// is the same whether 1 or 16 rows share the call: verify logits equal decode logits bit for bit.
+// CUDA cores at 9 rows were FMA- and L1-bound (2.3x a decode step on H100); the tensor cores are not.
+__device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
 
-template <Form F, int SPLIT, int NMAX>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMultiK(Args a, int n) {
-  using P = Multi<F, SPLIT, NMAX>;
-  constexpr int W = P::kW, R = P::kR;
-  __shared__ float part[kWarpsPerBlock][W][NMAX];
+constexpr int kMmaUnroll = 4;  // 32-element blocks in flight per lane and weight row
+
+// Weight rows per warp: 16 (one tile), gate + up tiles for the SwiGLU form. x rows: NT * 8.
+template <Form F, int SPLIT, int NT>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n) {
+  constexpr int kTiles = F == Form::kSwiGlu ? 2 : 1;        // weight tiles per warp
+  constexpr int kTilesPerBlock = kWarpsPerBlock / SPLIT;    // 16-row tiles per block
+  __shared__ float part[kWarpsPerBlock][kTiles][NT][32][4];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int slice = warp % SPLIT, grp = warp / SPLIT;
-  const int64_t m0 = blockIdx.x * int64_t{P::kRowsPerBlock} + int64_t{grp} * R;
-  const int64_t chunks = a.K / 8;
-  constexpr int kStride = 32 * SPLIT;
-  const uint4* wr[W];
-  bool live[W];
+  const int g = lane >> 2, t = lane & 3;
+  const int slice = warp % SPLIT;
+  const int64_t row0 = (blockIdx.x * int64_t{kTilesPerBlock} + warp / SPLIT) * 16;
+  const int64_t blocks = a.K / 32;
+  // This lane's two weight rows per tile (g and g + 8), clamped (rows past M load row 0, unused).
+  const uint4* wr[kTiles][2];
 #pragma unroll
-  for (int w = 0; w < W; ++w) {
-    const int64_t m = m0 + (w % R);
-    live[w] = m < a.M;
-    const int64_t row = F == Form::kSwiGlu && w >= R ? m + a.M : m;
-    wr[w] = reinterpret_cast<const uint4*>(a.w + (live[w] ? row : 0) * a.K);
-  }
-  float acc[W][NMAX];
-#pragma unroll
-  for (int w = 0; w < W; ++w)
-#pragma unroll
-    for (int r = 0; r < NMAX; ++r) acc[w][r] = 0.f;
-  const uint4* xr = reinterpret_cast<const uint4*>(a.x);
-  const int64_t xrow = chunks;  // x row stride in 16-byte chunks
-  for (int64_t c = slice * 32 + lane; c < chunks; c += 2 * kStride) {
-    // Two chunks per lane in flight for every weight row.
-    uint4 wv[2][W];
-    const bool second = c + kStride < chunks;
-#pragma unroll
-    for (int w = 0; w < W; ++w) {
-      wv[0][w] = live[w] ? __ldg(wr[w] + c) : make_uint4(0, 0, 0, 0);
-      wv[1][w] = live[w] && second ? __ldg(wr[w] + c + kStride) : make_uint4(0, 0, 0, 0);
-    }
+  for (int tile = 0; tile < kTiles; ++tile) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if (h == 1 && !second) break;
-      const int64_t cc = c + h * kStride;
+      const int64_t m = row0 + g + 8 * h;
+      const int64_t row = (m < a.M ? m : 0) + (tile == 1 ? a.M : 0);
+      wr[tile][h] = reinterpret_cast<const uint4*>(a.w + row * a.K) + t;
+    }
+  }
+  GridLaunchDependents();
+  uint4 wv[kMmaUnroll][kTiles][2];
+  auto load_w = [&](int64_t b0) {
 #pragma unroll
-      for (int r = 0; r < NMAX; ++r) {
-        if (r >= n) break;
-        float xf[8];
-        Bf16x8ToF32(__ldg(xr + r * xrow + cc), xf);
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int64_t b = b0 + int64_t{u} * SPLIT;
 #pragma unroll
-        for (int w = 0; w < W; ++w) {
-          float wf[8];
-          Bf16x8ToF32(wv[h][w], wf);
+      for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
-          for (int i = 0; i < 8; ++i) acc[w][r] += wf[i] * xf[i];
+        for (int h = 0; h < 2; ++h) wv[u][tile][h] = b < blocks ? __ldg(wr[tile][h] + b * 4) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load_w(slice);  // weights first: they do not depend on the kernel before this one
+  GridDependencyWait();
+  float acc[kTiles][NT][4];
+#pragma unroll
+  for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[tile][j][e] = 0.f;
+  const uint4* xr[NT];
+  bool xlive[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    xlive[j] = j * 8 + g < n;
+    xr[j] = reinterpret_cast<const uint4*>(a.x + (xlive[j] ? int64_t{j * 8 + g} * a.K : 0)) + t;
+  }
+  for (int64_t b0 = slice; b0 < blocks; b0 += int64_t{SPLIT} * kMmaUnroll) {
+    uint4 xv[kMmaUnroll][NT];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int64_t b = b0 + int64_t{u} * SPLIT;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) xv[u][j] = b < blocks && xlive[j] ? __ldg(xr[j] + b * 4) : make_uint4(0, 0, 0, 0);
+    }
+    uint4 cur[kMmaUnroll][kTiles][2];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u)
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) cur[u][tile][h] = wv[u][tile][h];
+    load_w(b0 + int64_t{SPLIT} * kMmaUnroll);  // the next blocks stream while these multiply
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      if (b0 + int64_t{u} * SPLIT >= blocks) break;
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile) {
+        const uint4 lo = cur[u][tile][0], hi = cur[u][tile][1];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          Mma16816(acc[tile][j], lo.x, hi.x, lo.y, hi.y, xv[u][j].x, xv[u][j].y);
+          Mma16816(acc[tile][j], lo.z, hi.z, lo.w, hi.w, xv[u][j].z, xv[u][j].w);
         }
       }
     }
   }
-#pragma unroll
-  for (int w = 0; w < W; ++w)
-#pragma unroll
-    for (int r = 0; r < NMAX; ++r) acc[w][r] = WarpSum(acc[w][r]);
   if constexpr (SPLIT > 1) {
-    if (lane == 0) {
 #pragma unroll
-      for (int w = 0; w < W; ++w)
+    for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
-        for (int r = 0; r < NMAX; ++r) part[warp][w][r] = acc[w][r];
-    }
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[warp][tile][j][lane][e] = acc[tile][j][e];
     __syncthreads();
     if (slice != 0) return;
 #pragma unroll
-    for (int w = 0; w < W; ++w) {
+    for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
-      for (int r = 0; r < NMAX; ++r) {
-        float v = 0.f;
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
-        for (int s = 0; s < SPLIT; ++s) v += part[warp + s][w][r];
-        acc[w][r] = v;
-      }
-    }
+        for (int e = 0; e < 4; ++e) {
+          float v = 0.f;
+#pragma unroll
+          for (int s = 0; s < SPLIT; ++s) v += part[warp + s][tile][j][lane][e];
+          acc[tile][j][e] = v;
+        }
   }
-  if (lane != 0) return;
+  // Element e of tile j: weight row row0 + g + 8 * (e >> 1), x row 8 * j + 2 * t + (e & 1).
 #pragma unroll
-  for (int w = 0; w < R; ++w) {
-    const int64_t m = m0 + w;
-    if (m >= a.M) break;
+  for (int e = 0; e < 4; ++e) {
+    const int64_t m = row0 + g + 8 * (e >> 1);
+    if (m >= a.M) continue;
     void* out = a.stack.out[0];
     int64_t begin = 0, width = a.M;
     if constexpr (F == Form::kStacked) {
+      // Constant indices only (see SkinnyGemmK).
+      width = a.stack.end[0];
 #pragma unroll
       for (int i = 1; i < kSkinnyMaxStack; ++i) {
         if (i < a.stack.count && m >= a.stack.end[i - 1]) {
           out = a.stack.out[i];
           begin = a.stack.end[i - 1];
+          width = a.stack.end[i] - begin;
         }
-      }
-      // The segment's end: the first end past m (constant indices only, see SkinnyGemmK).
-      width = a.stack.end[0] - begin;
-#pragma unroll
-      for (int i = 1; i < kSkinnyMaxStack; ++i) {
-        if (i < a.stack.count && m >= a.stack.end[i - 1]) width = a.stack.end[i] - begin;
       }
     }
 #pragma unroll
-    for (int r = 0; r < NMAX; ++r) {
-      if (r >= n) break;
+    for (int j = 0; j < NT; ++j) {
+      const int r = 8 * j + 2 * t + (e & 1);
+      if (r >= n) continue;
       if constexpr (F == Form::kSwiGlu) {
-        const float g = ToF(ToB(acc[w][r])), u = ToF(ToB(acc[w + R][r]));
-        static_cast<bf16*>(out)[r * a.M + m] = ToB(SiluF(g) * u);
+        const float gv = ToF(ToB(acc[0][j][e])), uv = ToF(ToB(acc[kTiles - 1][j][e]));
+        static_cast<bf16*>(out)[r * a.M + m] = ToB(SiluF(gv) * uv);
       } else if constexpr (F == Form::kPlainF32) {
-        static_cast<float*>(out)[r * a.M + m] = acc[w][r];
+        static_cast<float*>(out)[r * a.M + m] = acc[0][j][e];
       } else {
-        static_cast<bf16*>(out)[r * width + (m - begin)] = ToB(acc[w][r]);
+        static_cast<bf16*>(out)[r * width + (m - begin)] = ToB(acc[0][j][e]);
       }
     }
   }
 }
 
-template <Form F, int SPLIT, int NMAX>
-cudaError_t LaunchMulti(const Args& a, int n, cudaStream_t s) {
-  using P = Multi<F, SPLIT, NMAX>;
-  const unsigned blocks = static_cast<unsigned>((a.M + P::kRowsPerBlock - 1) / P::kRowsPerBlock);
-  SkinnyMultiK<F, SPLIT, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(a, n);
-  return LaunchStatus();
+// K shares per 16-row tile: enough warps for the bandwidth, at least 4 blocks of 32 per warp.
+int MmaSplit(int64_t K) { return K >= 4096 ? 8 : (K >= 2048 ? 4 : (K >= 1024 ? 2 : 1)); }
+
+template <Form F, int SPLIT, int NT>
+cudaError_t LaunchMmaOne(const Args& a, int n, cudaStream_t s) {
+  constexpr int kTilesPerBlock = kWarpsPerBlock / SPLIT;
+  const int64_t tiles = (a.M + 15) / 16;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>((tiles + kTilesPerBlock - 1) / kTilesPerBlock));
+  cfg.blockDim = dim3(32 * kWarpsPerBlock);
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = g_programmatic ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, SkinnyMmaK<F, SPLIT, NT>, a, n);
+  return e != cudaSuccess ? e : LaunchStatus();
 }
 
 template <Form F, int SPLIT>
-cudaError_t LaunchMultiN(const Args& a, int n, cudaStream_t s) {
-  if (n <= 4) return LaunchMulti<F, SPLIT, 4>(a, n, s);
-  if (n <= 8) return LaunchMulti<F, SPLIT, 8>(a, n, s);
-  return LaunchMulti<F, SPLIT, 16>(a, n, s);
+cudaError_t LaunchMmaN(const Args& a, int n, cudaStream_t s) {
+  return n <= 8 ? LaunchMmaOne<F, SPLIT, 1>(a, n, s) : LaunchMmaOne<F, SPLIT, 2>(a, n, s);
 }
 
-// One row: the decode kernel (variants for the benchmark sweep); more: the multi-row kernel with
-// the one-row kernel's shape rule, which bitwise equality with it needs.
+template <Form F>
+cudaError_t LaunchMma(const Args& a, int n, cudaStream_t s) {
+  switch (MmaSplit(a.K)) {
+    case 8: return LaunchMmaN<F, 8>(a, n, s);
+    case 4: return LaunchMmaN<F, 4>(a, n, s);
+    case 2: return LaunchMmaN<F, 2>(a, n, s);
+    default: return LaunchMmaN<F, 1>(a, n, s);
+  }
+}
+
+// Every row count on the tensor-core kernel (so decode and verify agree bit for bit); the CUDA-core
+// one-row kernel on request (benchmarks) or where K is not a multiple of 32.
 template <Form F>
 cudaError_t LaunchRows(const Args& a, int64_t n, cudaStream_t s) {
-  if (n == 1) return Launch<F>(a, s);
-  if (ShapeSplit(a) == 2) return LaunchMultiN<F, 2>(a, static_cast<int>(n), s);
-  return LaunchMultiN<F, 4>(a, static_cast<int>(n), s);
+  if (n == 1 && (g_cuda_core_decode || a.K % 32 != 0)) return Launch<F>(a, s);
+  return LaunchMma<F>(a, static_cast<int>(n), s);
 }
 
 bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -346,6 +393,7 @@ bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 }  // namespace
 
 void SetProgrammaticLaunch(bool on) { g_programmatic = on; }
+void SetCudaCoreDecode(bool on) { g_cuda_core_decode = on; }
 void SetSkinnyVariant(int split, int unroll) {
   g_force_split = split == 1 || split == 2 || split == 4 ? split : 0;
   g_force_unroll = unroll == 4 || unroll == 8 ? unroll : 0;
@@ -353,7 +401,8 @@ void SetSkinnyVariant(int split, int unroll) {
 
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
   // Decode (one row) and verify (up to 16 rows, k <= 15); larger batches and prefill go to cuBLAS.
-  return n >= 1 && n <= kSkinnyUseRows && K % 8 == 0 && Aligned(x) && Aligned(w);
+  // Rows > 1 need K % 32 == 0 (the tensor-core form's blocks).
+  return n >= 1 && n <= kSkinnyUseRows && K % 8 == 0 && (n == 1 || K % 32 == 0) && Aligned(x) && Aligned(w);
 }
 
 cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, int64_t n, int64_t M, int64_t K,

@@ -77,6 +77,9 @@ cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, in
 void SetProgrammaticLaunch(bool on);
 // Benchmarks: force warps per row (1, 2, 4) and 16-byte chunks in flight per warp (4, 8); 0 = by shape.
 void SetSkinnyVariant(int split, int unroll);
+// Benchmarks: one-row GEMMs on the CUDA-core kernel instead of the tensor-core one (decode and
+// verify then no longer agree bit for bit).
+void SetCudaCoreDecode(bool on);
 
 // ---- norms ----
 // y = x * rsqrt(mean(x^2) + eps) * (unit_offset ? 1 + w : w), rows of d; x bf16 or fp32.
