@@ -19,7 +19,7 @@ namespace specd::kernels {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-constexpr int64_t kSkinnyUseRows = 16;
+constexpr int64_t kSkinnyUseRows = 64;
 bool g_programmatic = true;
 int g_force_split = 0, g_force_unroll = 0;
 bool g_cuda_core_decode = false;
@@ -189,14 +189,14 @@ cudaError_t Launch(const Args& a, cudaStream_t s) {
   return LaunchOne<F, 4, 4>(a, s);
 }
 
-// Tensor-core form for 1..16 rows (decode and verify): a warp owns a tile of 16 weight rows and a
+// Tensor-core form for 1..64 rows (decode, verify, small batched verify): a warp owns a tile of 16 weight rows and a
 // share of K; mma.sync m16n8k16 (bf16 in, fp32 accumulate) multiplies the tile with up to 8 (two
 // tiles: 16) x rows. The reduction over K is permuted so that every lane loads 16 contiguous bytes
 // per weight row: within each 32-element block, lane (g, t) supplies k-positions 8t..8t+3 to the
 // first mma and 8t+4..8t+7 to the second, and x is loaded with the same permutation, so the dot
 // products are unchanged. Each output element's sum depends only on its own weight row and x row
 // (mma computes each element on its own; the K shares meet in a fixed order), so a row's result
-// is the same whether 1 or 16 rows share the call: verify logits equal decode logits bit for bit.
+// is the same whether 1 or 64 rows share the call: verify logits equal decode logits bit for bit.
 // CUDA cores at 9 rows were FMA- and L1-bound (2.3x a decode step on H100); the tensor cores are not.
 __device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -207,19 +207,28 @@ __device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-constexpr int kMmaUnroll = 4;  // 32-element blocks in flight per lane and weight row
 
 // Weight rows per warp: 16 (one tile), gate + up tiles for the SwiGLU form. x rows: NT * 8.
+// 32-element blocks in flight per lane and weight row: fewer as more x rows need registers (the
+// order of the sums does not depend on it).
+template <int NT>
+__host__ __device__ constexpr int MmaUnroll() { return NT <= 2 ? 2 : 1; }
+// Consecutive 32-element blocks a lane takes per step: its four lanes then read a whole 128-byte
+// line of each weight row (two 64-byte halves back to back) instead of half of one.
+constexpr int kMmaPair = 2;
+
 template <Form F, int SPLIT, int NT>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n) {
+  constexpr int U = MmaUnroll<NT>();                         // steps in flight
+  constexpr int P = kMmaPair;
   constexpr int kTiles = F == Form::kSwiGlu ? 2 : 1;        // weight tiles per warp
   constexpr int kTilesPerBlock = kWarpsPerBlock / SPLIT;    // 16-row tiles per block
-  __shared__ float part[kWarpsPerBlock][kTiles][NT][32][4];
+  __shared__ float part[kWarpsPerBlock][32][4];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int slice = warp % SPLIT;
   const int64_t row0 = (blockIdx.x * int64_t{kTilesPerBlock} + warp / SPLIT) * 16;
-  const int64_t blocks = a.K / 32;
+  const int64_t blocks = a.K / 32, steps = (blocks + P - 1) / P;
   // This lane's two weight rows per tile (g and g + 8), clamped (rows past M load row 0, unused).
   const uint4* wr[kTiles][2];
 #pragma unroll
@@ -232,15 +241,19 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
     }
   }
   GridLaunchDependents();
-  uint4 wv[kMmaUnroll][kTiles][2];
-  auto load_w = [&](int64_t b0) {
+  uint4 wv[U][P][kTiles][2];
+  auto load_w = [&](int64_t s0) {
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int64_t b = b0 + int64_t{u} * SPLIT;
+    for (int u = 0; u < U; ++u) {
 #pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile)
+      for (int p = 0; p < P; ++p) {
+        const int64_t b = (s0 + int64_t{u} * SPLIT) * P + p;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) wv[u][tile][h] = b < blocks ? __ldg(wr[tile][h] + b * 4) : make_uint4(0, 0, 0, 0);
+        for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            wv[u][p][tile][h] = b < blocks ? __ldg(wr[tile][h] + b * 4) : make_uint4(0, 0, 0, 0);
+      }
     }
   };
   load_w(slice);  // weights first: they do not depend on the kernel before this one
@@ -259,56 +272,67 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
     xlive[j] = j * 8 + g < n;
     xr[j] = reinterpret_cast<const uint4*>(a.x + (xlive[j] ? int64_t{j * 8 + g} * a.K : 0)) + t;
   }
-  for (int64_t b0 = slice; b0 < blocks; b0 += int64_t{SPLIT} * kMmaUnroll) {
-    uint4 xv[kMmaUnroll][NT];
+  for (int64_t s0 = slice; s0 < steps; s0 += int64_t{SPLIT} * U) {
+    uint4 xv[U][P][NT];
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int64_t b = b0 + int64_t{u} * SPLIT;
+    for (int u = 0; u < U; ++u)
 #pragma unroll
-      for (int j = 0; j < NT; ++j) xv[u][j] = b < blocks && xlive[j] ? __ldg(xr[j] + b * 4) : make_uint4(0, 0, 0, 0);
-    }
-    uint4 cur[kMmaUnroll][kTiles][2];
+      for (int p = 0; p < P; ++p) {
+        const int64_t b = (s0 + int64_t{u} * SPLIT) * P + p;
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u)
+        for (int j = 0; j < NT; ++j)
+          xv[u][p][j] = b < blocks && xlive[j] ? __ldg(xr[j] + b * 4) : make_uint4(0, 0, 0, 0);
+      }
+    uint4 cur[U][P][kTiles][2];
 #pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile)
+    for (int u = 0; u < U; ++u)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) cur[u][tile][h] = wv[u][tile][h];
-    load_w(b0 + int64_t{SPLIT} * kMmaUnroll);  // the next blocks stream while these multiply
+      for (int p = 0; p < P; ++p)
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      if (b0 + int64_t{u} * SPLIT >= blocks) break;
+        for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) {
-        const uint4 lo = cur[u][tile][0], hi = cur[u][tile][1];
+          for (int h = 0; h < 2; ++h) cur[u][p][tile][h] = wv[u][p][tile][h];
+    load_w(s0 + int64_t{SPLIT} * U);  // the next steps stream while these multiply
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          Mma16816(acc[tile][j], lo.x, hi.x, lo.y, hi.y, xv[u][j].x, xv[u][j].y);
-          Mma16816(acc[tile][j], lo.z, hi.z, lo.w, hi.w, xv[u][j].z, xv[u][j].w);
+    for (int u = 0; u < U; ++u) {
+      if (s0 + int64_t{u} * SPLIT >= steps) break;
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        // A block past K (odd block count) is zero on both sides and adds exact zeros.
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile) {
+          const uint4 lo = cur[u][p][tile][0], hi = cur[u][p][tile][1];
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            Mma16816(acc[tile][j], lo.x, hi.x, lo.y, hi.y, xv[u][p][j].x, xv[u][p][j].y);
+            Mma16816(acc[tile][j], lo.z, hi.z, lo.w, hi.w, xv[u][p][j].z, xv[u][p][j].w);
+          }
         }
       }
     }
   }
   if constexpr (SPLIT > 1) {
+    // One (tile, x tile) at a time through a small buffer; the K shares meet in slice order.
 #pragma unroll
-    for (int tile = 0; tile < kTiles; ++tile)
+    for (int tile = 0; tile < kTiles; ++tile) {
 #pragma unroll
-      for (int j = 0; j < NT; ++j)
+      for (int j = 0; j < NT; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) part[warp][tile][j][lane][e] = acc[tile][j][e];
-    __syncthreads();
-    if (slice != 0) return;
+        for (int e = 0; e < 4; ++e) part[warp][lane][e] = acc[tile][j][e];
+        __syncthreads();
+        if (slice == 0) {
 #pragma unroll
-    for (int tile = 0; tile < kTiles; ++tile)
+          for (int e = 0; e < 4; ++e) {
+            float v = 0.f;
 #pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = 0.f;
-#pragma unroll
-          for (int s = 0; s < SPLIT; ++s) v += part[warp + s][tile][j][lane][e];
-          acc[tile][j][e] = v;
+            for (int s = 0; s < SPLIT; ++s) v += part[warp + s][lane][e];
+            acc[tile][j][e] = v;
+          }
         }
+        __syncthreads();
+      }
+    }
+    if (slice != 0) return;
   }
   // Element e of tile j: weight row row0 + g + 8 * (e >> 1), x row 8 * j + 2 * t + (e & 1).
 #pragma unroll
@@ -367,7 +391,10 @@ cudaError_t LaunchMmaOne(const Args& a, int n, cudaStream_t s) {
 
 template <Form F, int SPLIT>
 cudaError_t LaunchMmaN(const Args& a, int n, cudaStream_t s) {
-  return n <= 8 ? LaunchMmaOne<F, SPLIT, 1>(a, n, s) : LaunchMmaOne<F, SPLIT, 2>(a, n, s);
+  if (n <= 8) return LaunchMmaOne<F, SPLIT, 1>(a, n, s);
+  if (n <= 16) return LaunchMmaOne<F, SPLIT, 2>(a, n, s);
+  if (n <= 32) return LaunchMmaOne<F, SPLIT, 4>(a, n, s);
+  return LaunchMmaOne<F, SPLIT, 8>(a, n, s);
 }
 
 template <Form F>
@@ -400,7 +427,7 @@ void SetSkinnyVariant(int split, int unroll) {
 }
 
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
-  // Decode (one row) and verify (up to 16 rows, k <= 15); larger batches and prefill go to cuBLAS.
+  // Decode, verify and batched verify up to 64 rows; larger batches and prefill go to cuBLAS.
   // Rows > 1 need K % 32 == 0 (the tensor-core form's blocks).
   return n >= 1 && n <= kSkinnyUseRows && K % 8 == 0 && (n == 1 || K % 32 == 0) && Aligned(x) && Aligned(w);
 }
