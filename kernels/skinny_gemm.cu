@@ -19,7 +19,7 @@ namespace specd::kernels {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-constexpr int64_t kSkinnyUseRows = 64;
+constexpr int64_t kSkinnyUseRows = 16;
 bool g_programmatic = true;
 int g_force_split = 0, g_force_unroll = 0;
 bool g_cuda_core_decode = false;
@@ -189,14 +189,14 @@ cudaError_t Launch(const Args& a, cudaStream_t s) {
   return LaunchOne<F, 4, 4>(a, s);
 }
 
-// Tensor-core form for 1..64 rows (decode, verify, small batched verify): a warp owns a tile of 16 weight rows and a
+// Tensor-core form for 1..16 rows (decode, verify, small batched verify): a warp owns a tile of 16 weight rows and a
 // share of K; mma.sync m16n8k16 (bf16 in, fp32 accumulate) multiplies the tile with up to 8 (two
 // tiles: 16) x rows. The reduction over K is permuted so that every lane loads 16 contiguous bytes
 // per weight row: within each 32-element block, lane (g, t) supplies k-positions 8t..8t+3 to the
 // first mma and 8t+4..8t+7 to the second, and x is loaded with the same permutation, so the dot
 // products are unchanged. Each output element's sum depends only on its own weight row and x row
 // (mma computes each element on its own; the K shares meet in a fixed order), so a row's result
-// is the same whether 1 or 64 rows share the call: verify logits equal decode logits bit for bit.
+// is the same whether 1 or 16 rows share the call: verify logits equal decode logits bit for bit.
 // CUDA cores at 9 rows were FMA- and L1-bound (2.3x a decode step on H100); the tensor cores are not.
 __device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -391,10 +391,9 @@ cudaError_t LaunchMmaOne(const Args& a, int n, cudaStream_t s) {
 
 template <Form F, int SPLIT>
 cudaError_t LaunchMmaN(const Args& a, int n, cudaStream_t s) {
-  if (n <= 8) return LaunchMmaOne<F, SPLIT, 1>(a, n, s);
-  if (n <= 16) return LaunchMmaOne<F, SPLIT, 2>(a, n, s);
-  if (n <= 32) return LaunchMmaOne<F, SPLIT, 4>(a, n, s);
-  return LaunchMmaOne<F, SPLIT, 8>(a, n, s);
+  // Up to 16 rows. At 40 rows (batch 8, k = 4) every warp re-read 40 x rows from L2 per weight
+  // block and the step took 2x cuBLAS's (H100), so batched verify past 16 rows goes to cuBLAS.
+  return n <= 8 ? LaunchMmaOne<F, SPLIT, 1>(a, n, s) : LaunchMmaOne<F, SPLIT, 2>(a, n, s);
 }
 
 template <Form F>
@@ -427,7 +426,7 @@ void SetSkinnyVariant(int split, int unroll) {
 }
 
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
-  // Decode, verify and batched verify up to 64 rows; larger batches and prefill go to cuBLAS.
+  // Decode, verify and batched verify up to 16 rows; larger batches and prefill go to cuBLAS.
   // Rows > 1 need K % 32 == 0 (the tensor-core form's blocks).
   return n >= 1 && n <= kSkinnyUseRows && K % 8 == 0 && (n == 1 || K % 32 == 0) && Aligned(x) && Aligned(w);
 }

@@ -56,7 +56,7 @@ cudaError_t SplitQueryGate(const bf16* q2, int64_t n, int heads, int d, bf16* q,
 // ---- skinny GEMM (decode / verify) ----
 // out[n, M] = x[n, K] · w[M, K]^T for n <= kSkinnyMaxRows, K % 8 == 0, 16-byte aligned x and w;
 // out bf16 or fp32. Bandwidth-bound: streams w once.
-constexpr int64_t kSkinnyMaxRows = 64;
+constexpr int64_t kSkinnyMaxRows = 16;
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w);
 cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, int64_t n, int64_t M, int64_t K,
                        cudaStream_t s);
