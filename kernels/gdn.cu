@@ -64,19 +64,19 @@ __global__ void GdnLogWriteK(const float* k, const float* v, const float* g, con
   }
 }
 
-// Layout of the recurrence: the state column's DK rows live in registers, split over two lanes of
-// one warp when DK = 128 (lanes l and l ^ 16 hold the two halves of one column; 64 rows each keep
-// the register count under the spill line), so a token's S^T k and S^T q are per-thread dot
-// products finished by one shuffle: no shared-memory reduction and no barrier per token. A block
-// covers kCols columns of one value head and shares the tokens' q/k through shared memory,
-// staged kGroup tokens at a time. Decode, verify, short spans, the fused decode/verify kernel and
+// Layout of the recurrence: the state column's DK rows live in registers, split over the lanes of
+// one warp (four lanes of 32 rows each at DK = 128), so a token's S^T k and S^T q are per-thread
+// dot products finished by two shuffles: no shared-memory reduction and no barrier per token. A
+// block covers kCols = 32 columns of one value head (128 blocks per layer for 9B's 32 heads: the
+// 2 MB state loads over most SMs; 64-column blocks took 10.2 us per verify layer on H100) and
+// shares the tokens' q/k through shared memory, staged kGroup tokens at a time. Decode, verify, short spans, the fused decode/verify kernel and
 // the commit's replay all run StepColumn, so each of them is bitwise the others.
-constexpr int kCols = 64;
+constexpr int kCols = 32;
 constexpr int kGroup = kGdnFusedMaxLen;  // tokens staged at once (a verify of k = 16 fits)
 
 template <int DK>
 struct ColumnLayout {
-  static constexpr int kSplit = DK > 64 ? 2 : 1;  // lanes per column
+  static constexpr int kSplit = DK > 64 ? 4 : (DK > 32 ? 2 : 1);  // lanes per column
   static constexpr int kRows = DK / kSplit;       // state rows per lane
   static constexpr int kThreads = kCols * kSplit;
   static constexpr int kColsPerWarp = 32 / kSplit;
@@ -91,7 +91,10 @@ struct ColumnLayout {
 template <int DK>
 __device__ __forceinline__ float FinishDot(float (&p)[4]) {
   float v = (p[0] + p[1]) + (p[2] + p[3]);
-  if constexpr (ColumnLayout<DK>::kSplit == 2) v += __shfl_xor_sync(0xffffffffu, v, 16);
+  // The lanes of one column differ by multiples of kColsPerWarp; each lane ends with the same sum
+  // (float addition is commutative, so the pairs agree bit for bit).
+#pragma unroll
+  for (int off = ColumnLayout<DK>::kColsPerWarp; off < 32; off *= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
 }
 
