@@ -15,15 +15,11 @@ __global__ void RopeK(bf16* x, const int32_t* pos, int heads, int d, int rot, fl
   const float p = static_cast<float>(pos[t]);
   for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
-    const float inv_freq = 1.f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(rot));
-    float sn, cs;
-    sincosf(p * inv_freq, &sn, &cs);
-    cs = ToF(ToB(cs));
-    sn = ToF(ToB(sn));
     bf16* u = x + (t * heads + h) * d;
-    const float x1 = ToF(u[i]), x2 = ToF(u[i + half]);
-    u[i] = ToB(x1 * cs - x2 * sn);
-    u[i + half] = ToB(x2 * cs + x1 * sn);
+    float o1, o2;
+    RopePair(ToF(u[i]), ToF(u[i + half]), p, i, rot, theta, &o1, &o2);
+    u[i] = ToB(o1);
+    u[i + half] = ToB(o2);
   }
 }
 

@@ -28,6 +28,20 @@ __device__ __forceinline__ float SigmoidF(float x) { return 1.f / (1.f + __expf(
 __device__ __forceinline__ void GridDependencyWait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void GridLaunchDependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
+// Rotate-half RoPE of the pair (x1 = x[j], x2 = x[j + rot/2]) at position p: shared by the RoPE
+// kernel and the fused q/k kernel so both round identically. cos/sin are rounded to bf16 first,
+// as transformers' bf16 rotary embedding holds them.
+__device__ __forceinline__ void RopePair(float x1, float x2, float p, int j, int rot, float theta, float* o1,
+                                         float* o2) {
+  const float inv_freq = 1.f / powf(theta, static_cast<float>(2 * j) / static_cast<float>(rot));
+  float sn, cs;
+  sincosf(p * inv_freq, &sn, &cs);
+  cs = ToF(ToB(cs));
+  sn = ToF(ToB(sn));
+  *o1 = x1 * cs - x2 * sn;
+  *o2 = x2 * cs + x1 * sn;
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -198,11 +198,7 @@ void Qwen35Model::AttnLayer(const LayerWeights& L, AttnLayerState& st, const Ten
   be.GemmMulti(a, L.attn.qkv, {&q2, &k, &v});
   Tensor q = be.Empty(act, {N, int64_t{hq} * D});
   Tensor gate = be.Empty(act, {N, int64_t{hq} * D});
-  be.SplitQueryGate(q2, hq, D, q, gate);
-  be.RmsNorm(q, L.attn.q_norm, eps, true, q);
-  be.RmsNorm(k, L.attn.k_norm, eps, true, k);
-  be.Rope(q, hq, d, b);
-  be.Rope(k, hkv, d, b);
+  be.QkNormRope(q2, k, L.attn.q_norm, L.attn.k_norm, eps, d, b, q, gate);
   Tensor o = be.Empty(act, {N, int64_t{hq} * D});
   be.Attention(q, k, v, d, st, b, o);
   be.SigmoidMul(o, gate, o);

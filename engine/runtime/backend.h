@@ -173,6 +173,16 @@ class Backend {
   // Copies a host block table into its tensor (same numel), ordered before every op issued after
   // it. Called outside graph capture: a replay reads the tensor, so it sees the new contents.
   virtual void StageBlockTable(const std::vector<int32_t>& table, Tensor& dst) = 0;
+  // SplitQueryGate, RmsNorm(1 + w) of q and of k (k in place), Rope of both: the attention
+  // layer's q/k preparation as one op (a device backend fuses it).
+  virtual void QkNormRope(const Tensor& q2, Tensor& k, const Tensor& q_norm, const Tensor& k_norm, float eps,
+                          const AttnDims& d, const BatchInfo& b, Tensor& q, Tensor& gate) {
+    SplitQueryGate(q2, d.num_q_heads, d.head_dim, q, gate);
+    RmsNorm(q, q_norm, eps, true, q);
+    RmsNorm(k, k_norm, eps, true, k);
+    Rope(q, d.num_q_heads, d, b);
+    Rope(k, d.num_kv_heads, d, b);
+  }
   // Appends k/v of each span at positions n_past.. (through the slot's block table, whose blocks
   // must cover them) and attends causally over the slot's cache.
   virtual void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d,

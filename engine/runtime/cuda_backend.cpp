@@ -423,6 +423,14 @@ class CudaBackend final : public Backend {
     Prof prof_(this, "split_q_gate");
     Check(K::SplitQueryGate(B(q2), q2.dim(0), num_heads, head_dim, B(q), B(gate), stream_), "split_q_gate");
   }
+  void QkNormRope(const Tensor& q2, Tensor& k, const Tensor& q_norm, const Tensor& k_norm, float eps,
+                  const AttnDims& d, const BatchInfo& b, Tensor& q, Tensor& gate) override {
+    Prof prof_(this, "q/k norm + rope");
+    const Meta& m = UploadMeta(b);
+    Check(K::QkNormRope(B(q2), B(k), B(q_norm), B(k_norm), m.tok_pos, b.num_tokens, d.num_q_heads, d.num_kv_heads,
+                        d.head_dim, d.rotary_dim, d.rope_theta, eps, B(q), B(gate), stream_),
+          "qk_norm_rope");
+  }
   void Rope(Tensor& x, int num_heads, const AttnDims& d, const BatchInfo& b) override {
     Prof prof_(this, "rope");
     const Meta& m = UploadMeta(b);

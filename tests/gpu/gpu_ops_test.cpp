@@ -168,6 +168,36 @@ TEST_P(GpuOps, FusedAddNormStackedGemmAndSwiGlu) {
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
 
+// The fused q/k preparation (split, q/k RMSNorm, RoPE) against the five ops on the GPU, bit for bit,
+// and against the CPU reference to bf16 tolerance; positions differ per token and per span.
+TEST_P(GpuOps, QkNormRopeEqualsTheFiveOps) {
+  const int hq = sh_.hq, hkv = sh_.hkv, D = sh_.D;
+  const AttnDims d{hq, hkv, D, D / 4, 1e7f};
+  BatchInfo b = Batch(37, StateMode::kUpdate);
+  const int64_t N = b.num_tokens;
+  auto q2 = MakePair(cpu_, Rand(N * 2 * hq * D), {N, 2LL * hq * D});
+  const auto kv = Rand(N * hkv * D);
+  auto qn = MakePair(cpu_, Rand(D, 0.3f), {D});
+  auto kn = MakePair(cpu_, Rand(D, 0.3f), {D});
+  Tensor ka = Gpu()->Upload(kv.data(), DType::kF32, {N, int64_t{hkv} * D}, DType::kBF16);
+  Tensor kb = Gpu()->Upload(kv.data(), DType::kF32, {N, int64_t{hkv} * D}, DType::kBF16);
+  Tensor kc = cpu_.Upload(kv.data(), DType::kF32, {N, int64_t{hkv} * D}, DType::kF32);
+  Tensor qa = Gpu()->Alloc(DType::kBF16, {N, int64_t{hq} * D}), ga = Gpu()->Alloc(DType::kBF16, {N, int64_t{hq} * D});
+  Tensor qb = Gpu()->Random(DType::kBF16, {N, int64_t{hq} * D}, 1e4f, 0.f, 5);
+  Tensor gb = Gpu()->Random(DType::kBF16, {N, int64_t{hq} * D}, 1e4f, 0.f, 6);
+  Tensor qc = cpu_.Alloc(DType::kF32, {N, int64_t{hq} * D}), gc = cpu_.Alloc(DType::kF32, {N, int64_t{hq} * D});
+  Gpu()->Backend::QkNormRope(q2.gpu, ka, qn.gpu, kn.gpu, 1e-6f, d, b, qa, ga);  // the five ops
+  Gpu()->QkNormRope(q2.gpu, kb, qn.gpu, kn.gpu, 1e-6f, d, b, qb, gb);           // the fused kernel
+  cpu_.QkNormRope(q2.cpu, kc, qn.cpu, kn.cpu, 1e-6f, d, b, qc, gc);
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+  EXPECT_EQ(Gpu()->DownloadF32(qa), Gpu()->DownloadF32(qb)) << "q";
+  EXPECT_EQ(Gpu()->DownloadF32(ga), Gpu()->DownloadF32(gb)) << "gate";
+  EXPECT_EQ(Gpu()->DownloadF32(ka), Gpu()->DownloadF32(kb)) << "k";
+  Expect(qc, qb, "fused q");
+  Expect(gc, gb, "fused gate");
+  Expect(kc, kb, "fused k");
+}
+
 TEST_P(GpuOps, AttentionWithCacheRopeAndGate) {
   const int hq = sh_.hq, hkv = sh_.hkv, D = sh_.D;
   const AttnDims d{hq, hkv, D, D / 4, 1e7f};

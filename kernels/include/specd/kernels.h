@@ -89,6 +89,10 @@ cudaError_t RmsNorm(const void* x, bool x_f32, const bf16* w, int64_t rows, int 
 // h[rows, d] (fp32) += mix (bf16); out = bf16(rmsnorm(h) * (unit_offset ? 1 + w : w)).
 cudaError_t AddRmsNorm(float* h, const bf16* mix, const bf16* w, int64_t rows, int d, float eps, bool unit_offset,
                        bf16* out, cudaStream_t s);
+// SplitQueryGate + RmsNorm(1 + w) of q and of k (k in place) + RoPE of both, one kernel, bitwise
+// equal to the five; pos per token (the staged positions).
+cudaError_t QkNormRope(const bf16* q2, bf16* k, const bf16* q_norm, const bf16* k_norm, const int32_t* pos, int64_t n,
+                       int hq, int hkv, int d, int rot, float theta, float eps, bf16* q, bf16* gate, cudaStream_t s);
 cudaError_t GatedRmsNorm(const bf16* o, const bf16* z, const bf16* w, int64_t rows, int d, float eps, bf16* out,
                          cudaStream_t s);
 
