@@ -13,7 +13,7 @@ root=$PWD
 build=${BUNDLE_BUILD_DIR:-$root/build-bundle}
 jobs=${JOBS:-2}
 out_dir=$root/.bundle
-stage=$out_dir/stage
+stage=$build/stage  # outside .bundle: only the tarball travels
 tarball=$out_dir/specd-gpu.tar.xz
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPECD_SERVER=ON -DSPECD_TOKENIZER=OFF \
@@ -51,6 +51,7 @@ chmod 644 "$stage"/lib/*
   echo "cuda: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo unknown)"
 } > "$stage/BUILD_INFO"
 
+rm -rf "$out_dir/stage"  # older versions staged here; .bundle must hold the tarball only
 rm -f "$tarball"
 tar -C "$stage" --owner=0 --group=0 --sort=name -cf - . | xz -9 -T "$jobs" > "$tarball.tmp"
 mv "$tarball.tmp" "$tarball"
