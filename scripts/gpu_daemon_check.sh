@@ -41,6 +41,10 @@ fi
 rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xJf "$BUNDLE" || { echo "cannot unpack $BUNDLE" >&2; exit 1; }
 cat "$dir/BUILD_INFO" 2>/dev/null
 export LD_LIBRARY_PATH=$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# cuBLAS from the CUDA toolkit, in case its folder is not in ld.so.conf (last: the system's first).
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+done
 specd=$dir/bin/specd
 client=$dir/bin/specd-client
 ldd "$specd" "$client" > "$OUT/ldd.txt" 2>&1
