@@ -135,10 +135,8 @@ __device__ __forceinline__ void StoreColumn(const float (&s)[ColumnLayout<DK>::k
   for (int i = 0; i < ColumnLayout<DK>::kRows; ++i) S[int64_t{L.row0 + i} * dv + L.col] = s[i];
 }
 
-// Everything a group of tokens needs, staged before the serial walk so that no global load sits on
-// its critical path (a per-token load of v cost about half a microsecond per token).
 struct StageSmem {
-  float q[kGroup][128], k[kGroup][128], g[kGroup], beta[kGroup], v[kGroup][kCols];
+  float q[kGroup][128], k[kGroup][128], g[kGroup], beta[kGroup];
 };
 
 // `len` tokens from prepped fp32 inputs at row strides k/q [.., hk, DK], v [.., hv, dv],
@@ -160,14 +158,10 @@ __device__ void RunColumn(float (&s)[ColumnLayout<DK>::kRows], const ColumnLayou
       sm.g[t] = g[int64_t{t0 + t} * hv + h];
       sm.beta[t] = beta[int64_t{t0 + t} * hv + h];
     }
-    for (int e = threadIdx.x; e < n * kCols; e += blockDim.x) {
-      const int t = e / kCols, c = blockIdx.z * kCols + e % kCols;
-      sm.v[t][e % kCols] = c < dv ? v[(int64_t{t0 + t} * hv + h) * dv + c] : 0.f;
-    }
     __syncthreads();
     for (int t = 0; t < n; ++t) {
       const int64_t tok = t0 + t;
-      const float vv = sm.v[t][col - blockIdx.z * kCols];
+      const float vv = col < dv ? v[(tok * hv + h) * dv + col] : 0.f;
       const float out = StepColumn<DK>(s, sm.k[t] + L.row0, q != nullptr ? sm.q[t] + L.row0 : nullptr, sm.g[t],
                                        sm.beta[t], vv);
       if (q != nullptr && col < dv && L.row0 == 0) o[(tok * hv + h) * dv + col] = ToB(out);
@@ -236,11 +230,6 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(cons
       sm.g[t] = -expf(a_log[h]) * sp;
     }
   }
-  const bf16* yv = y + int64_t{meta.offset} * C + 2 * int64_t{hk} * DK + int64_t{h} * dv;
-  for (int e = threadIdx.x; e < n * kCols; e += blockDim.x) {
-    const int t = e / kCols, c = blockIdx.z * kCols + e % kCols;
-    sm.v[t][e % kCols] = c < dv ? ToF(yv[int64_t{t} * C + c]) : 0.f;
-  }
   __syncthreads();
   const bool log = MetaWritesLog(meta.mode);
   if (log) {
@@ -261,9 +250,10 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(cons
   float* S = state + (int64_t{meta.slot} * hv + h) * DK * dv;
   float s[ColumnLayout<DK>::kRows];
   LoadColumn<DK>(s, S, dv, L);
+  const bf16* yv = y + int64_t{meta.offset} * C + 2 * int64_t{hk} * DK + int64_t{h} * dv;
   for (int t = 0; t < n; ++t) {
     const int64_t tok = meta.offset + t;
-    const float vv = sm.v[t][col - blockIdx.z * kCols];
+    const float vv = col < dv ? ToF(yv[int64_t{t} * C + col]) : 0.f;
     const bool writer = col < dv && L.row0 == 0;
     if (log && writer) log_v[((int64_t{meta.slot} * log_cap + meta.log_offset + t) * hv + h) * dv + col] = vv;
     const float out = StepColumn<DK>(s, sm.k[t] + L.row0, sm.q[t] + L.row0, sm.g[t], sm.beta[t], vv);
