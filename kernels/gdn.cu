@@ -65,19 +65,18 @@ __global__ void GdnLogWriteK(const float* k, const float* v, const float* g, con
 }
 
 // Layout of the recurrence: the state column's DK rows live in registers, split over the lanes of
-// one warp (eight lanes of 16 rows each at DK = 128), so a token's S^T k and S^T q are per-thread
-// dot products finished by three shuffles: no shared-memory reduction and no barrier per token.
-// The walk over tokens is serial and latency-bound, so short chains and many warps per SM are what
-// count (four lanes of 32 rows: 10.1 us per 9-token verify layer on H100). A block covers
-// kCols = 32 columns of one value head (128 blocks per layer for 9B's 32 heads) and shares the
-// tokens' q/k through shared memory, staged kGroup tokens at a time. Decode, verify, short spans, the fused decode/verify kernel and
+// one warp (four lanes of 32 rows each at DK = 128), so a token's S^T k and S^T q are per-thread
+// dot products finished by two shuffles: no shared-memory reduction and no barrier per token. A
+// block covers kCols = 32 columns of one value head (128 blocks per layer for 9B's 32 heads: the
+// 2 MB state loads over most SMs; 64-column blocks took 10.2 us per verify layer on H100) and
+// shares the tokens' q/k through shared memory, staged kGroup tokens at a time. Decode, verify, short spans, the fused decode/verify kernel and
 // the commit's replay all run StepColumn, so each of them is bitwise the others.
 constexpr int kCols = 32;
 constexpr int kGroup = kGdnFusedMaxLen;  // tokens staged at once (a verify of k = 16 fits)
 
 template <int DK>
 struct ColumnLayout {
-  static constexpr int kSplit = DK > 64 ? 8 : (DK > 32 ? 4 : (DK > 16 ? 2 : 1));  // lanes per column
+  static constexpr int kSplit = DK > 64 ? 4 : (DK > 32 ? 2 : 1);  // lanes per column
   static constexpr int kRows = DK / kSplit;       // state rows per lane
   static constexpr int kThreads = kCols * kSplit;
   static constexpr int kColsPerWarp = 32 / kSplit;
