@@ -80,12 +80,18 @@ struct ColumnLayout {
   static constexpr int kRows = DK / kSplit;       // state rows per lane
   static constexpr int kThreads = kCols * kSplit;
   static constexpr int kColsPerWarp = 32 / kSplit;
-  int col, row0;
+  int col, row0, part;
   __device__ ColumnLayout() {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     col = blockIdx.z * kCols + warp * kColsPerWarp + lane % kColsPerWarp;
-    row0 = (lane / kColsPerWarp) * kRows;
+    part = lane / kColsPerWarp;
+    row0 = part * kRows;
   }
+  // Where row r of a token's q/k sits in shared memory: interleaved by lane part (r = part * kRows
+  // + i at i * kSplit + part), so the parts of a warp read kSplit consecutive words at each step,
+  // distinct banks, where a row-major layout put them kRows words apart (one bank: a 4-way
+  // conflict on every q/k read).
+  __device__ static int Slot(int r) { return (r % kRows) * kSplit + r / kRows; }
 };
 
 template <int DK>
@@ -103,20 +109,20 @@ __device__ __forceinline__ float FinishDot(float (&p)[4]) {
 template <int DK>
 __device__ __forceinline__ float StepColumn(float (&s)[ColumnLayout<DK>::kRows], const float* k, const float* q,
                                             float g, float beta, float v) {
-  constexpr int R = ColumnLayout<DK>::kRows;
+  constexpr int R = ColumnLayout<DK>::kRows, S = ColumnLayout<DK>::kSplit;
   const float decay = __expf(g);
   float m[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < R; ++i) {
     s[i] *= decay;
-    m[i & 3] += s[i] * k[i];
+    m[i & 3] += s[i] * k[i * S];
   }
   const float delta = beta * (v - FinishDot<DK>(m));
   float o[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < R; ++i) {
-    s[i] += k[i] * delta;
-    if (q != nullptr) o[i & 3] += s[i] * q[i];
+    s[i] += k[i * S] * delta;
+    if (q != nullptr) o[i & 3] += s[i] * q[i * S];
   }
   return FinishDot<DK>(o);
 }
@@ -151,8 +157,8 @@ __device__ void RunColumn(float (&s)[ColumnLayout<DK>::kRows], const ColumnLayou
     __syncthreads();  // the previous group is consumed
     for (int e = threadIdx.x; e < n * DK; e += blockDim.x) {
       const int t = e / DK, i = e % DK;
-      sm.k[t][i] = k[(int64_t{t0 + t} * hk + kh) * DK + i];
-      sm.q[t][i] = q != nullptr ? q[(int64_t{t0 + t} * hk + kh) * DK + i] : 0.f;
+      sm.k[t][ColumnLayout<DK>::Slot(i)] = k[(int64_t{t0 + t} * hk + kh) * DK + i];
+      sm.q[t][ColumnLayout<DK>::Slot(i)] = q != nullptr ? q[(int64_t{t0 + t} * hk + kh) * DK + i] : 0.f;
     }
     for (int t = threadIdx.x; t < n; t += blockDim.x) {
       sm.g[t] = g[int64_t{t0 + t} * hv + h];
@@ -162,7 +168,7 @@ __device__ void RunColumn(float (&s)[ColumnLayout<DK>::kRows], const ColumnLayou
     for (int t = 0; t < n; ++t) {
       const int64_t tok = t0 + t;
       const float vv = col < dv ? v[(tok * hv + h) * dv + col] : 0.f;
-      const float out = StepColumn<DK>(s, sm.k[t] + L.row0, q != nullptr ? sm.q[t] + L.row0 : nullptr, sm.g[t],
+      const float out = StepColumn<DK>(s, sm.k[t] + L.part, q != nullptr ? sm.q[t] + L.part : nullptr, sm.g[t],
                                        sm.beta[t], vv);
       if (q != nullptr && col < dv && L.row0 == 0) o[(tok * hv + h) * dv + col] = ToB(out);
     }
@@ -220,8 +226,8 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(cons
     // rsqrt exactly, and the fast-math rsqrt it replaces differs in the last bit.
     const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(dk)), ik = rsqrtf(sk + 1e-6f);
     for (int i = lane; i < DK; i += 32) {
-      sm.q[t][i] = ToF(yq[i]) * iq;
-      sm.k[t][i] = ToF(yk[i]) * ik;
+      sm.q[t][ColumnLayout<DK>::Slot(i)] = ToF(yq[i]) * iq;
+      sm.k[t][ColumnLayout<DK>::Slot(i)] = ToF(yk[i]) * ik;
     }
     if (lane == 0) {
       sm.beta[t] = ToF(ToB(SigmoidF(ToF(braw[tok * hv + h]))));
@@ -237,7 +243,7 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(cons
     if (blockIdx.z == 0 && h % ratio == 0) {
       for (int e = threadIdx.x; e < n * DK; e += blockDim.x) {
         const int t = e / DK, i = e % DK;
-        log_k[((e0 + t) * hk + kh) * DK + i] = sm.k[t][i];
+        log_k[((e0 + t) * hk + kh) * DK + i] = sm.k[t][ColumnLayout<DK>::Slot(i)];
       }
     }
     if (blockIdx.z == 0) {
@@ -256,7 +262,7 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(cons
     const float vv = col < dv ? ToF(yv[int64_t{t} * C + col]) : 0.f;
     const bool writer = col < dv && L.row0 == 0;
     if (log && writer) log_v[((int64_t{meta.slot} * log_cap + meta.log_offset + t) * hv + h) * dv + col] = vv;
-    const float out = StepColumn<DK>(s, sm.k[t] + L.row0, sm.q[t] + L.row0, sm.g[t], sm.beta[t], vv);
+    const float out = StepColumn<DK>(s, sm.k[t] + L.part, sm.q[t] + L.part, sm.g[t], sm.beta[t], vv);
     if (writer) o[(tok * hv + h) * dv + col] = ToB(out);
   }
   if (MetaWritesState(meta.mode)) StoreColumn<DK>(s, S, dv, L);
