@@ -257,6 +257,15 @@ void Scheduler::Admit() {
       engine_ = std::move(*ne);
     }
     auto id = engine_->Add(e->req.gen);
+    if (!id.ok() && id.status().code() == StatusCode::kUnavailable) {
+      // The KV cache cannot hold this request beside the running ones yet: it waits at the head
+      // of the queue (first come, first served) until finished requests return their blocks.
+      e->admitted = false;
+      std::lock_guard lk(mu_);
+      --running_;
+      queue_.push_front(std::move(e));
+      break;
+    }
     if (!id.ok()) {
       EndWithStatus(*e, ToGrpc(id.status()));
       continue;

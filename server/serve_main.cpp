@@ -130,6 +130,7 @@ Status RunServe(const ServeOptions& o) {
   eo.default_k = plan.drafter == "none" ? 0 : o.k;
   eo.prefill_chunk = o.prefill_chunk;
   eo.max_prefill_tokens = o.max_prefill_tokens;
+  eo.kv_cache_tokens = o.kv_cache_tokens;
   const std::string drafter = plan.drafter;
   Qwen35Model* target_ptr = target.get();
   Qwen35Model* draft_ptr = draft.get();

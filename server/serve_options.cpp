@@ -51,6 +51,10 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
       ->check(CLI::PositiveNumber);
   s->add_option("--max-prefill-tokens", o->max_prefill_tokens, "Prompt tokens per step, all requests together")
       ->check(CLI::PositiveNumber);
+  s->add_option("--kv-cache-tokens", o->kv_cache_tokens,
+                 "KV rows of the target's paged cache, all requests together (0 = max-batch x max-context); "
+                 "requests wait in the queue until their rows fit")
+      ->check(CLI::NonNegativeNumber);
   s->add_option("--grace-seconds", o->grace_seconds, "On SIGTERM: time to finish in-flight requests")
       ->check(CLI::NonNegativeNumber);
   s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\"} here once serving");

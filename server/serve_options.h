@@ -33,6 +33,7 @@ struct ServeOptions {
   int64_t max_context = 0;   // tokens per sequence; 0 = the model's max_position_embeddings
   int64_t prefill_chunk = 512;
   int64_t max_prefill_tokens = 2048;
+  int64_t kv_cache_tokens = 0;  // 0: max_batch x max_context
   double grace_seconds = 30;  // SIGTERM: time for in-flight requests before they are cancelled
   std::string port_file;     // written once serving: {"port": P, "metrics_port": M}
   std::string log_level = "info";

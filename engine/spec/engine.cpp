@@ -35,6 +35,8 @@ StatusOr<std::unique_ptr<SpecEngine>> SpecEngine::Create(Qwen35Model* target, st
   co.num_slots = opt.max_seqs;
   co.max_ctx = opt.max_ctx;
   co.log_capacity = opt.max_k + 1;
+  if (opt.kv_cache_tokens < 0) return InvalidArgument("KV cache tokens must be >= 0 (got {})", opt.kv_cache_tokens);
+  if (opt.kv_cache_tokens > 0) co.kv_blocks = (opt.kv_cache_tokens + co.kv_block_size - 1) / co.kv_block_size;
   SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
   return e;
 }
@@ -61,6 +63,19 @@ StatusOr<int> SpecEngine::Add(GenerationRequest req) {
     return InvalidArgument("prompt ({} tokens) + max_tokens ({}) exceed the context length {}",
                            req.prompt.size(), req.max_tokens, opt_.max_ctx);
   }
+  // KV blocks for every row the sequence can write: prompt, max_tokens and a verify's tail.
+  const int64_t B = cache_->kv_block_size();
+  const int64_t rows = std::min(need + req.k + 1, cache_->kv_blocks_max_per_slot() * B);
+  const int64_t blocks = (rows + B - 1) / B;
+  if (blocks > cache_->kv_blocks_total()) {
+    return InvalidArgument("prompt ({} tokens) + max_tokens ({}) need {} KV rows; this server's KV cache holds {}",
+                           req.prompt.size(), req.max_tokens, rows, cache_->kv_blocks_total() * B);
+  }
+  if (kv_reserved_ + blocks > cache_->kv_blocks_total()) {
+    return Status(StatusCode::kUnavailable,
+                  fmt::format("KV cache full: {} blocks needed, {} of {} reserved by running requests", blocks,
+                              kv_reserved_, cache_->kv_blocks_total()));
+  }
   SPECD_ASSIGN_OR_RETURN(int slot, cache_->AllocSlot());
   const int id = next_id_++;
   if (drafter_) {
@@ -72,6 +87,8 @@ StatusOr<int> SpecEngine::Add(GenerationRequest req) {
   }
   Seq s;
   s.slot = slot;
+  s.kv_reserved = blocks;
+  kv_reserved_ += blocks;
   s.context = req.prompt;
   s.req = std::move(req);
   seqs_.emplace(id, std::move(s));
@@ -98,6 +115,8 @@ const SpecStats& SpecEngine::Stats(int id) const { return seqs_.at(id).stats; }
 
 void SpecEngine::Finish(int id, Seq& s, FinishReason r) {
   s.reason = r;
+  kv_reserved_ -= s.kv_reserved;
+  s.kv_reserved = 0;
   if (s.slot >= 0) cache_->FreeSlot(s.slot);
   s.slot = -1;
   if (drafter_) drafter_->RemoveSequence(id);

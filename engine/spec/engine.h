@@ -37,6 +37,11 @@ struct EngineOptions {
   int max_k = 16;
   int64_t prefill_chunk = 512;        // prompt tokens per sequence per step
   int64_t max_prefill_tokens = 2048;  // prompt tokens per step, all sequences together
+  // KV rows the target's paged pool holds for all sequences together (0: max_seqs x max_ctx,
+  // every slot at full context). A request is admitted only when its prompt + max_tokens + k + 1
+  // rows fit beside the other admitted requests' reservations, so no sequence runs out of blocks
+  // mid-generation; Add says Unavailable (retry later) otherwise.
+  int64_t kv_cache_tokens = 0;
   std::vector<int32_t> eos_ids;  // from the target's config
   // Adaptive k: cost of one extra drafted+verified token relative to a plain decode step.
   double adaptive_token_cost = 0.1;
@@ -66,6 +71,9 @@ class SpecEngine {
   void Release(int id);
 
   int slots_in_use() const { return cache_->slots_in_use(); }
+  // KV blocks of the target's pool: reserved by admitted requests, and in all.
+  int64_t kv_blocks_reserved() const { return kv_reserved_; }
+  int64_t kv_blocks_total() const { return cache_->kv_blocks_total(); }
   int active() const;
   const EngineOptions& options() const { return opt_; }
   Drafter* drafter() { return drafter_.get(); }
@@ -86,6 +94,7 @@ class SpecEngine {
     SpecStats stats;
     double alpha = 0.6;  // running per-draft acceptance, for adaptive k
     int probe = 0;
+    int64_t kv_reserved = 0;  // KV blocks reserved at admission, returned when it finishes
   };
   // What the token choice of one step reads: per input (prefill chunks, then decode spans, as
   // the forward's inputs) whether the backend chose its tokens, the chosen ids per logits row,
@@ -118,6 +127,7 @@ class SpecEngine {
   std::map<int, Seq> seqs_;
   int next_id_ = 0;
   int64_t host_logits_rows_ = 0;
+  int64_t kv_reserved_ = 0;  // blocks reserved by unfinished sequences
 };
 
 }  // namespace specd

@@ -74,5 +74,35 @@ TEST(Concurrency, SixtyFourStreamsEachEqualToSequential) {
   EXPECT_EQ(srv->Metric("specd:request_success_total{finished_reason=\"length\"}"), 128);
 }
 
+// A KV cache far smaller than --max-batch x --max-context: requests whose rows do not fit wait in
+// the queue for finished requests' blocks (none fails, none is cut short, each equals its
+// sequential result), and a request that could never fit is INVALID_ARGUMENT at once.
+TEST(Concurrency, SmallKvCacheQueuesRequestsUntilTheirRowsFit) {
+  // 256 rows = 16 blocks; each request below reserves up to 6, so at most a few run at once.
+  auto srv = Server::Start({"--model", FixtureDir("dense/model"), "--draft", FixtureDir("draft_near/model"),
+                            "--max-batch", "8", "--max-queue", "64", "--kv-cache-tokens", "256"});
+  ASSERT_TRUE(srv);
+  auto stub = srv->Stub();
+  auto reqs = Requests();
+  reqs.resize(24);  // includes 150-token prompts: 12 of the 16 blocks alone
+  std::vector<std::vector<int32_t>> seq(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const StreamResult r = Generate(*stub, reqs[i]);
+    ASSERT_TRUE(r.status.ok()) << i << ": " << r.status.error_message();
+    seq[i] = r.ids;
+  }
+  std::vector<StreamResult> par(reqs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) threads.emplace_back([&, i] { par[i] = Generate(*stub, reqs[i]); });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(par[i].status.ok()) << i << ": " << par[i].status.error_message();
+    EXPECT_EQ(par[i].ids, seq[i]) << "request " << i;
+  }
+  const StreamResult big = Generate(*stub, IdsRequest({1, 2, 3}, 300));
+  EXPECT_EQ(big.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << big.status.error_message();
+  EXPECT_NE(big.status.error_message().find("KV cache holds"), std::string::npos) << big.status.error_message();
+}
+
 }  // namespace
 }  // namespace specd::itest

@@ -222,6 +222,59 @@ TEST(SpecEngine, AdaptiveKBacksOffWithAPoorDrafterAndStaysExact) {
   EXPECT_LT(static_cast<double>(st.draft_tokens) / static_cast<double>(st.verify_steps), 2.0);
 }
 
+// A KV pool smaller than max_seqs x max_ctx: a request is admitted only when its rows (prompt +
+// max_tokens + k + 1) fit beside the admitted ones, otherwise Add says Unavailable and changes
+// nothing; finished requests return their blocks, which the next request reuses; a request that
+// could never fit is InvalidArgument. Outputs over the reused, scattered blocks equal plain greedy.
+TEST(SpecEngine, KvPoolAdmissionWaitsForBlocksAndReusesThem) {
+  EngineOptions o;
+  o.max_seqs = 4;
+  o.max_ctx = 512;
+  o.default_k = 3;
+  o.kv_cache_tokens = 128;  // 8 blocks of 16 rows
+  auto made = SpecEngine::Create(M().target.get(), MakeDrafter("near", 4, 16), o);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  SpecEngine& e = **made;
+  EXPECT_EQ(e.kv_blocks_total(), 8);
+  auto ids = LoadRefs("dense").Ids("prompt_ids");
+  auto req = [&](size_t from, int max_tokens) {
+    GenerationRequest r;
+    r.prompt.assign(ids.begin() + static_cast<std::ptrdiff_t>(from), ids.begin() + static_cast<std::ptrdiff_t>(from) + 20);
+    r.max_tokens = max_tokens;
+    r.ignore_eos = true;
+    return r;
+  };
+  // 20 + 40 + 3 + 1 = 64 rows: 4 blocks each.
+  auto a = e.Add(req(0, 40));
+  auto b = e.Add(req(5, 40));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(e.kv_blocks_reserved(), 8);
+  auto c = e.Add(req(10, 40));
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kUnavailable) << c.status().ToString();
+  EXPECT_EQ(e.kv_blocks_reserved(), 8);
+  EXPECT_EQ(e.slots_in_use(), 2);
+  auto huge = e.Add(req(0, 200));  // 224 rows: more than the whole pool
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), StatusCode::kInvalidArgument) << huge.status().ToString();
+  const auto out_a = RunToEnd(e, *a);
+  const auto out_b = RunToEnd(e, *b);
+  EXPECT_EQ(e.kv_blocks_reserved(), 0);
+  e.Release(*a);
+  e.Release(*b);
+  // Now it fits, on blocks the first two used.
+  c = e.Add(req(10, 40));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  const auto out_c = RunToEnd(e, *c);
+  auto prompt = [&](size_t from) { return std::vector<int32_t>(ids.begin() + static_cast<std::ptrdiff_t>(from), ids.begin() + static_cast<std::ptrdiff_t>(from) + 20); };
+  EXPECT_EQ(out_a, ReferenceGreedy(prompt(0), 40));
+  EXPECT_EQ(out_b, ReferenceGreedy(prompt(5), 40));
+  EXPECT_EQ(out_c, ReferenceGreedy(prompt(10), 40));
+  EXPECT_EQ(e.target_cache().kv_blocks_free(), 8);
+  o.kv_cache_tokens = -1;
+  EXPECT_FALSE(SpecEngine::Create(M().target.get(), nullptr, o).ok());
+}
+
 TEST(SpecEngine, BadInputsGiveClearErrors) {
   auto e = MakeEngine("ngram", 4);
   auto r = Greedy({}, 4);
