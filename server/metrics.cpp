@@ -96,11 +96,12 @@ void Metrics::StepFailed() {
   ++step_failures_;
 }
 
-void Metrics::SetGauges(int64_t waiting, int64_t running, int64_t slots) {
+void Metrics::SetGauges(int64_t waiting, int64_t running, int64_t slots, double kv_usage) {
   std::lock_guard lk(mu_);
   waiting_ = waiting;
   running_ = running;
   slots_ = slots;
+  kv_usage_ = kv_usage;
 }
 
 int64_t Metrics::slots_in_use() const {
@@ -147,6 +148,9 @@ std::string Metrics::Render() const {
   Scalar(out, "specd:num_requests_waiting", "gauge", "Requests queued for a slot.", static_cast<double>(waiting_));
   Scalar(out, "specd:num_requests_running", "gauge", "Requests in the engine.", static_cast<double>(running_));
   Scalar(out, "specd:cache_slots_in_use", "gauge", "Target cache slots held by sequences.", static_cast<double>(slots_));
+  Scalar(out, "specd:kv_cache_usage_perc", "gauge",
+         "Fraction of the target's KV cache blocks reserved by admitted requests (1 = full: new requests wait).",
+         kv_usage_);
   return out;
 }
 

@@ -42,7 +42,8 @@ class Metrics {
   // A request that ended with an error status (code name: INVALID_ARGUMENT, CANCELLED, ...).
   void RequestFailed(const std::string& code);
   void StepFailed();
-  void SetGauges(int64_t waiting, int64_t running, int64_t slots_in_use);
+  // kv_usage: the fraction of the target's KV blocks reserved by admitted requests.
+  void SetGauges(int64_t waiting, int64_t running, int64_t slots_in_use, double kv_usage = 0.0);
 
   std::string Render() const;
 
@@ -56,6 +57,7 @@ class Metrics {
   uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, step_failures_ = 0;
   std::map<std::string, uint64_t> success_, failure_;
   int64_t waiting_ = 0, running_ = 0, slots_ = 0;
+  double kv_usage_ = 0.0;
   Histogram ttft_, itl_, e2e_;
 };
 

@@ -418,7 +418,10 @@ void Scheduler::PublishGauges() {
     std::lock_guard lk(mu_);
     waiting = static_cast<int64_t>(queue_.size());
   }
-  metrics_->SetGauges(waiting, running, slots);
+  const double kv = engine_ && engine_->kv_blocks_total() > 0
+                        ? static_cast<double>(engine_->kv_blocks_reserved()) / static_cast<double>(engine_->kv_blocks_total())
+                        : 0.0;
+  metrics_->SetGauges(waiting, running, slots, kv);
 }
 
 }  // namespace specd::serve

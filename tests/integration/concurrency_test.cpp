@@ -99,6 +99,8 @@ TEST(Concurrency, SmallKvCacheQueuesRequestsUntilTheirRowsFit) {
     ASSERT_TRUE(par[i].status.ok()) << i << ": " << par[i].status.error_message();
     EXPECT_EQ(par[i].ids, seq[i]) << "request " << i;
   }
+  // Every reservation went back: the KV gauge returns to 0.
+  EXPECT_EQ(srv->WaitMetric("specd:kv_cache_usage_perc", 0, std::chrono::seconds(3)), 0);
   const StreamResult big = Generate(*stub, IdsRequest({1, 2, 3}, 300));
   EXPECT_EQ(big.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << big.status.error_message();
   EXPECT_NE(big.status.error_message().find("KV cache holds"), std::string::npos) << big.status.error_message();

@@ -26,7 +26,7 @@ TEST(Ops, MetricsExposeTheDocumentedNames) {
         "specd:request_success_total{finished_reason=\"length\"} 1", "specd:prompt_tokens_total 45",
         "specd:generation_tokens_total 40", "specd:time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
         "specd:inter_token_latency_seconds_count 39", "specd:e2e_request_latency_seconds_count 1",
-        "specd:num_requests_waiting 0", "specd:num_requests_running 0", "specd:cache_slots_in_use 0"}) {
+        "specd:num_requests_waiting 0", "specd:num_requests_running 0", "specd:cache_slots_in_use 0", "specd:kv_cache_usage_perc 0"}) {
     EXPECT_NE(m.find(name), std::string::npos) << name << "\n" << m;
   }
   // The counters agree with the request's own statistics.
