@@ -8,16 +8,16 @@
 #include <sstream>
 #include <string>
 
+#include "bench_util.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 #include "spec/engine.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace specd;
+using specd::bench::Now;
 
 namespace {
-
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 std::string Head(const std::string& path, int lines) {
   std::ifstream in(path);

@@ -19,22 +19,18 @@
 #include <tuple>
 #include <vector>
 
+#include "bench_util.h"
 #include "runtime/backend.h"
 #include "specd/kernels.h"
 
 using namespace specd;
 namespace K = specd::kernels;
+using specd::bench::Median;
+using specd::bench::Now;
 
 namespace {
 
 constexpr int kHk = 16, kHv = 32, kDk = 128, kDv = 128, kConvK = 4;
-
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 void Die(const char* what, cudaError_t e) {
   if (e == cudaSuccess) return;

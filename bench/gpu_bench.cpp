@@ -15,42 +15,14 @@
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 #include "specd/kernels.h"
+#include "gpu_bench_util.h"
 
 using namespace specd;
+using specd::bench::CopyBandwidth;
+using specd::bench::Median;
+using specd::bench::Now;
 
 namespace {
-
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double CopyBandwidth() {
-  const size_t bytes = size_t{2} << 30;
-  void *a = nullptr, *b = nullptr;
-  cudaMalloc(&a, bytes);
-  cudaMalloc(&b, bytes);
-  cudaMemset(a, 1, bytes);
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  for (int i = 0; i < 3; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-  std::vector<double> t;
-  for (int i = 0; i < 10; ++i) {
-    cudaEventRecord(e0);
-    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    t.push_back(ms / 1e3);
-  }
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * bytes / Median(t);  // bytes read + bytes written
-}
 
 double GemmRate(Backend& be) {
   const int64_t n = 8192;
@@ -140,6 +112,26 @@ std::string GemvTable(Backend& be, double copy_bw) {
   return t;
 }
 
+// Row argmax over the real vocabulary (greedy token choice on the device): µs per call for R
+// rows, launches included, and the rate at which it reads the logits.
+std::string ArgmaxTable(Backend& be) {
+  constexpr int64_t kVocab = 248320;
+  std::string t = "| argmax rows, V = 248320 | us per call | GB/s read |\n|---|---|---|\n";
+  for (int64_t R : {1, 9, 33}) {
+    Tensor l = be.Random(DType::kF32, {R, kVocab}, 5.f, 0.f, 9);
+    Tensor ids = be.Alloc(DType::kI32, {R});
+    for (int i = 0; i < 10; ++i) be.ArgmaxRows(l, ids);
+    be.Synchronize();
+    constexpr int kIters = 200;
+    const double t0 = Now();
+    for (int i = 0; i < kIters; ++i) be.ArgmaxRows(l, ids);
+    be.Synchronize();
+    const double us = (Now() - t0) / kIters * 1e6;
+    t += fmt::format("| R = {} | {:.2f} | {:.0f} |\n", R, us, static_cast<double>(R * kVocab * 4) / (us * 1e3));
+  }
+  return t;
+}
+
 }  // namespace
 
 int main() {
@@ -156,6 +148,7 @@ int main() {
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   std::printf("copy bandwidth (read+write): %.0f GB/s; bf16 GEMM 8192^3: %.0f TFLOP/s\n\n", bw / 1e9, flops / 1e12);
   std::printf("%s\n", GemvTable(be, bw).c_str());
+  std::printf("%s\n", ArgmaxTable(be).c_str());
   std::printf("| model | weights GB | streamed GB | floor ms | decode ms | decode/floor |");
   for (int T = 1; T <= 9; ++T) std::printf(" verify T=%d ms |", T);
   std::printf("\n|---|---|---|---|---|---|");

@@ -27,8 +27,12 @@
 #include "runtime/backend.h"
 #include "spec/acceptance_drafter.h"
 #include "spec/engine.h"
+#include "gpu_bench_util.h"
 
 using namespace specd;
+using specd::bench::CheckCuda;
+using specd::bench::CopyBandwidth;
+using specd::bench::Now;
 
 namespace {
 
@@ -37,44 +41,9 @@ constexpr int kNewTokens = 128;
 constexpr int kK = 4;
 constexpr double kAlpha = 0.8;
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "gpu_e2e_bench: %s\n", what.c_str());
   std::exit(1);
-}
-
-void CheckCuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) Die(fmt::format("{}: {}", what, cudaGetErrorString(e)));
-}
-
-// Device-to-device copy bandwidth (bytes read + written per second), the decode floor's ceiling.
-double CopyBandwidth() {
-  const size_t bytes = size_t{2} << 30;
-  void *a = nullptr, *b = nullptr;
-  CheckCuda(cudaMalloc(&a, bytes), "cudaMalloc");
-  CheckCuda(cudaMalloc(&b, bytes), "cudaMalloc");
-  CheckCuda(cudaMemset(a, 1, bytes), "cudaMemset");
-  cudaEvent_t e0, e1;
-  CheckCuda(cudaEventCreate(&e0), "cudaEventCreate");
-  CheckCuda(cudaEventCreate(&e1), "cudaEventCreate");
-  for (int i = 0; i < 3; ++i) CheckCuda(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy");
-  std::vector<double> t;
-  for (int i = 0; i < 10; ++i) {
-    CheckCuda(cudaEventRecord(e0), "cudaEventRecord");
-    CheckCuda(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpyAsync");
-    CheckCuda(cudaEventRecord(e1), "cudaEventRecord");
-    CheckCuda(cudaEventSynchronize(e1), "cudaEventSynchronize");
-    float ms = 0;
-    CheckCuda(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
-    t.push_back(ms / 1e3);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  CheckCuda(cudaFree(a), "cudaFree");
-  CheckCuda(cudaFree(b), "cudaFree");
-  std::sort(t.begin(), t.end());
-  return 2.0 * static_cast<double>(bytes) / t[t.size() / 2];
 }
 
 // Distinct prompts for `n` sequences, ids spread over the vocabulary.

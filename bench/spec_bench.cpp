@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <string>
 
+#include "bench_util.h"
 #include "model/safetensors.h"
 #include "model/presets.h"
 #include "qwen35/model.h"
@@ -15,6 +16,7 @@
 #include "spec/engine.h"
 
 using namespace specd;
+using specd::bench::Now;
 
 namespace {
 
@@ -22,10 +24,6 @@ std::vector<int32_t> Ids(const std::string& refs, const char* name) {
   auto ck = std::move(Checkpoint::Open(refs)).value();
   auto v = std::move(ck->ReadI64(name)).value();
   return {v.begin(), v.end()};
-}
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace

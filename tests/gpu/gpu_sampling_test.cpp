@@ -3,8 +3,6 @@
 // device token choice gives the fixture's greedy ids while copying no logits to the host.
 #include <gtest/gtest.h>
 
-#include <chrono>
-#include <cstdio>
 
 #include "gpu_test_util.h"
 #include "spec/engine.h"
@@ -104,29 +102,6 @@ TEST(GpuTokenChoice, BadShapesAreReportedNotRun) {
   Tensor ban = Gpu()->Alloc(DType::kI32, {2, 4});
   Gpu()->MaskIds(l, ban);
   EXPECT_FALSE(Gpu()->TakeError().ok());
-}
-
-TEST(GpuTokenChoice, ArgmaxTimingAtTheRealVocab) {
-  // Reported, not asserted (timings belong in docs/PERFORMANCE.md); the kernel's comment states
-  // the expected microseconds. Includes the launch overheads, not the download.
-  SPECD_REQUIRE_GPU();
-  for (int64_t R : {1, 9, 33}) {
-    const auto x = RandomVec(static_cast<size_t>(R * kQwenVocab), 9, 5.f);
-    Tensor l = Gpu()->Upload(x.data(), DType::kF32, {R, kQwenVocab}, DType::kF32);
-    Tensor ids = Gpu()->Alloc(DType::kI32, {R});
-    for (int i = 0; i < 10; ++i) Gpu()->ArgmaxRows(l, ids);
-    Gpu()->Synchronize();
-    constexpr int kIters = 200;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < kIters; ++i) Gpu()->ArgmaxRows(l, ids);
-    Gpu()->Synchronize();
-    const double us =
-        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / kIters;
-    const double gbs = static_cast<double>(R * kQwenVocab * 4) / (us * 1e3);
-    std::printf("  [gpu argmax] R=%lld V=%lld: %.2f us per call (%.0f GB/s)\n", static_cast<long long>(R),
-                static_cast<long long>(kQwenVocab), us, gbs);
-    EXPECT_TRUE(Gpu()->TakeError().ok());
-  }
 }
 
 // ---- the engine on the GPU ----
