@@ -11,6 +11,7 @@
 
 #include "runtime/batch.h"
 #include "runtime/tensor.h"
+#include "runtime/token_choice.h"
 #include "util/status.h"
 
 namespace specd {
@@ -227,6 +228,12 @@ class Backend {
   virtual void MaskIds(Tensor& logits, const Tensor& ban) = 0;
   // Copies an I32 tensor to the host.
   virtual std::vector<int32_t> DownloadI32(const Tensor& t) = 0;
+  // Token choice for every row of logits fp32 [R, V] per rows[r] (runtime/token_choice.h; the
+  // rule is spec/sampling.h ChooseRow): out I32 [R, 2] = (token, accept). The logits of sampled
+  // rows are replaced by their processed distribution p (greedy rows are left as they are).
+  // q fp32 [Q, V]: the draft distributions that rows' q_row index (undefined when none does).
+  virtual void ChooseTokens(Tensor& logits, const std::vector<TokenRowSpec>& rows, const Tensor& q,
+                            Tensor& out) = 0;
 
   // ---- test hooks ----
   // Routing record/replay: while `record` is set, every MoeFfn appends its chosen experts

@@ -51,6 +51,7 @@ class CpuBackend final : public Backend {
   void ArgmaxRows(const Tensor& logits, Tensor& ids) override;
   void MaskIds(Tensor& logits, const Tensor& ban) override;
   std::vector<int32_t> DownloadI32(const Tensor& t) override;
+  void ChooseTokens(Tensor& logits, const std::vector<TokenRowSpec>& rows, const Tensor& q, Tensor& out) override;
 };
 
 // Reference math shared by the CPU ops and the CPU-side checks of the CUDA kernels.

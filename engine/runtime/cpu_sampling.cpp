@@ -39,4 +39,24 @@ std::vector<int32_t> CpuBackend::DownloadI32(const Tensor& t) {
   return out;
 }
 
+void CpuBackend::ChooseTokens(Tensor& logits, const std::vector<TokenRowSpec>& rows, const Tensor& q, Tensor& out) {
+  if (logits.dtype != DType::kF32 || logits.rank() != 2 || static_cast<int64_t>(rows.size()) != logits.dim(0) ||
+      out.dtype != DType::kI32 || out.numel() != 2 * logits.dim(0)) {
+    throw std::invalid_argument("ChooseTokens: logits must be F32 [R, V], rows R entries and out I32 [R, 2]");
+  }
+  const int64_t V = logits.dim(1);
+  const int64_t Q = q.defined() ? q.dim(0) : 0;
+  if (q.defined() && (q.dtype != DType::kF32 || q.rank() != 2 || q.dim(1) != V)) {
+    throw std::invalid_argument("ChooseTokens: q must be F32 [Q, V]");
+  }
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const TokenRowSpec& s = rows[r];
+    if (s.q_row >= Q || s.draft >= V) throw std::invalid_argument("ChooseTokens: q_row or draft out of range");
+    const float* qr = s.q_row >= 0 ? q.ptr<float>() + s.q_row * V : nullptr;
+    const TokenChoice c = ChooseRow(logits.ptr<float>() + static_cast<int64_t>(r) * V, V, s, qr);
+    out.ptr<int32_t>()[2 * r] = c.token;
+    out.ptr<int32_t>()[2 * r + 1] = c.accept;
+  }
+}
+
 }  // namespace specd

@@ -641,6 +641,35 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  void ChooseTokens(Tensor& logits, const std::vector<TokenRowSpec>& rows, const Tensor& q, Tensor& out) override {
+    Prof prof_(this, "choose tokens");
+    const bool q_ok = !q.defined() || (q.dtype == DType::kF32 && q.rank() == 2 && logits.rank() == 2 &&
+                                       q.dim(1) == logits.dim(1));
+    if (logits.dtype != DType::kF32 || logits.rank() != 2 || static_cast<int64_t>(rows.size()) != logits.dim(0) ||
+        out.dtype != DType::kI32 || out.numel() != 2 * logits.dim(0) || !q_ok) {
+      Fail(fmt::format("ChooseTokens: logits {} must be F32 [R, V] with R = {} rows, out {} I32 [R, 2], q {} F32 [Q, V]",
+                       logits.ShapeString(), rows.size(), out.ShapeString(), q.ShapeString()));
+      return;
+    }
+    const int64_t R = logits.dim(0), V = logits.dim(1);
+    if (R == 0) return;
+    static_assert(sizeof(K::TokenRow) % sizeof(int32_t) == 0);
+    std::vector<K::TokenRow> kr(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const TokenRowSpec& t = rows[r];
+      kr[r] = K::TokenRow{t.temperature, t.top_k, t.top_p, t.min_p, t.seed, t.position, t.coupled ? 1 : 0,
+                          t.draft, t.index, t.stream, t.q_row, 0};
+    }
+    const int64_t words = R * static_cast<int64_t>(sizeof(K::TokenRow) / sizeof(int32_t));
+    Tensor dev_rows = Upload(kr.data(), DType::kI32, {words}, DType::kI32);
+    const int64_t bytes = static_cast<int64_t>(K::ChooseTokensScratchBytes(R, V));
+    Tensor scratch = Empty(DType::kI32, {(bytes + 3) / 4});
+    Check(K::ChooseTokens(logits.ptr<float>(), R, V, static_cast<const K::TokenRow*>(dev_rows.data), kr.data(),
+                          q.defined() ? q.ptr<float>() : nullptr, q.defined() ? q.dim(0) : 0, scratch.data,
+                          out.ptr<int32_t>(), stream_),
+          "choose tokens");
+  }
+
   void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) override {
     const int64_t N = m.dim(0), H = m.dim(1), E = w.router.dim(0), Ie = w.down.dim(2);
     const int k = w.top_k;

@@ -31,7 +31,6 @@ class DraftModelDrafter final : public Drafter {
 
   Status Propose(const std::vector<DraftRequest>& reqs, std::vector<DraftProposal>& out) override {
     out.assign(reqs.size(), {});
-    const int64_t V = model_->config().vocab_size;
     std::vector<SeqInput> batch;
     std::vector<size_t> who;
     for (size_t r = 0; r < reqs.size(); ++r) {
@@ -44,9 +43,32 @@ class DraftModelDrafter final : public Drafter {
       batch.push_back(SeqInput{s.slot, {ctx.begin() + s.consumed, ctx.end()}, StateMode::kUpdate, false});
       who.push_back(r);
     }
+    Backend* be = model_->backend();
     for (int j = 1; !batch.empty(); ++j) {
       SPECD_ASSIGN_OR_RETURN(ForwardOutput fo, model_->Forward(batch, *cache_));
-      const std::vector<float> logits = model_->backend()->DownloadF32(fo.logits);
+      // The draws on the model's backend (ChooseRow's rule with the draft's own stream): only
+      // the tokens come back, plus q for rejection-mode rows, which the verify needs.
+      const int64_t R = fo.logits.dim(0);
+      std::vector<TokenRowSpec> spec(static_cast<size_t>(R));
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const DraftRequest& rq = reqs[who[b]];
+        const SamplingParams& sp = *rq.sampling;
+        TokenRowSpec& t = spec[static_cast<size_t>(fo.row0[b])];
+        t.temperature = sp.temperature;
+        t.top_k = sp.top_k;
+        t.top_p = sp.top_p;
+        t.min_p = sp.min_p;
+        t.seed = sp.seed;
+        t.coupled = sp.mode == SamplingMode::kCoupled;  // the target's noise: equal tokens mean acceptance
+        t.position = static_cast<int64_t>(rq.context->size()) + j - 1;
+        t.index = j;
+        t.stream = static_cast<int32_t>(RngStream::kDraft);
+      }
+      Tensor choice = be->Empty(DType::kI32, {R, 2});
+      be->ChooseTokens(fo.logits, spec, Tensor{}, choice);
+      SPECD_RETURN_IF_ERROR(be->TakeError());
+      const std::vector<int32_t> tok = be->DownloadI32(choice);
+      SPECD_RETURN_IF_ERROR(be->TakeError());
       std::vector<SeqInput> next;
       std::vector<size_t> next_who;
       for (size_t b = 0; b < batch.size(); ++b) {
@@ -57,21 +79,13 @@ class DraftModelDrafter final : public Drafter {
           s.consumed = static_cast<int64_t>(rq.context->size());
           SPECD_RETURN_IF_ERROR(cache_->BeginLog(s.slot, /*checkpoint=*/true));
         }
-        const int64_t pos = static_cast<int64_t>(rq.context->size()) + j - 1;
-        std::vector<float> q;
-        ProcessedProbs(logits.data() + fo.row0[b] * V, V, *rq.sampling, q);
-        int32_t d;
-        const SamplingParams& sp = *rq.sampling;
-        if (sp.greedy()) {
-          d = static_cast<int32_t>(std::max_element(q.begin(), q.end()) - q.begin());
-        } else if (sp.mode == SamplingMode::kCoupled) {
-          d = GumbelArgmax(q, sp.seed, pos);  // the target's noise: equal tokens mean acceptance
-        } else {
-          d = SampleFrom(q, CounterUniform(sp.seed, static_cast<uint64_t>(pos), static_cast<uint64_t>(j),
-                                           RngStream::kDraft));
-        }
+        const int32_t d = tok[2 * fo.row0[b]];
         out[r].tokens.push_back(d);
-        if (!sp.greedy() && sp.mode == SamplingMode::kRejection) out[r].probs.push_back(std::move(q));
+        const SamplingParams& sp = *rq.sampling;
+        if (!sp.greedy() && sp.mode == SamplingMode::kRejection) {
+          out[r].probs.push_back(be->DownloadF32(fo.logits.Rows(fo.row0[b], 1)));
+          SPECD_RETURN_IF_ERROR(be->TakeError());
+        }
         if (j < rq.k) {
           next.push_back(SeqInput{s.slot, {d}, StateMode::kUpdateLog, false});
           next_who.push_back(r);

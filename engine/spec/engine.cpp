@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "spec/rng.h"
 #include "spec/verifier.h"
 
 namespace specd {
@@ -182,81 +183,87 @@ bool SpecEngine::Emit(Seq& s, int32_t tok) {
   return s.reason != FinishReason::kNone;
 }
 
-float* SpecEngine::TokenRows::Row(size_t r, int64_t j, int64_t V) {
-  if (!all.empty()) return all.data() + (first[r] + j) * V;
-  return part.at(r).data() + j * V;
-}
-
 StatusOr<SpecEngine::TokenRows> SpecEngine::FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
                                                            const std::vector<int64_t>& chunk_len,
                                                            const std::vector<int>& decode_ids,
                                                            const std::vector<DraftProposal>& props) {
   Backend* be = target_->backend();
-  const size_t n_in = prefilling.size() + decode_ids.size();
   TokenRows tr;
-  tr.on_device.assign(n_in, 0);
   tr.first.assign(fo.row0.begin(), fo.row0.end());
-  // Rows each input needs (0 for a prefill chunk that does not end its prompt), its greediness,
-  // and the generated-token index its first row produces.
-  std::vector<int64_t> nrows(n_in, 0), gen0(n_in, 0);
-  std::vector<const Seq*> seq(n_in, nullptr);
+  tr.on_device = opt_.device_token_choice;
+  if (!tr.on_device) {
+    tr.all = be->DownloadF32(fo.logits);
+    host_logits_rows_ += fo.logits.dim(0);
+    SPECD_RETURN_IF_ERROR(be->TakeError());
+    return tr;
+  }
+  const int64_t R = fo.logits.dim(0), V = target_->config().vocab_size;
+  std::vector<TokenRowSpec> spec(static_cast<size_t>(R));
+  // The min_tokens mask per row, as an I32 [R, M] table padded with -1.
+  std::vector<std::vector<int32_t>> masked(static_cast<size_t>(R));
+  size_t M = 0;
+  // Draft distributions of rejection-mode verify rows, uploaded as q [Q, V].
+  std::vector<const std::vector<float>*> q_rows;
+  auto fill = [&](const Seq& s, int64_t row, int64_t gen_index, int64_t position) -> TokenRowSpec& {
+    TokenRowSpec& t = spec[static_cast<size_t>(row)];
+    const SamplingParams& sp = s.req.sampling;
+    t.temperature = sp.temperature;
+    t.top_k = sp.top_k;
+    t.top_p = sp.top_p;
+    t.min_p = sp.min_p;
+    t.seed = sp.seed;
+    t.coupled = sp.mode == SamplingMode::kCoupled;
+    t.position = position;
+    t.stream = static_cast<int32_t>(RngStream::kSample);
+    auto& m = masked[static_cast<size_t>(row)];
+    m = MaskedIds(s, gen_index);
+    M = std::max(M, m.size());
+    return t;
+  };
   for (size_t i = 0; i < prefilling.size(); ++i) {
     const Seq& s = seqs_.at(prefilling[i]);
-    seq[i] = &s;
-    nrows[i] = s.prefilled + chunk_len[i] >= static_cast<int64_t>(s.req.prompt.size()) ? 1 : 0;
+    const int64_t P = static_cast<int64_t>(s.req.prompt.size());
+    if (s.prefilled + chunk_len[i] >= P) fill(s, fo.row0[i], 0, P);  // the first generated token
   }
   for (size_t i = 0; i < decode_ids.size(); ++i) {
     const Seq& s = seqs_.at(decode_ids[i]);
     const size_t r = prefilling.size() + i;
-    seq[r] = &s;
-    nrows[r] = static_cast<int64_t>(props[i].tokens.size()) + 1;
-    gen0[r] = static_cast<int64_t>(s.generated.size());
-  }
-  bool any_device = false, any_host = false;
-  for (size_t r = 0; r < n_in; ++r) {
-    if (nrows[r] == 0) continue;
-    tr.on_device[r] = opt_.device_token_choice && seq[r]->req.sampling.greedy();
-    any_device |= tr.on_device[r] != 0;
-    any_host |= tr.on_device[r] == 0;
-  }
-  if (any_device) {
-    const int64_t R = fo.logits.dim(0);
-    // The min_tokens mask of the device rows, as an I32 [R, M] table padded with -1.
-    std::vector<std::vector<int32_t>> masked(static_cast<size_t>(R));
-    size_t M = 0;
-    for (size_t r = 0; r < n_in; ++r) {
-      if (!tr.on_device[r]) continue;
-      for (int64_t j = 0; j < nrows[r]; ++j) {
-        auto& m = masked[static_cast<size_t>(fo.row0[r] + j)];
-        m = MaskedIds(*seq[r], gen0[r] + j);
-        M = std::max(M, m.size());
+    const auto& d = props[i].tokens;
+    const auto& q = props[i].probs;
+    const int64_t gen0 = static_cast<int64_t>(s.generated.size()), pos = static_cast<int64_t>(s.context.size());
+    for (size_t j = 0; j <= d.size(); ++j) {
+      TokenRowSpec& t = fill(s, fo.row0[r] + static_cast<int64_t>(j), gen0 + static_cast<int64_t>(j),
+                             pos + static_cast<int64_t>(j));
+      if (j == d.size()) break;  // the bonus row: a plain draw
+      t.draft = d[j];
+      t.index = static_cast<int32_t>(j) + 1;
+      if (q.size() == d.size() && !t.greedy() && !t.coupled) {
+        if (static_cast<int64_t>(q[j].size()) != V) return Internal("draft distribution of size {}", q[j].size());
+        t.q_row = static_cast<int32_t>(q_rows.size());
+        q_rows.push_back(&q[j]);
       }
     }
-    if (M > 0) {
-      std::vector<int32_t> ban(static_cast<size_t>(R) * M, -1);
-      for (size_t q = 0; q < masked.size(); ++q) std::copy(masked[q].begin(), masked[q].end(), ban.begin() + q * M);
-      Tensor t = be->Upload(ban.data(), DType::kI32, {R, static_cast<int64_t>(M)}, DType::kI32);
-      be->MaskIds(fo.logits, t);
-    }
-    Tensor ids = be->Empty(DType::kI32, {R});
-    be->ArgmaxRows(fo.logits, ids);
-    SPECD_RETURN_IF_ERROR(be->TakeError());
-    tr.ids = be->DownloadI32(ids);
-    SPECD_RETURN_IF_ERROR(be->TakeError());
   }
-  if (any_host) {
-    if (!any_device) {
-      tr.all = be->DownloadF32(fo.logits);  // one copy when every row goes to the host anyway
-      host_logits_rows_ += fo.logits.dim(0);
-    } else {
-      for (size_t r = 0; r < n_in; ++r) {
-        if (nrows[r] == 0 || tr.on_device[r]) continue;
-        tr.part[r] = be->DownloadF32(fo.logits.Rows(fo.row0[r], nrows[r]));
-        host_logits_rows_ += nrows[r];
-      }
-    }
-    SPECD_RETURN_IF_ERROR(be->TakeError());
+  if (M > 0) {
+    std::vector<int32_t> ban(static_cast<size_t>(R) * M, -1);
+    for (size_t r = 0; r < masked.size(); ++r) std::copy(masked[r].begin(), masked[r].end(), ban.begin() + r * M);
+    Tensor t = be->Upload(ban.data(), DType::kI32, {R, static_cast<int64_t>(M)}, DType::kI32);
+    be->MaskIds(fo.logits, t);
   }
+  Tensor q;
+  if (!q_rows.empty()) {
+    std::vector<float> flat;
+    flat.reserve(q_rows.size() * static_cast<size_t>(V));
+    for (const auto* row : q_rows) flat.insert(flat.end(), row->begin(), row->end());
+    q = be->Upload(flat.data(), DType::kF32, {static_cast<int64_t>(q_rows.size()), V}, DType::kF32);
+  }
+  Tensor out = be->Empty(DType::kI32, {R, 2});
+  be->ChooseTokens(fo.logits, spec, q, out);
+  SPECD_RETURN_IF_ERROR(be->TakeError());
+  const std::vector<int32_t> flat = be->DownloadI32(out);
+  SPECD_RETURN_IF_ERROR(be->TakeError());
+  tr.choice.resize(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) tr.choice[r] = TokenChoice{flat[2 * r], flat[2 * r + 1]};
   return tr;
 }
 
@@ -325,8 +332,8 @@ Status SpecEngine::Step() {
     // The prompt is in: its last logits give the first generated token (position P).
     s.decoding = true;
     int32_t tok = 0;
-    if (tr.on_device[r]) {
-      tok = tr.ids[fo.row0[r]];
+    if (tr.on_device) {
+      tok = tr.choice[fo.row0[r]].token;
     } else {
       float* l = tr.Row(r, 0, V);
       MaskForMinTokens(s, 0, l);
@@ -346,8 +353,8 @@ Status SpecEngine::Step() {
     const int64_t n_gen = static_cast<int64_t>(s.generated.size());
     const int64_t pos = static_cast<int64_t>(s.context.size());  // position of d1
     VerifyResult vr;
-    if (tr.on_device[r]) {
-      vr = VerifyGreedyIds(tr.ids.data() + fo.row0[r], d);
+    if (tr.on_device) {
+      vr = VerifyFromChoices(tr.choice.data() + fo.row0[r], k);
     } else {
       std::vector<std::vector<float>> P(static_cast<size_t>(k + 1));
       for (int j = 0; j <= k; ++j) {

@@ -96,16 +96,14 @@ class SpecEngine {
     int probe = 0;
     int64_t kv_reserved = 0;  // KV blocks reserved at admission, returned when it finishes
   };
-  // What the token choice of one step reads: per input (prefill chunks, then decode spans, as
-  // the forward's inputs) whether the backend chose its tokens, the chosen ids per logits row,
-  // and host copies of the rows the host path needs.
+  // What the token choice of one step reads: with the backend's token choice, one (token,
+  // accept) per logits row; otherwise a host copy of every row for the host path.
   struct TokenRows {
-    std::vector<char> on_device;
-    std::vector<int32_t> ids;                    // per logits row, when any input is on the device
-    std::vector<int64_t> first;                  // fo.row0
-    std::vector<float> all;                      // every row, when no input is on the device
-    std::map<size_t, std::vector<float>> part;   // input -> its rows, otherwise
-    float* Row(size_t input, int64_t j, int64_t V);
+    bool on_device = false;
+    std::vector<TokenChoice> choice;  // per logits row, on the device path
+    std::vector<int64_t> first;       // fo.row0
+    std::vector<float> all;           // every row, on the host path
+    float* Row(size_t input, int64_t j, int64_t V) { return all.data() + (first[input] + j) * V; }
   };
   SpecEngine() = default;
   StatusOr<TokenRows> FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,

@@ -99,4 +99,61 @@ int SampleToken(const std::vector<float>& p, const SamplingParams& sp, int64_t p
   return SampleFrom(p, CounterUniform(sp.seed, static_cast<uint64_t>(position), 0, RngStream::kSample));
 }
 
+bool AcceptDraft(const std::vector<float>& p, const float* q, int32_t d, uint64_t seed, int64_t position,
+                 int index) {
+  const double pd = p[static_cast<size_t>(d)];
+  const double qd = q == nullptr ? 1.0 : q[d];
+  const double u =
+      CounterUniform(seed, static_cast<uint64_t>(position), static_cast<uint64_t>(index), RngStream::kAccept);
+  return qd > 0 && u < std::min(1.0, pd / qd);
+}
+
+int ResidualDraw(const std::vector<float>& p, const float* q, int32_t d, uint64_t seed, int64_t position,
+                 int index) {
+  std::vector<float> res(p.size());
+  double mass = 0;
+  for (size_t v = 0; v < p.size(); ++v) {
+    const double qv = q == nullptr ? (static_cast<int32_t>(v) == d ? 1.0 : 0.0) : q[v];
+    res[v] = static_cast<float>(std::max(0.0, static_cast<double>(p[v]) - qv));
+    mass += res[v];
+  }
+  const double u =
+      CounterUniform(seed, static_cast<uint64_t>(position), static_cast<uint64_t>(index), RngStream::kResidual);
+  return SampleFrom(mass > 0 ? res : p, u);  // p == q: any draw from p is exact
+}
+
+SamplingParams ParamsOf(const TokenRowSpec& s) {
+  SamplingParams sp;
+  sp.temperature = s.temperature;
+  sp.top_k = s.top_k;
+  sp.top_p = s.top_p;
+  sp.min_p = s.min_p;
+  sp.seed = s.seed;
+  sp.mode = s.coupled ? SamplingMode::kCoupled : SamplingMode::kRejection;
+  return sp;
+}
+
+TokenChoice ChooseRow(float* logits, int64_t V, const TokenRowSpec& s, const float* q) {
+  TokenChoice c;
+  if (s.greedy()) {
+    c.token = ArgmaxF(logits, V);
+    c.accept = s.draft >= 0 && c.token == s.draft;
+    return c;
+  }
+  const SamplingParams sp = ParamsOf(s);
+  std::vector<float> p;
+  ProcessedProbs(logits, V, sp, p);
+  std::copy(p.begin(), p.end(), logits);
+  if (s.draft >= 0 && !s.coupled) {
+    c.accept = AcceptDraft(p, s.q_row >= 0 ? q : nullptr, s.draft, s.seed, s.position, s.index);
+    c.token = ResidualDraw(p, s.q_row >= 0 ? q : nullptr, s.draft, s.seed, s.position, s.index);
+    return c;
+  }
+  c.token = s.coupled ? GumbelArgmax(p, s.seed, s.position)
+                      : SampleFrom(p, CounterUniform(s.seed, static_cast<uint64_t>(s.position),
+                                                     static_cast<uint64_t>(s.index), static_cast<RngStream>(s.stream)));
+  c.accept = s.draft >= 0 && c.token == s.draft;
+  return c;
+}
+
 }  // namespace specd

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "runtime/token_choice.h"
 #include "util/status.h"
 
 namespace specd {
@@ -36,5 +37,19 @@ int GumbelArgmax(const std::vector<float>& p, uint64_t seed, int64_t position);
 
 // Draws the token at absolute `position` from processed probs per the request's mode.
 int SampleToken(const std::vector<float>& p, const SamplingParams& sp, int64_t position);
+
+// The rejection rule of a verify row whose draft d was drawn from q (nullptr = one-hot at d):
+// keep d iff u(kAccept, index) < min(1, p(d) / q(d)).
+bool AcceptDraft(const std::vector<float>& p, const float* q, int32_t d, uint64_t seed, int64_t position,
+                 int index);
+// The token that replaces a rejected d: a draw from max(0, p - q) renormalised (from p when that
+// is empty, i.e. p == q), with u(kResidual, index).
+int ResidualDraw(const std::vector<float>& p, const float* q, int32_t d, uint64_t seed, int64_t position,
+                 int index);
+
+SamplingParams ParamsOf(const TokenRowSpec& s);
+// The reference for Backend::ChooseTokens: one row of logits [V] (replaced by its processed
+// distribution unless the row is greedy) and q, the draft's distribution or nullptr.
+TokenChoice ChooseRow(float* logits, int64_t V, const TokenRowSpec& s, const float* q);
 
 }  // namespace specd

@@ -1,9 +1,5 @@
 #include "spec/verifier.h"
 
-#include <algorithm>
-
-#include "spec/rng.h"
-
 namespace specd {
 
 VerifyResult Verify(const VerifyInput& in) {
@@ -28,24 +24,11 @@ VerifyResult Verify(const VerifyInput& in) {
       }
       continue;
     }
-    // Rejection rule: keep d_i with probability min(1, p(d_i) / q(d_i)).
-    const double pd = p[di];
-    const double qd = one_hot ? 1.0 : (*in.draft_probs)[i][di];
-    const double u = CounterUniform(sp.seed, static_cast<uint64_t>(pos), static_cast<uint64_t>(i + 1),
-                                    RngStream::kAccept);
-    if (qd > 0 && u < std::min(1.0, pd / qd)) continue;
-    // Rejected: resample from the residual max(0, p - q), renormalised.
-    std::vector<float> res(p.size());
-    double mass = 0;
-    for (size_t v = 0; v < p.size(); ++v) {
-      const double q = one_hot ? (static_cast<int32_t>(v) == di ? 1.0 : 0.0) : (*in.draft_probs)[i][v];
-      res[v] = static_cast<float>(std::max(0.0, static_cast<double>(p[v]) - q));
-      mass += res[v];
-    }
-    if (mass <= 0) res = p;  // p == q: any draw from p is exact
+    // Rejection rule (spec/sampling.h): keep d_i or replace it with a residual draw.
+    const float* q = one_hot ? nullptr : (*in.draft_probs)[i].data();
+    if (AcceptDraft(p, q, di, sp.seed, pos, i + 1)) continue;
     r.accepted = i;
-    r.next = SampleFrom(res, CounterUniform(sp.seed, static_cast<uint64_t>(pos),
-                                            static_cast<uint64_t>(i + 1), RngStream::kResidual));
+    r.next = ResidualDraw(p, q, di, sp.seed, pos, i + 1);
     return r;
   }
   r.accepted = k;
@@ -53,18 +36,17 @@ VerifyResult Verify(const VerifyInput& in) {
   return r;
 }
 
-VerifyResult VerifyGreedyIds(const int32_t* y, const std::vector<int32_t>& drafts) {
+VerifyResult VerifyFromChoices(const TokenChoice* rows, int k) {
   VerifyResult r;
-  const int k = static_cast<int>(drafts.size());
   for (int i = 0; i < k; ++i) {
-    if (drafts[i] != y[i]) {
+    if (!rows[i].accept) {
       r.accepted = i;
-      r.next = y[i];
+      r.next = rows[i].token;
       return r;
     }
   }
   r.accepted = k;
-  r.next = y[k];
+  r.next = rows[k].token;
   return r;
 }
 

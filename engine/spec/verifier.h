@@ -27,9 +27,9 @@ struct VerifyResult {
 
 VerifyResult Verify(const VerifyInput& in);
 
-// Greedy verification from the target's argmax ids alone: y[i] = argmax of row i, i = 0..k
-// (drafts.size() = k). The same result as Verify() with greedy params on those rows, so the
-// argmax can be taken on the device and only k+1 ids copied to the host.
-VerifyResult VerifyGreedyIds(const int32_t* y, const std::vector<int32_t>& drafts);
+// Verification from per-row choices (Backend::ChooseTokens over the k+1 rows, row i a verify row
+// of draft i + 1, row k a plain draw): the first rejected row gives (i, its token), else
+// (k, row k's token). The same result as Verify() on those rows' distributions.
+VerifyResult VerifyFromChoices(const TokenChoice* rows, int k);
 
 }  // namespace specd

@@ -217,4 +217,27 @@ cudaError_t ArgmaxRows(const float* logits, int64_t R, int64_t V, uint64_t* scra
 // logits[r, ban[r, j]] = -inf for every ban[r, j] in [0, V); other entries (-1 pads) are skipped.
 cudaError_t MaskIds(float* logits, int64_t R, int64_t V, const int32_t* ban, int64_t M, cudaStream_t s);
 
+// ---- sampled token choice (token_choice.cu) ----
+// One row's rule, as the engine's TokenRowSpec (runtime/token_choice.h).
+struct TokenRow {
+  float temperature;  // <= 0: greedy
+  int32_t top_k;
+  float top_p;
+  float min_p;
+  uint64_t seed;
+  int64_t position;
+  int32_t coupled;
+  int32_t draft;      // >= 0: a verify row
+  int32_t index;
+  int32_t stream;
+  int32_t q_row;      // -1: one-hot draft
+  int32_t pad;
+};
+size_t ChooseTokensScratchBytes(int64_t R, int64_t V);
+// out[r] = (token, accept) per rows[r] (device copy; host_rows the same rows on the host, read for
+// their ranges and to skip kernels no row needs). Sampled rows' logits become their processed
+// distribution. q: [Q, V] fp32 draft distributions (nullptr when Q == 0).
+cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* rows, const TokenRow* host_rows,
+                         const float* q, int64_t Q, void* scratch, int32_t* out, cudaStream_t s);
+
 }  // namespace specd::kernels
