@@ -132,6 +132,77 @@ std::string ArgmaxTable(Backend& be) {
   return t;
 }
 
+// Sampled token choice (ChooseTokens) over the real vocabulary: µs per call on the device next to
+// the host path it replaces (copy the rows to the host, then the fp64 softmax + sort per row).
+// ChooseTokens rewrites its rows, so each call starts from a fresh copy; the copy is timed on
+// its own and subtracted.
+std::string SampledChoiceTable(Backend& be) {
+  constexpr int64_t kVocab = 248320;
+  struct Case {
+    const char* name;
+    float T;
+    int top_k;
+    float top_p;
+    bool verify;
+  };
+  const Case cases[] = {{"T 0.8, top-k 50, top-p 0.95", 0.8f, 50, 0.95f, false},
+                        {"T 1, no filter", 1.f, 0, 1.f, false},
+                        {"T 1, top-p 0.9, verify rows", 1.f, 0, 0.9f, true}};
+  std::string t =
+      "| sampled token choice, V = 248320 | rows | device us per call | host path ms | host / device |\n"
+      "|---|---|---|---|---|\n";
+  auto cpu = MakeCpuBackend();
+  for (const Case& c : cases) {
+    for (int64_t R : {1, 9, 33}) {
+      Tensor src = be.Random(DType::kF32, {R, kVocab}, 4.f, 0.f, 11);
+      Tensor l = be.Empty(DType::kF32, {R, kVocab});
+      Tensor out = be.Alloc(DType::kI32, {R, 2});
+      std::vector<TokenRowSpec> rows(static_cast<size_t>(R));
+      for (int64_t r = 0; r < R; ++r) {
+        TokenRowSpec& s = rows[r];
+        s.temperature = c.T;
+        s.top_k = c.top_k;
+        s.top_p = c.top_p;
+        s.seed = 5;
+        s.position = 100 + r;
+        if (c.verify && r + 1 < R) {
+          s.draft = static_cast<int32_t>((r * 7919) % kVocab);
+          s.index = static_cast<int32_t>(r) + 1;
+        }
+      }
+      auto timed = [&](bool choose) {
+        for (int i = 0; i < 5; ++i) {
+          be.CopyRows(src, l);
+          if (choose) be.ChooseTokens(l, rows, Tensor{}, out);
+        }
+        be.Synchronize();
+        constexpr int kIters = 50;
+        const double t0 = Now();
+        for (int i = 0; i < kIters; ++i) {
+          be.CopyRows(src, l);
+          if (choose) be.ChooseTokens(l, rows, Tensor{}, out);
+        }
+        be.Synchronize();
+        return (Now() - t0) / kIters;
+      };
+      const double dev_us = (timed(true) - timed(false)) * 1e6;
+      // The host path: copy the rows down, then the host rule per row.
+      be.CopyRows(src, l);
+      be.Synchronize();
+      const double h0 = Now();
+      std::vector<float> host = be.DownloadF32(l);
+      Tensor hl = cpu->Upload(host.data(), DType::kF32, {R, kVocab}, DType::kF32);
+      Tensor hout = cpu->Alloc(DType::kI32, {R, 2});
+      cpu->ChooseTokens(hl, rows, Tensor{}, hout);
+      const double host_ms = (Now() - h0) * 1e3;
+      t += fmt::format("| {} | {} | {:.1f} | {:.1f} | {:.0f}x |\n", c.name, R, dev_us, host_ms,
+                       host_ms * 1e3 / dev_us);
+    }
+  }
+  if (!be.TakeError().ok()) t += "(device error during the sampled-choice table)\n";
+  return t;
+}
+
 }  // namespace
 
 int main() {
@@ -149,6 +220,7 @@ int main() {
   std::printf("copy bandwidth (read+write): %.0f GB/s; bf16 GEMM 8192^3: %.0f TFLOP/s\n\n", bw / 1e9, flops / 1e12);
   std::printf("%s\n", GemvTable(be, bw).c_str());
   std::printf("%s\n", ArgmaxTable(be).c_str());
+  std::printf("%s\n", SampledChoiceTable(be).c_str());
   std::printf("| model | weights GB | streamed GB | floor ms | decode ms | decode/floor |");
   for (int T = 1; T <= 9; ++T) std::printf(" verify T=%d ms |", T);
   std::printf("\n|---|---|---|---|---|---|");

@@ -19,7 +19,7 @@ grep -E "^\s+\[gpu|FAILED|Failure|Expected|Which is|actual|rel err|greedy" "$OUT
 tail -4 "$OUT/gpu_tests.log"
 if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/gpu/specd_gpu_tests \
-    --gtest_filter='ShapesAndT/GpuOps.*fixture*:ShapesAndT/GpuOps.*q35_9b_T9:GpuMoe.*:Cases/GpuParity.*/dense:GpuSpec.Rollback*' \
+    --gtest_filter="${SANITIZER_FILTER:-ShapesAndT/GpuOps.*fixture*:ShapesAndT/GpuOps.*q35_9b_T9:GpuMoe.*:Cases/GpuParity.*/dense:GpuSpec.Rollback*:GpuSampledChoice.Filters*:GpuSampledChoice.DrawsAndAccepts*:GpuSampledChoice.Bad*}" \
     > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$? ($(grep -c 'Invalid\|ERROR SUMMARY' "$OUT/memcheck.log") summary lines): $(grep 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1)"
 fi
