@@ -11,7 +11,7 @@
 //      descending, ties to the lower id) while r < top_k and, for r > 0, the mass above r is
 //      < top_p * S and e_r >= min_p. That set is an upper set of the order, found by a radix
 //      select on e's float bits (positive floats order as their bits): four rounds of an 8-bit
-//      histogram (HistK: counts and fixed-point masses per chunk) and a scan of the 256 buckets
+//      histogram (HistK: counts and fixed-point masses per row) and a scan of the 256 buckets
 //      (SelectK) that descends into the bucket where the rule first fails. The last round
 //      leaves one value t and j of its ties kept; the kept set is {e > t} plus the j lowest ids
 //      with e == t (TieCutK finds the j-th; it only runs when a cut splits a run of equal values).
@@ -42,17 +42,18 @@ __device__ __forceinline__ uint64_t Fix(float e) {
   return static_cast<uint64_t>(static_cast<double>(e) * kFixScale + 0.5);
 }
 
+// Zero bytes are the start state (the launcher clears it): keep every e > 0.
 struct RowState {
-  uint64_t s_fix;   // mass of the whole row
-  uint64_t m_fix;   // mass of the candidates above the current prefix
-  uint64_t c;       // candidates above the current prefix
-  uint32_t prefix;  // key bits chosen so far
-  float thr;        // kept: e > thr, or e == thr and id <= id_cut
-  int32_t id_cut;
-  int32_t tie_j;    // > 0: id_cut is still to be found, the id of the tie_j-th entry equal to thr
-  int32_t done;     // the cut is known
+  unsigned long long s_fix;  // mass of the whole row
+  uint64_t m_fix;            // mass of the candidates above the current prefix
+  uint64_t c;                // candidates above the current prefix
+  uint32_t prefix;           // key bits chosen so far
+  float thr;                 // kept: e > thr, or e == thr and id < id_end
+  int32_t id_end;
+  int32_t tie_j;             // > 0: id_end is still to be found, one past the tie_j-th entry equal to thr
+  int32_t done;              // the cut is known
+  int32_t pad;
 };
-
 struct Chunks {  // the split of a row over gridDim.x blocks
   int64_t lo, hi;
 };
@@ -66,7 +67,7 @@ __device__ __forceinline__ bool Filtered(const TokenRow& t, int64_t V) {
   return Sampled(t) && ((t.top_k > 0 && t.top_k < V) || t.top_p < 1.f || t.min_p > 0.f);
 }
 __device__ __forceinline__ bool Kept(float e, int64_t i, const RowState& s) {
-  return e > s.thr || (e == s.thr && i <= s.id_cut);
+  return e > s.thr || (e == s.thr && i < s.id_end);
 }
 // A rejection-rule verify row draws from the residual max(0, p - q).
 __device__ __forceinline__ bool Residual(const TokenRow& t) { return Sampled(t) && !t.coupled && t.draft >= 0; }
@@ -101,19 +102,27 @@ __device__ __forceinline__ uint64_t BlockSumU(uint64_t v, uint64_t* red) {
   }
   return r;
 }
+// sum(part[0..n)) in a fixed order, valid in every thread; `red` holds 32 entries.
+__device__ __forceinline__ double SumPartials(const double* part, int n, double* red) {
+  double v = 0;
+  for (int c = threadIdx.x; c < n; c += blockDim.x) v += part[c];
+  v = BlockSumD(v, red);
+  __shared__ double all;
+  if (threadIdx.x == 0) all = v;
+  __syncthreads();
+  return all;
+}
 // Gumbel candidates: higher score wins, then the lower id (the host's strict `>` in id order).
 __device__ __forceinline__ bool Better(double s, int32_t i, double bs, int32_t bi) {
   return s > bs || (s == bs && i < bi);
 }
 
-// 2. e in place and the row's fixed-point mass; block (0, r) also resets the row's state.
+// 2. e in place and the row's fixed-point mass (integer atomics: the same sum in any order).
 __global__ void __launch_bounds__(kThreads)
-    ExpK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const int32_t* ids, uint64_t* part_fix,
-         RowState* st) {
+    ExpK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const int32_t* ids, RowState* st) {
   __shared__ uint64_t red[32];
   const int64_t r = blockIdx.y;
   const TokenRow t = rows[r];
-  if (blockIdx.x == 0 && threadIdx.x == 0) st[r] = RowState{0, 0, 0, 0, 0.f, INT_MAX, 0, 0};
   if (!Sampled(t)) return;
   float* row = logits + r * V;
   const double m = row[ids[r]];
@@ -127,13 +136,13 @@ __global__ void __launch_bounds__(kThreads)
     acc += Fix(e);
   }
   acc = BlockSumU(acc, red);
-  if (threadIdx.x == 0) part_fix[r * gridDim.x + blockIdx.x] = acc;
+  if (threadIdx.x == 0) atomicAdd(&st[r].s_fix, static_cast<unsigned long long>(acc));
 }
 
 // 3a. Histogram of the candidates (e > 0, e >= min_p) under the current prefix, by the next 8 bits.
 __global__ void __launch_bounds__(kThreads)
     HistK(const float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const RowState* st, int level,
-          uint32_t* hcnt, unsigned long long* hmass) {
+          unsigned* hcnt, unsigned long long* hmass) {
   __shared__ uint32_t cnt[kBuckets];
   __shared__ unsigned long long mass[kBuckets];
   const int64_t r = blockIdx.y;
@@ -158,18 +167,20 @@ __global__ void __launch_bounds__(kThreads)
     atomicAdd(&mass[b], static_cast<unsigned long long>(Fix(e)));
   }
   __syncthreads();
-  const int64_t base = (r * gridDim.x + blockIdx.x) * kBuckets;
+  // The row's histogram of this level (cleared by the launcher); integer atomics, so the sums do
+  // not depend on the order the blocks add in.
   for (int b = threadIdx.x; b < kBuckets; b += kThreads) {
-    hcnt[base + b] = cnt[b];
-    hmass[base + b] = mass[b];
+    if (cnt[b] == 0) continue;
+    atomicAdd(&hcnt[r * kBuckets + b], cnt[b]);
+    atomicAdd(&hmass[r * kBuckets + b], mass[b]);
   }
 }
 
 // 3b. One block per row, a thread per bucket: picks the bucket in which the host's rule first
 // fails (the highest bucket b whose end, rank c + count(>= b), fails) and descends into it.
 __global__ void __launch_bounds__(kBuckets)
-    SelectK(const TokenRow* rows, int64_t V, int splits, int level, const uint32_t* hcnt,
-            const unsigned long long* hmass, const uint64_t* part_fix, RowState* st) {
+    SelectK(const TokenRow* rows, int64_t V, const unsigned* hcnt, const unsigned long long* hmass, int level,
+            RowState* st) {
   __shared__ uint64_t C[kBuckets], M[kBuckets];
   __shared__ int best;
   const int64_t r = blockIdx.x;
@@ -177,15 +188,7 @@ __global__ void __launch_bounds__(kBuckets)
   if (!Filtered(t, V) || st[r].done) return;
   RowState s = st[r];
   const int b = threadIdx.x;
-  uint64_t cnt = 0, mass = 0;
-  for (int c = 0; c < splits; ++c) {
-    cnt += hcnt[(r * splits + c) * kBuckets + b];
-    mass += hmass[(r * splits + c) * kBuckets + b];
-  }
-  if (level == 0) {
-    s.s_fix = 0;
-    for (int c = 0; c < splits; ++c) s.s_fix += part_fix[r * splits + c];
-  }
+  const uint64_t cnt = hcnt[r * kBuckets + b], mass = hmass[r * kBuckets + b];
   C[b] = cnt;
   M[b] = mass;
   if (b == 0) best = -1;
@@ -208,7 +211,7 @@ __global__ void __launch_bounds__(kBuckets)
     // Nothing fails: the rule keeps every candidate. (Below level 0 the parent bucket failed and
     // the integer sums of its children are exact, so one of them fails too.)
     s.thr = t.min_p;
-    s.id_cut = INT_MAX;
+    s.id_end = INT_MAX;
     s.done = 1;
     st[r] = s;
     return;
@@ -236,14 +239,14 @@ __global__ void __launch_bounds__(kBuckets)
     }
     if (s.c == 0 && j == 0) j = 1;  // the top entry is always kept
     s.thr = tv;
-    s.id_cut = j >= cnt_t ? INT_MAX : (j == 0 ? -1 : 0);
+    s.id_end = j >= cnt_t ? INT_MAX : 0;
     s.tie_j = j > 0 && j < cnt_t ? static_cast<int32_t>(j) : 0;
     s.done = 1;
   }
   st[r] = s;
 }
 
-// 3c. A cut inside a run of equal values: the id of the run's tie_j-th entry in id order.
+// 3c. A cut inside a run of equal values: one past the id of the run's tie_j-th entry in id order.
 constexpr int kTieThreads = 1024;
 __global__ void __launch_bounds__(kTieThreads) TieCutK(const float* logits, int64_t V, RowState* st) {
   __shared__ int warp_n[kTieThreads / 32];
@@ -266,7 +269,7 @@ __global__ void __launch_bounds__(kTieThreads) TieCutK(const float* logits, int6
     for (int w = 0; w < wid; ++w) before += warp_n[w];
     const int rank = before + __popc(ball & ((1u << lane) - 1u)) + 1;
     if (eq && rank == j) {
-      st[r].id_cut = static_cast<int32_t>(i);
+      st[r].id_end = static_cast<int32_t>(i) + 1;
       st[r].tie_j = 0;
     }
     __syncthreads();
@@ -303,20 +306,13 @@ __global__ void __launch_bounds__(kThreads)
     NormK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const RowState* st, const double* kept,
           const float* q, double* dist_mass, double* p_mass, double* g_score, int32_t* g_id) {
   __shared__ double red[32];
-  __shared__ double tot_s;
   __shared__ double ws[32];
   __shared__ int32_t wi[32];
   const int64_t r = blockIdx.y;
   const TokenRow t = rows[r];
   if (!Sampled(t)) return;
   const int splits = gridDim.x;
-  if (threadIdx.x == 0) {
-    double tot = 0;
-    for (int c = 0; c < splits; ++c) tot += kept[r * splits + c];
-    tot_s = tot;
-  }
-  __syncthreads();
-  const double tot = tot_s;
+  const double tot = SumPartials(kept + r * splits, splits, red);
   const RowState s = st[r];
   const bool residual = Residual(t);
   const float* qrow = residual && t.q_row >= 0 ? q + int64_t{t.q_row} * V : nullptr;
@@ -382,33 +378,56 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Partials per row are at most kMaxSplits, so a draw stages them in shared memory.
+constexpr int kMaxSplits = 1024;
+
+// Exclusive prefix sums of one value per thread, in a fixed order (warp shuffles, then the
+// warps' totals); returns this thread's base.
+__device__ __forceinline__ double ExclusiveScanD(double v) {
+  __shared__ double warp_tot[kThreads / 32];
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  double inc = v;
+  for (int o = 1; o < 32; o <<= 1) {
+    const double n = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += n;
+  }
+  if (lane == 31) warp_tot[wid] = inc;
+  __syncthreads();
+  double before = 0;
+  for (int w = 0; w < wid; ++w) before += warp_tot[w];
+  __syncthreads();
+  return before + inc - v;
+}
+
 // The inverse-CDF draw of one row from its chunk masses: the first entry w > 0 whose cumulative
-// mass exceeds u * total (the host's SampleFrom); the last entry w > 0 when rounding leaves u * total
-// at or past the end.
+// mass exceeds u * total (the host's SampleFrom); the last entry w > 0 when rounding leaves
+// u * total at or past the end.
 template <typename Weight>
 __device__ int32_t InverseCdf(const double* part, int splits, int64_t chunk, int64_t V, double u, Weight w) {
+  __shared__ double parts[kMaxSplits];
   __shared__ int sel;
   __shared__ double local;
-  __shared__ double base[kThreads];
   __shared__ int winner, last_tid;
   __shared__ int32_t token;
+  for (int c = threadIdx.x; c < splits; c += blockDim.x) parts[c] = part[c];
+  __syncthreads();
   if (threadIdx.x == 0) {
     double total = 0;
-    for (int c = 0; c < splits; ++c) total += part[c];
+    for (int c = 0; c < splits; ++c) total += parts[c];
     const double target = u * total;
     double cum = 0;
     sel = -1;
     int last = -1;
     for (int c = 0; c < splits; ++c) {
-      if (part[c] > 0) {
+      if (parts[c] > 0) {
         last = c;
-        if (target < cum + part[c]) {
+        if (target < cum + parts[c]) {
           sel = c;
           local = target - cum;
           break;
         }
       }
-      cum += part[c];
+      cum += parts[c];
     }
     if (sel < 0) {
       sel = last;
@@ -428,18 +447,7 @@ __device__ int32_t InverseCdf(const double* part, int splits, int64_t chunk, int
     const float x = w(i);
     if (x > 0.f) mine += x;
   }
-  base[threadIdx.x] = mine;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double cum = 0;
-    for (int k = 0; k < kThreads; ++k) {
-      const double m = base[k];
-      base[k] = cum;
-      cum += m;
-    }
-  }
-  __syncthreads();
-  const double b0 = base[threadIdx.x];
+  const double b0 = ExclusiveScanD(mine);
   if (mine > 0) {
     if (local < b0 + mine) atomicMin(&winner, static_cast<int>(threadIdx.x));
     atomicMax(&last_tid, static_cast<int>(threadIdx.x));
@@ -470,6 +478,9 @@ __global__ void __launch_bounds__(kThreads)
     DrawK(const float* logits, int64_t V, int64_t chunk, int splits, const TokenRow* rows, const int32_t* ids,
           const float* q, const double* dist_mass, const double* p_mass, const double* g_score,
           const int32_t* g_id, int32_t* out) {
+  __shared__ double red[32];
+  __shared__ double gs[kMaxSplits];
+  __shared__ int32_t gi[kMaxSplits];
   const int64_t r = blockIdx.x;
   const TokenRow t = rows[r];
   const float* p = logits + r * V;
@@ -478,12 +489,17 @@ __global__ void __launch_bounds__(kThreads)
   if (!Sampled(t)) {
     token = ids[r];
   } else if (t.coupled) {
+    for (int c = threadIdx.x; c < splits; c += blockDim.x) {
+      gs[c] = g_score[r * splits + c];
+      gi[c] = g_id[r * splits + c];
+    }
+    __syncthreads();
     double bs = -INFINITY;
     int32_t bi = INT_MAX;
     for (int c = 0; c < splits; ++c) {
-      if (Better(g_score[r * splits + c], g_id[r * splits + c], bs, bi)) {
-        bs = g_score[r * splits + c];
-        bi = g_id[r * splits + c];
+      if (Better(gs[c], gi[c], bs, bi)) {
+        bs = gs[c];
+        bi = gi[c];
       }
     }
     token = bi == INT_MAX ? 0 : bi;
@@ -492,8 +508,7 @@ __global__ void __launch_bounds__(kThreads)
     const double pd = p[t.draft], qd = qrow != nullptr ? qrow[t.draft] : 1.0;
     const double ua = CounterUniform(t.seed, pos, idx, RngStream::kAccept);
     accept = qd > 0 && ua < fmin(1.0, pd / qd);
-    double res_mass = 0;
-    for (int c = 0; c < splits; ++c) res_mass += dist_mass[r * splits + c];
+    const double res_mass = SumPartials(dist_mass + r * splits, splits, red);
     const double ur = CounterUniform(t.seed, pos, idx, RngStream::kResidual);
     if (res_mass > 0) {
       token = InverseCdf(dist_mass + r * splits, splits, chunk, V, ur,
@@ -515,14 +530,16 @@ __global__ void __launch_bounds__(kThreads)
 struct Layout {
   int64_t chunk;
   int used;
-  size_t argmax, ids, st, part_fix, kept, dist, pmass, gscore, gid, hcnt, hmass, total;
+  size_t argmax, ids, st, hcnt, hmass, cleared, kept, dist, pmass, gscore, gid, total;
 };
 Layout LayoutOf(int64_t R, int64_t V) {
   Layout l{};
   const int splits = ArgmaxSplits(R, V);
   l.chunk = (V + splits - 1) / splits;
+  if (l.chunk * kMaxSplits < V) l.chunk = (V + kMaxSplits - 1) / kMaxSplits;
   l.used = static_cast<int>((V + l.chunk - 1) / l.chunk);
   const size_t n = static_cast<size_t>(R) * static_cast<size_t>(l.used);
+  const size_t rb = static_cast<size_t>(R) * kBuckets * kLevels;
   size_t off = 0;
   auto take = [&](size_t bytes) {
     const size_t at = off;
@@ -531,15 +548,16 @@ Layout LayoutOf(int64_t R, int64_t V) {
   };
   l.argmax = take(sizeof(uint64_t) * static_cast<size_t>(R) * static_cast<size_t>(splits));
   l.ids = take(sizeof(int32_t) * static_cast<size_t>(R));
+  // Row states and the histograms of every level: cleared together at the start of a call.
   l.st = take(sizeof(RowState) * static_cast<size_t>(R));
-  l.part_fix = take(sizeof(uint64_t) * n);
+  l.hcnt = take(sizeof(unsigned) * rb);
+  l.hmass = take(sizeof(unsigned long long) * rb);
+  l.cleared = off - l.st;
   l.kept = take(sizeof(double) * n);
   l.dist = take(sizeof(double) * n);
   l.pmass = take(sizeof(double) * n);
   l.gscore = take(sizeof(double) * n);
   l.gid = take(sizeof(int32_t) * n);
-  l.hcnt = take(sizeof(uint32_t) * n * kBuckets);
-  l.hmass = take(sizeof(unsigned long long) * n * kBuckets);
   l.total = off;
   return l;
 }
@@ -567,7 +585,6 @@ cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* ro
   auto at = [&](size_t off) { return static_cast<void*>(base + off); };
   auto* ids = static_cast<int32_t*>(at(l.ids));
   auto* st = static_cast<RowState*>(at(l.st));
-  auto* part_fix = static_cast<uint64_t*>(at(l.part_fix));
   auto* kept = static_cast<double*>(at(l.kept));
   auto* dist = static_cast<double*>(at(l.dist));
   auto* pmass = static_cast<double*>(at(l.pmass));
@@ -577,15 +594,16 @@ cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* ro
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(l.used), static_cast<unsigned>(R));
   if (sampled) {
-    ExpK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, ids, part_fix, st);
+    if ((e = cudaMemsetAsync(st, 0, l.cleared, s)) != cudaSuccess) return e;
+    ExpK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, ids, st);
     if ((e = LaunchStatus()) != cudaSuccess) return e;
     if (filtered) {
-      auto* hcnt = static_cast<uint32_t*>(at(l.hcnt));
-      auto* hmass = static_cast<unsigned long long*>(at(l.hmass));
       for (int level = 0; level < kLevels; ++level) {
+        auto* hcnt = static_cast<unsigned*>(at(l.hcnt)) + static_cast<size_t>(level) * R * kBuckets;
+        auto* hmass = static_cast<unsigned long long*>(at(l.hmass)) + static_cast<size_t>(level) * R * kBuckets;
         HistK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st, level, hcnt, hmass);
         if ((e = LaunchStatus()) != cudaSuccess) return e;
-        SelectK<<<static_cast<unsigned>(R), kBuckets, 0, s>>>(rows, V, l.used, level, hcnt, hmass, part_fix, st);
+        SelectK<<<static_cast<unsigned>(R), kBuckets, 0, s>>>(rows, V, hcnt, hmass, level, st);
         if ((e = LaunchStatus()) != cudaSuccess) return e;
       }
       TieCutK<<<static_cast<unsigned>(R), kTieThreads, 0, s>>>(logits, V, st);
