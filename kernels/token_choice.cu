@@ -4,7 +4,8 @@
 // and the host's fp64 softmax + full sort (spec/sampling.cpp ChooseRow is the reference).
 //
 // Per row, with the row split over `used` chunks (grid used x R, as the argmax):
-//   1. ArgmaxRows: the row's maximum m (its argmax is a greedy row's token).
+//   1. ArgmaxRows: the row's maximum m (its argmax is a greedy row's token), saved aside
+//      (RowMaxK) because the next step rewrites the row in place.
 //   2. ExpK: e = exp((l - m) / T) in fp64, stored as fp32 in place (e(max) = 1), and the row's
 //      total mass S in 2^-43 fixed point.
 //   3. The cut (rows with top-k / top-p / min-p only): the host keeps the ranks r (entries by e
@@ -52,7 +53,7 @@ struct RowState {
   int32_t id_end;
   int32_t tie_j;             // > 0: id_end is still to be found, one past the tie_j-th entry equal to thr
   int32_t done;              // the cut is known
-  int32_t pad;
+  float max;                 // the row's maximum logit, saved before ExpK overwrites the row
 };
 struct Chunks {  // the split of a row over gridDim.x blocks
   int64_t lo, hi;
@@ -117,15 +118,21 @@ __device__ __forceinline__ bool Better(double s, int32_t i, double bs, int32_t b
   return s > bs || (s == bs && i < bi);
 }
 
-// 2. e in place and the row's fixed-point mass (integer atomics: the same sum in any order).
+// 2a. The row's maximum, read before any block of ExpK rewrites the row in place.
+__global__ void RowMaxK(const float* logits, int64_t V, int64_t R, const int32_t* ids, RowState* st) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < R) st[r].max = logits[r * V + ids[r]];
+}
+
+// 2b. e in place and the row's fixed-point mass (integer atomics: the same sum in any order).
 __global__ void __launch_bounds__(kThreads)
-    ExpK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const int32_t* ids, RowState* st) {
+    ExpK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, RowState* st) {
   __shared__ uint64_t red[32];
   const int64_t r = blockIdx.y;
   const TokenRow t = rows[r];
   if (!Sampled(t)) return;
   float* row = logits + r * V;
-  const double m = row[ids[r]];
+  const double m = st[r].max;
   const double T = t.temperature;
   const Chunks ck = ChunkOf(blockIdx.x, chunk, V);
   uint64_t acc = 0;
@@ -595,7 +602,9 @@ cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* ro
   const dim3 grid(static_cast<unsigned>(l.used), static_cast<unsigned>(R));
   if (sampled) {
     if ((e = cudaMemsetAsync(st, 0, l.cleared, s)) != cudaSuccess) return e;
-    ExpK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, ids, st);
+    RowMaxK<<<Blocks(R, 128), 128, 0, s>>>(logits, V, R, ids, st);
+    if ((e = LaunchStatus()) != cudaSuccess) return e;
+    ExpK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st);
     if ((e = LaunchStatus()) != cudaSuccess) return e;
     if (filtered) {
       for (int level = 0; level < kLevels; ++level) {
