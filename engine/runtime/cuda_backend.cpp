@@ -1,8 +1,7 @@
 // The CUDA backend: the same op set as the CPU reference, on specd's kernels (kernels/) and
-// cuBLAS for the projections. bf16 activations and weights, fp32 accumulation and GDN state.
+// cuBLASLt for projections of more than 16 rows. bf16 activations and weights, fp32 accumulation and GDN state.
 #ifdef SPECD_HAVE_CUDA
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include <type_traits>
 
 #include "runtime/backend.h"
+#include "runtime/cuda_lt_gemm.h"
 #include "specd/kernels.h"
 
 namespace specd {
@@ -72,28 +72,13 @@ class DevicePool {
   std::map<size_t, std::vector<void*>> free_;
 };
 
-const char* CublasName(cublasStatus_t s) {
-  switch (s) {
-    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
-    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
-    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
-    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
-    default: return "CUBLAS_STATUS_?";
-  }
-}
-
 class CudaBackend final : public Backend {
  public:
   CudaBackend() : pool_(std::make_shared<DevicePool>()) {
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
-    cublasCreate(&blas_);
-    cublasSetStream(blas_, stream_);
     // A fixed workspace: cuBLAS must not allocate inside a graph capture.
     cudaMalloc(&blas_ws_, kBlasWorkspace);
-    cublasSetWorkspace(blas_, blas_ws_, kBlasWorkspace);
+    lt_ = std::make_unique<LtGemm>(blas_ws_, kBlasWorkspace);
     cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming);
     const char* g = std::getenv("SPECD_CUDA_GRAPHS");
     graphs_enabled_ = g == nullptr || std::string(g) != "0";
@@ -109,7 +94,6 @@ class CudaBackend final : public Backend {
     if (pinned_) cudaFreeHost(pinned_);
     cudaFree(blas_ws_);
     cudaEventDestroy(staged_);
-    cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
   std::string name() const override { return "cuda"; }
@@ -220,13 +204,8 @@ class CudaBackend final : public Backend {
       Check(K::SkinnyGemm(B(x), B(w), out.data, out.dtype == DType::kF32, n, m, k, stream_), "skinny gemm");
       return;
     }
-    const float alpha = 1.f, beta = 0.f;
-    const cudaDataType_t ot = out.dtype == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
-    const cublasStatus_t st =
-        cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
-                     &alpha, w.data, CUDA_R_16BF, static_cast<int>(k), x.data, CUDA_R_16BF, static_cast<int>(k), &beta,
-                     out.data, ot, static_cast<int>(m), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (st != CUBLAS_STATUS_SUCCESS) Fail(fmt::format("cublasGemmEx: {}", CublasName(st)));
+    const std::string err = lt_->Run(x.data, w.data, out.data, out.dtype == DType::kF32, n, m, k, stream_);
+    if (!err.empty()) Fail(err);
   }
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, bool unit_offset, Tensor& out) override {
     Prof prof_(this, "rmsnorm");
@@ -870,10 +849,10 @@ class CudaBackend final : public Backend {
     std::vector<void*> arena;
   };
   static constexpr size_t kBlasWorkspace = size_t{32} << 20;
+  std::unique_ptr<LtGemm> lt_;  // borrows blas_ws_
 
   std::shared_ptr<DevicePool> pool_;
   cudaStream_t stream_ = nullptr;
-  cublasHandle_t blas_ = nullptr;
   int64_t graph_replays_ = 0;
   Status error_;
   std::vector<int32_t> last_meta_;

@@ -545,6 +545,35 @@ TEST(GpuMoe, RoutedAndSharedExpertsMatchCpu) {
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
 
+// Projections past 16 rows run on cuBLASLt, whose kernels may assume aligned operands: slices at
+// odd element offsets (2-byte aligned bf16, 4-byte aligned fp32 out) and an odd K must still
+// give the reference's product, and plans cached for aligned pointers must not be reused.
+TEST(GpuGemm, CublasLtOnMisalignedSlicesMatchesCpu) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  const int64_t N = 40, M = 70, K = 130;
+  for (int64_t off : {int64_t{0}, int64_t{1}, int64_t{3}}) {
+    for (DType ot : {DType::kBF16, DType::kF32}) {
+      const auto xv = RoundBf16(RandomVec(static_cast<size_t>(off + N * K), 31 + off, 1.f));
+      const auto wv = RoundBf16(RandomVec(static_cast<size_t>(off + M * K), 41 + off, 0.1f));
+      Tensor xc = cpu.Upload(xv.data() + off, DType::kF32, {N, K}, DType::kF32);
+      Tensor wc = cpu.Upload(wv.data() + off, DType::kF32, {M, K}, DType::kF32);
+      Tensor xg = Gpu()->Upload(xv.data(), DType::kF32, {off + N * K}, DType::kBF16).Slice(off, {N, K});
+      Tensor wg = Gpu()->Upload(wv.data(), DType::kF32, {off + M * K}, DType::kBF16).Slice(off, {M, K});
+      Tensor yc = cpu.Alloc(DType::kF32, {N, M});
+      Tensor yg = Gpu()->Alloc(ot, {off + N * M}).Slice(off, {N, M});
+      cpu.Gemm(xc, wc, yc);
+      Gpu()->Gemm(xg, wg, yg);
+      const Status st = Gpu()->TakeError();
+      ASSERT_TRUE(st.ok()) << st.ToString() << " offset " << off;
+      const auto want = cpu.DownloadF32(yc), got = Gpu()->DownloadF32(yg);
+      double worst = 0;
+      for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]));
+      EXPECT_LT(worst, ot == DType::kF32 ? 1e-4 : 1e-2) << "offset " << off << (ot == DType::kF32 ? " fp32" : " bf16");
+    }
+  }
+}
+
 TEST(GpuKernels, LaunchersRejectBadShapes) {
   SPECD_REQUIRE_GPU();
   CpuBackend cpu;
