@@ -42,6 +42,25 @@ __device__ __forceinline__ void RopePair(float x1, float x2, float p, int j, int
   *o2 = x2 * cs + x1 * sn;
 }
 
+// bf16(silu(bf16(g)) * bf16(u)): gate and up rounded to bf16 first, as the unfused GEMMs +
+// SwiGLU kernel do; every SwiGLU epilogue goes through here so the forms round alike.
+__device__ __forceinline__ __nv_bfloat16 SwiGluB(float g, float u) { return ToB(SiluF(ToF(ToB(g))) * ToF(ToB(u))); }
+
+// Tensor-core dot products (skinny_gemm.cu, moe.cu): d += A (16 weight rows x 16 k) · B (16 k x
+// 8 x rows), bf16 in, fp32 accumulate. Each element of d is its own dot product: what an output
+// gets does not depend on the other rows in the tile.
+__device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// K shares per 16-row weight tile of the tensor-core kernels: enough warps for the bandwidth, at
+// least 4 blocks of 32 per warp. A function of K alone, so a sum's order is fixed by the shape.
+inline int MmaSplit(int64_t K) { return K >= 4096 ? 8 : (K >= 2048 ? 4 : (K >= 1024 ? 2 : 1)); }
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -56,14 +56,14 @@ __global__ void AddToResidualK(float* h, const bf16* b, int64_t n) {
 }
 __global__ void SwiGluK(const bf16* g, const bf16* u, bf16* out, int64_t n) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i < n) out[i] = ToB(SiluF(ToF(g[i])) * ToF(u[i]));
+  if (i < n) out[i] = SwiGluB(ToF(g[i]), ToF(u[i]));
 }
 // gu [rows, 2I] (gate columns, then up) -> out [rows, I]
 __global__ void SwiGluPackedK(const bf16* gu, int64_t inner, bf16* out, int64_t n) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= n) return;
   const int64_t r = i / inner, c = i % inner;
-  out[i] = ToB(SiluF(ToF(gu[r * 2 * inner + c])) * ToF(gu[r * 2 * inner + inner + c]));
+  out[i] = SwiGluB(ToF(gu[r * 2 * inner + c]), ToF(gu[r * 2 * inner + inner + c]));
 }
 __global__ void SigmoidMulK(const bf16* x, const bf16* g, bf16* out, int64_t n) {
   GridLaunchDependents();  // o_proj reads this output: let it prefetch its weights

@@ -129,9 +129,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyGemmK(Args a) {
   }
   if (!live || lane != 0) return;
   if constexpr (F == Form::kSwiGlu) {
-    // gate and up rounded to bf16 first, as the unfused GEMMs + SwiGLU kernel do.
-    const float g = ToF(ToB(acc)), u = ToF(ToB(acc2));
-    static_cast<bf16*>(a.stack.out[0])[m] = ToB(SiluF(g) * u);
+    static_cast<bf16*>(a.stack.out[0])[m] = SwiGluB(acc, acc2);
   } else if constexpr (F == Form::kPlainF32) {
     static_cast<float*>(a.stack.out[0])[m] = acc;
   } else if constexpr (F == Form::kPlainBf16) {
@@ -198,15 +196,6 @@ cudaError_t Launch(const Args& a, cudaStream_t s) {
 // (mma computes each element on its own; the K shares meet in a fixed order), so a row's result
 // is the same whether 1 or 16 rows share the call: verify logits equal decode logits bit for bit.
 // CUDA cores at 9 rows were FMA- and L1-bound (2.3x a decode step on H100); the tensor cores are not.
-__device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 
 // Weight rows per warp: 16 (one tile), gate + up tiles for the SwiGLU form. x rows: NT * 8.
 // 32-element blocks in flight per lane and weight row: fewer as more x rows need registers (the
@@ -358,8 +347,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
       const int r = 8 * j + 2 * t + (e & 1);
       if (r >= n) continue;
       if constexpr (F == Form::kSwiGlu) {
-        const float gv = ToF(ToB(acc[0][j][e])), uv = ToF(ToB(acc[kTiles - 1][j][e]));
-        static_cast<bf16*>(out)[r * a.M + m] = ToB(SiluF(gv) * uv);
+        static_cast<bf16*>(out)[r * a.M + m] = SwiGluB(acc[0][j][e], acc[kTiles - 1][j][e]);
       } else if constexpr (F == Form::kPlainF32) {
         static_cast<float*>(out)[r * a.M + m] = acc[0][j][e];
       } else {
@@ -368,9 +356,6 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
     }
   }
 }
-
-// K shares per 16-row tile: enough warps for the bandwidth, at least 4 blocks of 32 per warp.
-int MmaSplit(int64_t K) { return K >= 4096 ? 8 : (K >= 2048 ? 4 : (K >= 1024 ? 2 : 1)); }
 
 template <Form F, int SPLIT, int NT>
 cudaError_t LaunchMmaOne(const Args& a, int n, cudaStream_t s) {

@@ -95,8 +95,11 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
   Tensor tok, rows;
   be.StageBatch(b, ids, logit_rows, &tok, &rows);
   // Decode and verify steps of a fixed layout replay a captured graph; prefill chunks (long,
-  // varied) and MoE (host-side routing) run op by op.
-  const bool graphable = !cfg_.is_moe && b.max_len <= kMaxGraphTokens;
+  // varied) run op by op, and so does MoE where the backend routes through the host.
+  const bool graphable =
+      b.max_len <= kMaxGraphTokens &&
+      (!cfg_.is_moe || be.MoeFfnCapturable(b.num_tokens, cfg_.hidden_size, cfg_.moe_intermediate_size,
+                                           cfg_.num_experts, cfg_.num_experts_per_tok));
   std::string key;
   if (graphable) {
     key = GraphKey(b, static_cast<int64_t>(logit_rows.size()), cache);

@@ -218,6 +218,11 @@ class Backend {
   // ---- MoE ----
   // Routed experts (fp32 softmax router, top-k, renormalised) + sigmoid-gated shared expert.
   virtual void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) = 0;
+  // Whether MoeFfn over `rows` tokens of these shapes issues its work without waiting for the
+  // device, so a forward holding it can be captured in a graph. Never while routing is recorded.
+  virtual bool MoeFfnCapturable(int64_t rows, int64_t hidden, int64_t inter, int experts, int top_k) const {
+    return false;
+  }
 
   // ---- token choice (so a step copies ids to the host, not [rows, V] logits) ----
   // ids[r] = ArgmaxF(logits[r, :]) exactly (spec/sampling.h: the lowest id of the row's maximum;

@@ -583,7 +583,6 @@ class CudaBackend final : public Backend {
     Check(cudaMemsetAsync(static_cast<char*>(st.rec.data) + slot * rw, 0, rw, stream_), "reset state");
   }
 
-  // ---- MoE: routing on the GPU, per-expert row lists on the host, expert GEMMs in cuBLAS ----
   // ---- token choice ----
   void ArgmaxRows(const Tensor& logits, Tensor& ids) override {
     Prof prof_(this, "argmax rows");
@@ -649,15 +648,72 @@ class CudaBackend final : public Backend {
           "choose tokens");
   }
 
+  // ---- MoE: routing, grouping and experts on the device up to kMoeDeviceMaxRows rows (nothing
+  // waits for the host, so the forward can be captured); past that, per-expert row lists on the
+  // host and cuBLAS GEMMs ----
+  bool MoeFfnCapturable(int64_t rows, int64_t hidden, int64_t inter, int experts, int top_k) const override {
+    return moe_record_ == nullptr && K::MoeDeviceApplies(rows, hidden, inter, experts, top_k);
+  }
   void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) override {
     const int64_t N = m.dim(0), H = m.dim(1), E = w.router.dim(0), Ie = w.down.dim(2);
     const int k = w.top_k;
+    if (N == 0) return;
     // Router logits in fp32 straight out of the GEMM: a bf16 rounding here can flip a near-tie
     // in the top-k and send a token to another expert.
-    Tensor logits = Alloc(DType::kF32, {N, E});
+    Tensor logits = Empty(DType::kF32, {N, E});
     Gemm(m, w.router, logits);
-    Tensor ids = Alloc(DType::kI32, {N, k}), wts = Alloc(DType::kF32, {N, k});
+    Tensor ids = Empty(DType::kI32, {N, k}), wts = Empty(DType::kF32, {N, k});
     Check(K::RouterTopK(logits.ptr<float>(), N, static_cast<int>(E), k, ids.ptr<int32_t>(), wts.ptr<float>(), stream_), "router");
+    Tensor sd, gl;
+    if (w.shared_gate.defined()) SharedExpert(m, w, &sd, &gl);
+    const bf16* shared = sd.defined() ? B(sd) : nullptr;
+    const bf16* gate = gl.defined() ? B(gl) : nullptr;
+    const bool aligned = Aligned16(m.data) && Aligned16(w.gate_up.data) && Aligned16(w.down.data);
+    if (aligned && K::MoeDeviceApplies(N, H, Ie, static_cast<int>(E), k)) {
+      Prof prof_(this, "moe routed (device)");
+      // Test hook only: the download waits for the device, so the model captures no graph while it is set.
+      if (moe_record_ != nullptr) moe_record_->push_back(DownloadI32(ids));
+      Tensor scratch = Empty(DType::kI32, {K::MoeScratchInts(N, k, static_cast<int>(E))});
+      Tensor act = Empty(DType::kBF16, {N * k, Ie}), y = Empty(DType::kBF16, {N * k, H});
+      const int32_t* sp = scratch.ptr<int32_t>();
+      Check(K::MoeGroup(ids.ptr<int32_t>(), N, k, static_cast<int>(E), scratch.ptr<int32_t>(), stream_), "moe group");
+      Check(K::MoeExperts(B(m), B(w.gate_up), B(w.down), sp, N, k, static_cast<int>(E), H, Ie, B(act), B(y), stream_),
+            "moe experts");
+      Check(K::MoeCombine(ids.ptr<int32_t>(), wts.ptr<float>(), sp, B(y), shared, gate, N, k, static_cast<int>(E), H,
+                          B(out), stream_),
+            "moe combine");
+      return;
+    }
+    if (capturing_) {
+      Fail(fmt::format("MoeFfn of {} rows routes on the host and cannot be captured in a graph", N));
+      return;
+    }
+    Tensor acc = Alloc(DType::kF32, {N, H});
+    MoeRoutedHost(m, w, ids, wts, acc);
+    Check(K::MoeFinish(acc.ptr<float>(), shared, gate, N, H, B(out), stream_), "moe finish");
+  }
+
+ private:
+  static bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+  // sd = the shared expert's output, gl = its gate logit (MoeFinish applies the sigmoid gate).
+  void SharedExpert(const Tensor& m, const MoeTensors& w, Tensor* sd, Tensor* gl) {
+    const int64_t N = m.dim(0), H = m.dim(1), Is = w.shared_gate.dim(0);
+    Tensor sg = Empty(DType::kBF16, {N, Is}), su = Empty(DType::kBF16, {N, Is});
+    *sd = Empty(DType::kBF16, {N, H});
+    *gl = Empty(DType::kBF16, {N, 1});
+    Gemm(m, w.shared_gate, sg);
+    Gemm(m, w.shared_up, su);
+    SwiGlu(sg, su, sg);
+    Gemm(sg, w.shared_down, *sd);
+    Gemm(m, w.shared_router, *gl);
+  }
+
+  // Prefill (past kMoeDeviceMaxRows rows): routing on the host, per-expert cuBLAS GEMMs over its
+  // gathered rows, acc[t] += w * y with experts in ascending id.
+  void MoeRoutedHost(const Tensor& m, const MoeTensors& w, const Tensor& ids, const Tensor& wts, Tensor& acc) {
+    const int64_t N = m.dim(0), H = m.dim(1), E = w.router.dim(0), Ie = w.down.dim(2);
+    const int k = w.top_k;
     std::vector<int32_t> hid(static_cast<size_t>(N * k));
     std::vector<float> hw(static_cast<size_t>(N * k));
     Check(cudaMemcpyAsync(hid.data(), ids.data, ids.nbytes(), cudaMemcpyDeviceToHost, stream_), "router ids");
@@ -674,7 +730,6 @@ class CudaBackend final : public Backend {
         rw[e].push_back(hw[t * k + r]);
       }
     }
-    Tensor acc = Alloc(DType::kF32, {N, H});
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = static_cast<int64_t>(rows[e].size());
       if (n == 0) continue;
@@ -697,22 +752,8 @@ class CudaBackend final : public Backend {
       Check(K::ScaledRowAdd(B(y), r32.ptr<int32_t>(), rws.ptr<float>(), n, H, acc.ptr<float>(), stream_), "expert add");
       Check(cudaStreamSynchronize(stream_), "expert sync");  // host row lists are reused next expert
     }
-    if (!w.shared_gate.defined()) {
-      Check(K::MoeFinish(acc.ptr<float>(), nullptr, nullptr, N, H, B(out), stream_), "moe finish");
-      return;
-    }
-    const int64_t Is = w.shared_gate.dim(0);
-    Tensor sg = Alloc(DType::kBF16, {N, Is}), su = Alloc(DType::kBF16, {N, Is}), sd = Alloc(DType::kBF16, {N, H});
-    Tensor gl = Alloc(DType::kBF16, {N, 1});
-    Gemm(m, w.shared_gate, sg);
-    Gemm(m, w.shared_up, su);
-    SwiGlu(sg, su, sg);
-    Gemm(sg, w.shared_down, sd);
-    Gemm(m, w.shared_router, gl);
-    Check(K::MoeFinish(acc.ptr<float>(), B(sd), B(gl), N, H, B(out), stream_), "moe finish");
   }
 
- private:
   struct Meta {
     int32_t* tok_slot = nullptr;
     int32_t* tok_pos = nullptr;

@@ -5,6 +5,7 @@
 
 #include "gpu_test_util.h"
 #include "model/presets.h"
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -291,6 +292,7 @@ TEST(GpuBatchInvariance, VerifyRowsEqualDecodeStepsBitwise) {
   std::vector<std::pair<std::string, std::unique_ptr<Qwen35Model>>> models;
   models.emplace_back("dense fixture", std::move(Qwen35Model::Load(ModelDir("dense"), Gpu())).value());
   models.emplace_back("Qwen3.5-0.8B shapes", Qwen35Model::Random(ReleasedShapes("0.8B").value(), Gpu(), 3));
+  models.emplace_back("moe fixture", std::move(Qwen35Model::Load(ModelDir("moe"), Gpu())).value());
   for (auto& [name, m] : models) {
     const int64_t V = m->config().vocab_size;
     std::vector<int32_t> ids(60);
@@ -357,10 +359,13 @@ TEST(GpuBatchInvariance, VerifyRowsEqualDecodeStepsBitwise) {
   }
 }
 
-TEST(GpuGraphs, CapturedDecodeAndVerifyStepsEqualOpByOp) {
+// Dense and MoE (routing, grouping and experts on the device, nothing waits for the host).
+class GpuGraphsModel : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(GpuGraphsModel, CapturedDecodeAndVerifyStepsEqualOpByOp) {
   SPECD_REQUIRE_GPU();
-  auto m = std::move(Qwen35Model::Load(ModelDir("dense"), Gpu())).value();
-  auto refs = LoadRefs("dense");
+  auto m = std::move(Qwen35Model::Load(ModelDir(GetParam()), Gpu())).value();
+  auto refs = LoadRefs(GetParam());
   auto ids = refs.Ids("prompt_ids");
   std::vector<float> out[2];
   int64_t replays[2] = {0, 0};
@@ -390,7 +395,31 @@ TEST(GpuGraphs, CapturedDecodeAndVerifyStepsEqualOpByOp) {
   EXPECT_EQ(replays[1], 16);
   ASSERT_EQ(out[0].size(), out[1].size());
   EXPECT_EQ(out[0], out[1]);  // the same kernels on the same inputs: bitwise equal
+  if (!m->config().is_moe) return;
+  // While routing is recorded (a test hook that reads ids on the host) nothing is captured or
+  // replayed, every MoE layer of every forward is recorded, and the logits stay those of the
+  // op-by-op run.
+  std::vector<std::vector<int32_t>> routing;
+  Gpu()->SetMoeRoutingHooks(&routing, nullptr);
+  const int64_t replays0 = Gpu()->graph_replays();
+  CacheOptions o;
+  o.max_ctx = 256;
+  auto cache = std::move(m->NewCache(o)).value();
+  const int slot = *cache->AllocSlot();
+  std::vector<float> hooked = RunForward(*m, *cache, slot, {ids.begin(), ids.begin() + 30}, false);
+  for (int t = 30; t < 36; ++t) {
+    const auto l = RunForward(*m, *cache, slot, {ids[t]}, false);
+    hooked.insert(hooked.end(), l.begin(), l.end());
+  }
+  Gpu()->SetMoeRoutingHooks(nullptr, nullptr);
+  EXPECT_EQ(Gpu()->graph_replays(), replays0);
+  EXPECT_EQ(routing.size(), 7u * static_cast<size_t>(m->config().num_hidden_layers));
+  ASSERT_GE(out[0].size(), hooked.size());
+  EXPECT_TRUE(std::equal(hooked.begin(), hooked.end(), out[0].begin())) << "prefill + 6 decode steps, routing recorded";
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, GpuGraphsModel, ::testing::Values("dense", "moe"),
+                         [](const auto& info) { return std::string(info.param); });
 
 // Paged KV on the GPU: a slot whose blocks are scattered over the pool (other slots grow, are
 // freed and reallocated between its steps, blocks of 4 rows so its table changes every few

@@ -2,6 +2,11 @@
 // real Qwen3.5 shapes (0.8B and 9B), for T in {1, 2, 5, 9, 63, 64, 65, 300} and mixed batches.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+
 #include "gpu_test_util.h"
 #include "specd/kernels.h"
 
@@ -513,36 +518,230 @@ INSTANTIATE_TEST_SUITE_P(ShapesAndT, GpuOps,
                                   std::to_string(std::get<1>(info.param));
                          });
 
+// One MoE block's weights on both backends. hot >= 0 makes every token's top choice that expert:
+// its router row gets a large weight on column 0, and Inputs sets column 0 of every token to 1.
+struct MoeCase {
+  int64_t H, E, k, Ie, Is;
+  int hot = -1;
+};
+struct MoeBlock {
+  MoeTensors cpu, gpu;
+};
+MoeBlock MakeMoe(CpuBackend& cpu, const MoeCase& c, uint64_t seed) {
+  auto R = [&](int64_t n, float s) { return RoundBf16(RandomVec(static_cast<size_t>(n), ++seed, s)); };
+  const float sh = 1.f / std::sqrt(static_cast<float>(c.H));
+  MoeBlock b;
+  auto set = [&](Tensor MoeTensors::*f, std::vector<int64_t> shape, std::vector<float> v) {
+    auto p = MakePair(cpu, v, shape);
+    b.cpu.*f = p.cpu;
+    b.gpu.*f = p.gpu;
+  };
+  auto router = R(c.E * c.H, sh);
+  if (c.hot >= 0) router[c.hot * c.H] = 16.f;
+  set(&MoeTensors::router, {c.E, c.H}, router);
+  set(&MoeTensors::gate_up, {c.E, 2 * c.Ie, c.H}, R(c.E * 2 * c.Ie * c.H, sh));
+  set(&MoeTensors::down, {c.E, c.H, c.Ie}, R(c.E * c.H * c.Ie, 1.f / std::sqrt(static_cast<float>(c.Ie))));
+  set(&MoeTensors::shared_gate, {c.Is, c.H}, R(c.Is * c.H, sh));
+  set(&MoeTensors::shared_up, {c.Is, c.H}, R(c.Is * c.H, sh));
+  set(&MoeTensors::shared_down, {c.H, c.Is}, R(c.H * c.Is, 1.f / std::sqrt(static_cast<float>(c.Is))));
+  set(&MoeTensors::shared_router, {1, c.H}, R(c.H, sh));
+  b.cpu.top_k = b.gpu.top_k = static_cast<int>(c.k);
+  return b;
+}
+std::vector<float> MoeInputs(const MoeCase& c, int64_t N, uint64_t seed) {
+  auto v = RoundBf16(RandomVec(static_cast<size_t>(N * c.H), seed, 1.f));
+  if (c.hot >= 0) {
+    for (int64_t t = 0; t < N; ++t) v[t * c.H] = 1.f;
+  }
+  return v;
+}
+// The GPU's MoE output (bf16 values as float bits) for these rows.
+std::vector<uint32_t> GpuMoeBits(const MoeBlock& b, const std::vector<float>& x, int64_t N, int64_t H) {
+  Tensor xg = Gpu()->Upload(x.data(), DType::kF32, {N, H}, DType::kBF16);
+  Tensor o = Gpu()->Alloc(DType::kBF16, {N, H});
+  Gpu()->MoeFfn(xg, b.gpu, o);
+  const auto f = Gpu()->DownloadF32(o);
+  std::vector<uint32_t> bits(f.size());
+  std::memcpy(bits.data(), f.data(), f.size() * sizeof(float));
+  return bits;
+}
+
+const MoeCase kMoeFixture{128, 8, 2, 64, 96};
+const MoeCase kMoeReal{2048, 32, 8, 512, 512};  // Qwen3.5-35B-A3B's H, k, Ie (E cut to 32)
+
+// Against the fp32 reference replaying the GPU's routing (near-ties can flip in bf16): every row
+// count the device path serves up to 64, one past kMoeDeviceMaxRows (the cuBLAS path), every token
+// on one expert (its rows span several 16-row groups), and k = E (every expert holds every row).
 TEST(GpuMoe, RoutedAndSharedExpertsMatchCpu) {
   SPECD_REQUIRE_GPU();
   CpuBackend cpu;
-  for (auto [H, E, k, Ie, Is, N] : {std::tuple{128, 8, 2, 64, 96, 45}, std::tuple{2048, 32, 8, 512, 512, 9}}) {
-    uint64_t seed = 1000 + H;
-    auto R = [&](size_t n, float s) { return RoundBf16(RandomVec(n, ++seed, s)); };
-    const float sh = 1.f / std::sqrt(static_cast<float>(H));
-    auto m = MakePair(cpu, R(N * H, 1.f), {N, H});
-    MoeTensors wc, wg;
-    auto set = [&](Tensor MoeTensors::*f, std::vector<int64_t> shape, float s) {
-      int64_t n = 1;
-      for (auto x : shape) n *= x;
-      auto p = MakePair(cpu, R(n, s), shape);
-      wc.*f = p.cpu;
-      wg.*f = p.gpu;
-    };
-    set(&MoeTensors::router, {E, H}, sh);
-    set(&MoeTensors::gate_up, {E, 2 * Ie, H}, sh);
-    set(&MoeTensors::down, {E, H, Ie}, 1.f / std::sqrt(static_cast<float>(Ie)));
-    set(&MoeTensors::shared_gate, {Is, H}, sh);
-    set(&MoeTensors::shared_up, {Is, H}, sh);
-    set(&MoeTensors::shared_down, {H, Is}, 1.f / std::sqrt(static_cast<float>(Is)));
-    set(&MoeTensors::shared_router, {1, H}, sh);
-    wc.top_k = wg.top_k = k;
-    Tensor oc = cpu.Alloc(DType::kF32, {N, H}), og = Gpu()->Alloc(DType::kBF16, {N, H});
-    cpu.MoeFfn(m.cpu, wc, oc);
-    Gpu()->MoeFfn(m.gpu, wg, og);
-    EXPECT_LE(RelL2(Gpu()->DownloadF32(og), cpu.DownloadF32(oc)), 3e-2) << "H=" << H;
+  MoeCase hot = kMoeFixture, all = kMoeFixture, real_hot = kMoeReal;
+  hot.hot = 5;
+  all.k = all.E;
+  real_hot.hot = 17;
+  const std::vector<std::pair<MoeCase, int64_t>> cases = {
+      {kMoeFixture, 1}, {kMoeFixture, 5}, {kMoeFixture, 17}, {kMoeFixture, 45}, {kMoeFixture, 64},
+      {kMoeFixture, kernels::kMoeDeviceMaxRows + 3}, {hot, 64}, {all, 17}, {all, 64},
+      {kMoeReal, 1}, {kMoeReal, 9}, {kMoeReal, 17}, {kMoeReal, 64}, {real_hot, 40}};
+  uint64_t seed = 1000;
+  for (const auto& [c, N] : cases) {
+    const std::string what = "H=" + std::to_string(c.H) + " k=" + std::to_string(c.k) + " hot=" +
+                             std::to_string(c.hot) + " N=" + std::to_string(N);
+    auto b = MakeMoe(cpu, c, seed += 100);
+    auto m = MakePair(cpu, MoeInputs(c, N, ++seed), {N, c.H});
+    Tensor oc = cpu.Alloc(DType::kF32, {N, c.H}), og = Gpu()->Alloc(DType::kBF16, {N, c.H});
+    std::vector<std::vector<int32_t>> routing;
+    Gpu()->SetMoeRoutingHooks(&routing, nullptr);
+    Gpu()->MoeFfn(m.gpu, b.gpu, og);
+    Gpu()->SetMoeRoutingHooks(nullptr, nullptr);
+    ASSERT_EQ(routing.size(), 1u) << what;
+    ASSERT_EQ(routing[0].size(), static_cast<size_t>(N * c.k)) << what;
+    if (c.hot >= 0) {
+      for (int64_t t = 0; t < N; ++t) ASSERT_EQ(routing[0][t * c.k], c.hot) << what << ": the case routes as meant";
+    }
+    cpu.SetMoeRoutingHooks(nullptr, &routing);
+    cpu.MoeFfn(m.cpu, b.cpu, oc);
+    cpu.SetMoeRoutingHooks(nullptr, nullptr);
+    const auto got = Gpu()->DownloadF32(og), ref = cpu.DownloadF32(oc);
+    EXPECT_LE(RelL2(got, ref), 3e-2) << what;
+    EXPECT_LE(MaxRowRelErr(got, ref, c.H), 5e-2) << what;
+    ASSERT_TRUE(Gpu()->TakeError().ok()) << what;
+  }
+}
+
+// The routed experts alone through the launchers, from a given routing (ids, weights [N, k]):
+// no router GEMM and no shared expert, whose GEMMs go to cuBLAS past 16 rows.
+std::vector<uint32_t> RoutedBits(const MoeBlock& b, const MoeCase& c, const std::vector<float>& x,
+                                 const std::vector<int32_t>& ids, const std::vector<float>& wts, int64_t N) {
+  namespace K = kernels;
+  const int E = static_cast<int>(c.E), k = static_cast<int>(c.k);
+  auto bp = [](const Tensor& t) { return static_cast<K::bf16*>(t.data); };
+  Tensor xg = Gpu()->Upload(x.data(), DType::kF32, {N, c.H}, DType::kBF16);
+  Tensor ig = Gpu()->Upload(ids.data(), DType::kI32, {N, k}, DType::kI32);
+  Tensor wg = Gpu()->Upload(wts.data(), DType::kF32, {N, k}, DType::kF32);
+  Tensor sc = Gpu()->Empty(DType::kI32, {K::MoeScratchInts(N, k, E)});
+  Tensor act = Gpu()->Empty(DType::kBF16, {N * k, c.Ie}), y = Gpu()->Empty(DType::kBF16, {N * k, c.H});
+  Tensor o = Gpu()->Empty(DType::kBF16, {N, c.H});
+  Gpu()->Synchronize();  // the launches below go to the legacy stream
+  EXPECT_EQ(K::MoeGroup(ig.ptr<int32_t>(), N, k, E, sc.ptr<int32_t>(), nullptr), cudaSuccess);
+  EXPECT_EQ(K::MoeExperts(bp(xg), bp(b.gpu.gate_up), bp(b.gpu.down), sc.ptr<int32_t>(), N, k, E, c.H, c.Ie, bp(act),
+                          bp(y), nullptr),
+            cudaSuccess);
+  EXPECT_EQ(K::MoeCombine(ig.ptr<int32_t>(), wg.ptr<float>(), sc.ptr<int32_t>(), bp(y), nullptr, nullptr, N, k, E, c.H,
+                          bp(o), nullptr),
+            cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto f = Gpu()->DownloadF32(o);
+  std::vector<uint32_t> bits(f.size());
+  std::memcpy(bits.data(), f.data(), f.size() * sizeof(float));
+  return bits;
+}
+
+// Rows [r0, r0 + n) of a row-major [*, width] vector, in reverse order when asked.
+template <typename T>
+std::vector<T> RowsOf(const std::vector<T>& v, int64_t width, int64_t r0, int64_t n, bool reverse = false) {
+  std::vector<T> out;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = reverse ? r0 + n - 1 - i : r0 + i;
+    out.insert(out.end(), v.begin() + r * width, v.begin() + (r + 1) * width);
+  }
+  return out;
+}
+
+// The bitwise property decode == verify needs from the MoE block: a token's output does not
+// depend on how many rows share the call, where it sits among them, or which other tokens share
+// its experts. The whole block up to 16 rows (the router and shared-expert GEMMs are
+// row-invariant that far); the routed experts at 1, 9, 17 and 64 rows from a fixed routing, with
+// spread experts, every token on one expert (64 rows in one group: four 16-row passes), and k = E.
+TEST(GpuMoe, RowOutputIsIndependentOfTheBatch) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  MoeCase hot = kMoeReal, all = kMoeFixture;
+  hot.hot = 3;
+  all.k = all.E;
+  for (const MoeCase& c : {kMoeFixture, kMoeReal, hot}) {
+    auto b = MakeMoe(cpu, c, 77 + c.H + c.hot);
+    const int64_t H = c.H;
+    const auto x = MoeInputs(c, 16, 99);
+    const auto whole = GpuMoeBits(b, x, 16, H);
+    const auto nine = GpuMoeBits(b, RowsOf(x, H, 7, 9, true), 9, H);
+    EXPECT_TRUE(nine == RowsOf(whole, H, 7, 9, true)) << "MoeFfn H=" << H << " hot=" << c.hot << ": 9 rows vs 16";
+    for (int64_t r = 0; r < 16; ++r) {
+      EXPECT_TRUE(GpuMoeBits(b, RowsOf(x, H, r, 1), 1, H) == RowsOf(whole, H, r, 1))
+          << "MoeFfn H=" << H << " hot=" << c.hot << ": row " << r << " alone vs in 16";
+    }
+  }
+  for (const MoeCase& c : {kMoeFixture, all, hot}) {
+    auto b = MakeMoe(cpu, c, 31 + c.H + c.k);
+    const int64_t H = c.H, k = c.k, N = 64;
+    const auto x = MoeInputs(c, N, 5);
+    std::vector<int32_t> ids(static_cast<size_t>(N * k));
+    std::vector<float> wts = RandomVec(static_cast<size_t>(N * k), 7, 1.f);
+    std::mt19937 rng(11);
+    for (int64_t t = 0; t < N; ++t) {
+      std::vector<int32_t> perm(static_cast<size_t>(c.E));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      if (c.hot >= 0) std::swap(perm[0], *std::find(perm.begin(), perm.end(), c.hot));
+      std::copy_n(perm.begin(), k, ids.begin() + t * k);
+      for (int64_t r = 0; r < k; ++r) wts[t * k + r] = std::abs(wts[t * k + r]) / static_cast<float>(k);
+    }
+    const auto whole = RoutedBits(b, c, x, ids, wts, N);
+    const std::string what = "routed H=" + std::to_string(H) + " k=" + std::to_string(k) + " hot=" +
+                             std::to_string(c.hot);
+    EXPECT_TRUE(RoutedBits(b, c, RowsOf(x, H, 47, 17), RowsOf(ids, k, 47, 17), RowsOf(wts, k, 47, 17), 17) ==
+                RowsOf(whole, H, 47, 17))
+        << what << ": 17 rows vs 64";
+    EXPECT_TRUE(RoutedBits(b, c, RowsOf(x, H, 8, 9, true), RowsOf(ids, k, 8, 9, true), RowsOf(wts, k, 8, 9, true), 9) ==
+                RowsOf(whole, H, 8, 9, true))
+        << what << ": 9 rows reversed vs 64";
+    for (int64_t r : {0, 5, 16, 40, 63}) {
+      EXPECT_TRUE(RoutedBits(b, c, RowsOf(x, H, r, 1), RowsOf(ids, k, r, 1), RowsOf(wts, k, r, 1), 1) ==
+                  RowsOf(whole, H, r, 1))
+          << what << ": row " << r << " alone vs in 64";
+    }
   }
   ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+// Rows of one expert land in its group in atomic order; the output must not care.
+TEST(GpuMoe, RepeatedCallsAreBitwiseEqual) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  MoeCase hot = kMoeReal, all = kMoeFixture;
+  hot.hot = 9;
+  all.k = all.E;
+  for (const auto& [c, N] : {std::pair{hot, int64_t{200}}, std::pair{all, int64_t{64}}, std::pair{kMoeReal, int64_t{17}}}) {
+    auto b = MakeMoe(cpu, c, 5 + c.H);
+    const auto x = MoeInputs(c, N, 6);
+    const auto first = GpuMoeBits(b, x, N, c.H);
+    for (int rep = 0; rep < 3; ++rep) {
+      EXPECT_TRUE(GpuMoeBits(b, x, N, c.H) == first) << "H=" << c.H << " N=" << N << " repeat " << rep;
+    }
+  }
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
+TEST(GpuMoe, DevicePathLaunchersRejectBadShapes) {
+  SPECD_REQUIRE_GPU();
+  namespace K = kernels;
+  EXPECT_TRUE(K::MoeDeviceApplies(17, 2048, 512, 256, 8));
+  EXPECT_FALSE(K::MoeDeviceApplies(K::kMoeDeviceMaxRows + 1, 2048, 512, 256, 8));
+  EXPECT_FALSE(K::MoeDeviceApplies(17, 2044, 512, 256, 8));  // rows not 16-byte multiples
+  EXPECT_FALSE(K::MoeDeviceApplies(17, 2048, 512, 4, 8));    // k > E
+  Tensor x = Gpu()->Alloc(DType::kBF16, {2, 136}), w = Gpu()->Alloc(DType::kBF16, {4 * 2 * 64 * 128});
+  Tensor ids = Gpu()->Alloc(DType::kI32, {4}), sc = Gpu()->Alloc(DType::kI32, {K::MoeScratchInts(2, 2, 4)});
+  Tensor act = Gpu()->Alloc(DType::kBF16, {4, 64}), y = Gpu()->Alloc(DType::kBF16, {4, 128});
+  auto* xb = static_cast<K::bf16*>(x.data);
+  auto* wb = static_cast<K::bf16*>(w.data);
+  EXPECT_EQ(K::MoeGroup(ids.ptr<int32_t>(), 2, 5, 4, sc.ptr<int32_t>(), nullptr), cudaErrorInvalidValue);
+  // x one element past a 16-byte boundary.
+  EXPECT_EQ(K::MoeExperts(xb + 1, wb, wb, sc.ptr<int32_t>(), 2, 2, 4, 128, 64, static_cast<K::bf16*>(act.data),
+                          static_cast<K::bf16*>(y.data), nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(K::MoeCombine(ids.ptr<int32_t>(), nullptr, sc.ptr<int32_t>(), static_cast<K::bf16*>(y.data), nullptr,
+                          nullptr, 2, 2, 4, 128, xb, nullptr),
+            cudaErrorInvalidValue);
 }
 
 // Projections past 16 rows run on cuBLASLt, whose kernels may assume aligned operands: slices at

@@ -209,6 +209,35 @@ cudaError_t ScaledRowAdd(const bf16* y, const int32_t* rows, const float* w, int
 cudaError_t MoeFinish(const float* acc, const bf16* shared, const bf16* gate_logit, int64_t n, int64_t h, bf16* out,
                       cudaStream_t s);
 
+// Routed experts with no host round trip, so a forward holding them can be captured in a graph:
+// MoeGroup sorts the n*k (token, expert) entries of ids by expert on the device; MoeExperts runs
+// every chosen expert's SwiGLU FFN over its rows, each expert's weights streamed once per call;
+// MoeCombine sums each token's expert outputs. Launch grids depend on (n, k, experts, h, inter)
+// only: min(experts, n*k) expert slots, and blocks of a slot no expert took exit at once.
+// A row's expert output is summed in an order fixed by the shape, whatever rows share its expert
+// or the call, so decode and verify agree bit for bit; the order entries land in within an
+// expert (atomics) changes no output bit.
+// Past kMoeDeviceMaxRows tokens (prefill) the backend keeps its cuBLAS path: the expert kernel
+// walks an expert's rows 16 at a time, re-reading its weights from L2 for every 16.
+constexpr int64_t kMoeDeviceMaxRows = 1024;
+constexpr int kMoeMaxExperts = 4096;
+constexpr int kMoeMaxTopK = 32;
+// Shapes the device path takes (x and weights must also be 16-byte aligned).
+bool MoeDeviceApplies(int64_t n, int64_t h, int64_t inter, int experts, int k);
+// int32 scratch MoeGroup fills for the other two.
+int64_t MoeScratchInts(int64_t n, int k, int experts);
+cudaError_t MoeGroup(const int32_t* ids, int64_t n, int k, int experts, int32_t* scratch, cudaStream_t s);
+// act [n*k, inter] and y [n*k, h] (rows in grouped order): act = bf16(silu(bf16(x·gate)) *
+// bf16(x·up)), y = bf16(act·down^T), with gate_up [experts, 2*inter, h] (gate rows first) and
+// down [experts, h, inter].
+cudaError_t MoeExperts(const bf16* x, const bf16* gate_up, const bf16* down, const int32_t* scratch, int64_t n, int k,
+                       int experts, int64_t h, int64_t inter, bf16* act, bf16* y, cudaStream_t s);
+// out[t] = MoeFinish of acc = the sum over t's experts in ascending id of weights[t, r] * y[t, r]
+// (ScaledRowAdd's order and rounding: the cuBLAS path adds experts 0..E-1 into a zeroed acc).
+cudaError_t MoeCombine(const int32_t* ids, const float* weights, const int32_t* scratch, const bf16* y,
+                       const bf16* shared, const bf16* gate_logit, int64_t n, int k, int experts, int64_t h, bf16* out,
+                       cudaStream_t s);
+
 // ---- token choice (sampling.cu) ----
 // ids[r] = the host's ArgmaxF of logits[r, 0..V) (lowest id of the maximum; NaN never wins
 // unless at id 0, then 0). scratch: R * ArgmaxSplits(R, V) uint64. R <= 65535, V < 2^31.
