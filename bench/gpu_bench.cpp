@@ -203,6 +203,63 @@ std::string SampledChoiceTable(Backend& be) {
   return t;
 }
 
+// One MoE FFN layer at Qwen3.5-35B-A3B shapes (H 2048, E 256, k 8, Ie 512, shared Is 512) for
+// decode and verify row counts: the device path (captured in a graph, and op by op) next to the
+// host-list path it replaced, and the floor: the weights the call must read (router, the
+// experts its rows hit, the shared expert) at the measured copy bandwidth.
+std::string MoeTable(Backend& be, double copy_bw) {
+  const int64_t H = 2048, E = 256, Ie = 512, Is = 512;
+  const int k = 8;
+  MoeTensors w;
+  const float sh = 1.f / std::sqrt(static_cast<float>(H)), si = 1.f / std::sqrt(static_cast<float>(Ie));
+  w.router = be.Random(DType::kBF16, {E, H}, sh, 0.f, 21);
+  w.gate_up = be.Random(DType::kBF16, {E, 2 * Ie, H}, sh, 0.f, 22);
+  w.down = be.Random(DType::kBF16, {E, H, Ie}, si, 0.f, 23);
+  w.shared_gate = be.Random(DType::kBF16, {Is, H}, sh, 0.f, 24);
+  w.shared_up = be.Random(DType::kBF16, {Is, H}, sh, 0.f, 25);
+  w.shared_down = be.Random(DType::kBF16, {H, Is}, si, 0.f, 26);
+  w.shared_router = be.Random(DType::kBF16, {1, H}, sh, 0.f, 27);
+  w.top_k = k;
+  std::string t =
+      "| MoE FFN layer, 35B-A3B shapes | rows | experts hit | MB read | floor us | device, graph us | device, op by op us "
+      "| host lists us | graph / floor |\n|---|---|---|---|---|---|---|---|---|\n";
+  for (int64_t N : {1, 4, 9, 17}) {
+    Tensor x = be.Random(DType::kBF16, {N, H}, 1.f, 0.f, 30 + N);
+    Tensor out = be.Empty(DType::kBF16, {N, H});
+    std::vector<std::vector<int32_t>> routing;
+    be.SetMoeRoutingHooks(&routing, nullptr);
+    be.MoeFfn(x, w, out);
+    be.SetMoeRoutingHooks(nullptr, nullptr);
+    std::vector<char> hit(static_cast<size_t>(E), 0);
+    for (int32_t e : routing.at(0)) hit[static_cast<size_t>(e)] = 1;
+    const int64_t experts = std::count(hit.begin(), hit.end(), 1);
+    const double bytes = 2.0 * (E * H + experts * 3 * H * Ie + 3 * H * Is + H);
+    const double floor_us = bytes / copy_bw * 1e6;  // the floor convention of the decode table
+    const double graph_us =
+        GraphTimePerCall(be, "moe" + std::to_string(N), 20, [&](int) { be.MoeFfn(x, w, out); }) * 1e6;
+    auto op_by_op = [&]() {
+      for (int i = 0; i < 3; ++i) be.MoeFfn(x, w, out);
+      be.Synchronize();
+      std::vector<double> ts;
+      for (int r = 0; r < 10; ++r) {
+        const double t0 = Now();
+        be.MoeFfn(x, w, out);
+        be.Synchronize();
+        ts.push_back(Now() - t0);
+      }
+      return Median(ts) * 1e6;
+    };
+    const double dev_us = op_by_op();
+    be.SetKernelOption("moe_device", false);
+    const double host_us = op_by_op();
+    be.SetKernelOption("moe_device", true);
+    t += fmt::format("| | {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.2f} |\n", N, experts, bytes / 1e6,
+                     floor_us, graph_us, dev_us, host_us, graph_us / floor_us);
+  }
+  if (!be.TakeError().ok()) t += "(device error during the MoE table)\n";
+  return t;
+}
+
 }  // namespace
 
 int main() {
@@ -221,6 +278,7 @@ int main() {
   std::printf("%s\n", GemvTable(be, bw).c_str());
   std::printf("%s\n", ArgmaxTable(be).c_str());
   std::printf("%s\n", SampledChoiceTable(be).c_str());
+  std::printf("%s\n", MoeTable(be, bw).c_str());
   std::printf("| model | weights GB | streamed GB | floor ms | decode ms | decode/floor |");
   for (int T = 1; T <= 9; ++T) std::printf(" verify T=%d ms |", T);
   std::printf("\n|---|---|---|---|---|---|");

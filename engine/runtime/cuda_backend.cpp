@@ -316,6 +316,7 @@ class CudaBackend final : public Backend {
   void SetKernelOption(const std::string& name, bool on) override {
     if (name == "gdn_fused") gdn_fused_ = on;
     if (name == "gdn_chunked") gdn_chunked_ = on;
+    if (name == "moe_device") moe_device_ = on;
     if (name == "programmatic_launch") K::SetProgrammaticLaunch(on);
   }
   bool BeginGraphCapture(const std::string& key) override {
@@ -652,7 +653,7 @@ class CudaBackend final : public Backend {
   // waits for the host, so the forward can be captured); past that, per-expert row lists on the
   // host and cuBLAS GEMMs ----
   bool MoeFfnCapturable(int64_t rows, int64_t hidden, int64_t inter, int experts, int top_k) const override {
-    return moe_record_ == nullptr && K::MoeDeviceApplies(rows, hidden, inter, experts, top_k);
+    return moe_device_ && moe_record_ == nullptr && K::MoeDeviceApplies(rows, hidden, inter, experts, top_k);
   }
   void MoeFfn(const Tensor& m, const MoeTensors& w, Tensor& out) override {
     const int64_t N = m.dim(0), H = m.dim(1), E = w.router.dim(0), Ie = w.down.dim(2);
@@ -669,7 +670,7 @@ class CudaBackend final : public Backend {
     const bf16* shared = sd.defined() ? B(sd) : nullptr;
     const bf16* gate = gl.defined() ? B(gl) : nullptr;
     const bool aligned = Aligned16(m.data) && Aligned16(w.gate_up.data) && Aligned16(w.down.data);
-    if (aligned && K::MoeDeviceApplies(N, H, Ie, static_cast<int>(E), k)) {
+    if (moe_device_ && aligned && K::MoeDeviceApplies(N, H, Ie, static_cast<int>(E), k)) {
       Prof prof_(this, "moe routed (device)");
       // Test hook only: the download waits for the device, so the model captures no graph while it is set.
       if (moe_record_ != nullptr) moe_record_->push_back(DownloadI32(ids));
@@ -910,6 +911,7 @@ class CudaBackend final : public Backend {
   char* staged_ids_ = nullptr;
   bool graphs_enabled_ = true;
   bool gdn_chunked_ = true;
+  bool moe_device_ = true;  // off: the host-list path at every size (benchmarks A/B)
   bool gdn_fused_ = true;
   bool profiling_ = false;
   std::vector<ProfEvent> prof_events_;
