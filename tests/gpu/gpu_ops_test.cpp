@@ -596,8 +596,19 @@ TEST(GpuMoe, RoutedAndSharedExpertsMatchCpu) {
     Gpu()->SetMoeRoutingHooks(nullptr, nullptr);
     ASSERT_EQ(routing.size(), 1u) << what;
     ASSERT_EQ(routing[0].size(), static_cast<size_t>(N * c.k)) << what;
+    // The router GEMM (fp32 out; cuBLASLt past 16 rows) against the reference.
+    Tensor lc = cpu.Alloc(DType::kF32, {N, c.E}), lg = Gpu()->Alloc(DType::kF32, {N, c.E});
+    cpu.Gemm(m.cpu, b.cpu.router, lc);
+    Gpu()->Gemm(m.gpu, b.gpu.router, lg);
+    const auto lcv = cpu.DownloadF32(lc), lgv = Gpu()->DownloadF32(lg);
+    EXPECT_LE(RelL2(lgv, lcv), 1e-3) << what << ": router logits";
     if (c.hot >= 0) {
-      for (int64_t t = 0; t < N; ++t) ASSERT_EQ(routing[0][t * c.k], c.hot) << what << ": the case routes as meant";
+      for (int64_t t = 0; t < N; ++t) {
+        ASSERT_EQ(routing[0][t * c.k], c.hot)
+            << what << ": the case routes as meant; token " << t << " logits (gpu/cpu) hot " << lgv[t * c.E + c.hot]
+            << "/" << lcv[t * c.E + c.hot] << ", chosen " << lgv[t * c.E + routing[0][t * c.k]] << "/"
+            << lcv[t * c.E + routing[0][t * c.k]];
+      }
     }
     cpu.SetMoeRoutingHooks(nullptr, &routing);
     cpu.MoeFfn(m.cpu, b.cpu, oc);
