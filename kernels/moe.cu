@@ -18,37 +18,60 @@ __device__ __forceinline__ bf16 MoeOut(float acc, float gs, const bf16* shared, 
   return ToB(acc);
 }
 
-// One thread per token: E is small (<= 512), and the k largest are found by k passes.
+// One warp per token, lane j holding experts j, j + 32, ...: the k largest probabilities found
+// by k rounds of "the next after (prev_p, prev) in (prob desc, id asc) order", each a per-lane
+// scan and a warp reduction. (A thread per token ran the k rounds over all E experts serially:
+// ~50 us at E = 256, k = 8, one token.) p = exp(l - max) / sum: the sum's order (a warp tree)
+// scales every p alike, so the chosen ids do not depend on it.
+__device__ __forceinline__ bool RouterAfter(float p, int e, float prev_p, int prev) {
+  return p < prev_p || (p == prev_p && e > prev);
+}
+__device__ __forceinline__ bool RouterBetter(float p, int e, float bp, int be) {
+  return p > bp || (p == bp && be >= 0 && e < be) || (be < 0 && e >= 0);
+}
 __global__ void RouterTopKK(const float* logits, int64_t n, int E, int k, int32_t* ids, float* weights) {
-  const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (t >= n) return;
+  const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (t >= n) return;  // whole warps leave together
   const float* l = logits + t * E;
   float mx = -INFINITY;
-  for (int e = 0; e < E; ++e) mx = fmaxf(mx, l[e]);
+  for (int e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
+  mx = WarpMax(mx);
   float sum = 0.f;
-  for (int e = 0; e < E; ++e) sum += __expf(l[e] - mx);
+  for (int e = lane; e < E; e += 32) sum += __expf(l[e] - mx);
+  sum = WarpSum(sum);
   float tot = 0.f;
   int prev = -1;
   float prev_p = INFINITY;
   for (int r = 0; r < k; ++r) {
-    // The next largest probability strictly after (prev_p, prev) in (prob desc, id asc) order.
     int best = -1;
     float bp = -1.f;
-    for (int e = 0; e < E; ++e) {
+    for (int e = lane; e < E; e += 32) {
       const float p = __expf(l[e] - mx) / sum;
-      const bool after = p < prev_p || (p == prev_p && e > prev);
-      if (after && (p > bp)) {
+      if (RouterAfter(p, e, prev_p, prev) && p > bp) {  // lanes scan ids upwards: ties keep the lower
         bp = p;
         best = e;
       }
     }
-    ids[t * k + r] = best;
-    weights[t * k + r] = bp;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float op = __shfl_xor_sync(0xffffffffu, bp, o);
+      const int oe = __shfl_xor_sync(0xffffffffu, best, o);
+      if (RouterBetter(op, oe, bp, best)) {
+        bp = op;
+        best = oe;
+      }
+    }
+    if (lane == 0) {
+      ids[t * k + r] = best;
+      weights[t * k + r] = bp;
+    }
     tot += bp;
     prev = best;
     prev_p = bp;
   }
-  for (int r = 0; r < k; ++r) weights[t * k + r] /= tot;
+  if (lane == 0) {
+    for (int r = 0; r < k; ++r) weights[t * k + r] /= tot;
+  }
 }
 
 __global__ void ScaledRowAddK(const bf16* y, const int32_t* rows, const float* w, int64_t h, float* acc) {
@@ -334,7 +357,7 @@ cudaError_t RouterTopK(const float* logits, int64_t n, int experts, int k, int32
                        cudaStream_t s) {
   SPECD_CHECK_ARG(logits && ids && weights && n >= 0 && experts > 0 && k > 0 && k <= experts);
   if (n == 0) return cudaSuccess;
-  RouterTopKK<<<Blocks(n, 128), 128, 0, s>>>(logits, n, experts, k, ids, weights);
+  RouterTopKK<<<Blocks(n * 32, 128), 128, 0, s>>>(logits, n, experts, k, ids, weights);
   return LaunchStatus();
 }
 
