@@ -137,6 +137,34 @@ else
   record greedy_spec_eq_plain FAIL "$(cat "$OUT/gen_spec.err" "$OUT/gen_plain.err" | head -c 300)"
 fi
 
+# --- sampled: token choice on the device ---------------------------------------------------------
+# Coupled mode's promise: with speculation the output equals plain sampling with the same seed.
+# Rejection mode: the same seed gives the same tokens twice, and drafts are accepted.
+samp="--prompt-ids $ids --max-tokens 64 --temperature 0.8 --top-p 0.9 --top-k 40 --seed 11 --json"
+s_ok=1
+cl generate $samp --sampling-mode coupled --k 4 --drafter draft > "$OUT/cpl_spec.json" 2> "$OUT/cpl.err" || s_ok=0
+cl generate $samp --sampling-mode coupled --drafter none > "$OUT/cpl_plain.json" 2>> "$OUT/cpl.err" || s_ok=0
+cl generate $samp --sampling-mode rejection --k 4 --drafter draft > "$OUT/rej_a.json" 2>> "$OUT/cpl.err" || s_ok=0
+cl generate $samp --sampling-mode rejection --k 4 --drafter draft > "$OUT/rej_b.json" 2>> "$OUT/cpl.err" || s_ok=0
+if [ "$s_ok" = 1 ]; then
+  sc=$(python3 - "$OUT/cpl_spec.json" "$OUT/cpl_plain.json" "$OUT/rej_a.json" "$OUT/rej_b.json" <<'EOF2'
+import json, sys
+c, p, a, b = (json.load(open(x)) for x in sys.argv[1:5])
+ok = c["ids"] == p["ids"] and a["ids"] == b["ids"] and c["stats"]["draft_tokens"] > 0 and a["stats"]["acceptance_rate"] > 0
+print("%s coupled spec %s plain (%d tokens, acceptance %.3f); rejection repeat %s (%d tokens, acceptance %.3f)" % (
+    "OK" if ok else "BAD", "==" if c["ids"] == p["ids"] else "!=", len(c["ids"]), c["stats"]["acceptance_rate"],
+    "==" if a["ids"] == b["ids"] else "!=", len(a["ids"]), a["stats"]["acceptance_rate"]))
+EOF2
+)
+  echo "$sc"
+  case "$sc" in
+    OK*) record sampled ok "${sc#OK }" ;;
+    *) record sampled FAIL "$sc" ;;
+  esac
+else
+  record sampled FAIL "$(head -c 300 "$OUT/cpl.err")"
+fi
+
 # --- a text prompt: this build has no tokenizer ---------------------------------------------------
 cl generate --prompt "def f():" --max-tokens 4 > "$OUT/gen_text.out" 2> "$OUT/gen_text.err"
 rc_text=$?
