@@ -57,6 +57,56 @@ __device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+// One 32-element K block of a 16-row weight tile against an 8-row x tile: lo / hi are a lane's
+// 16 bytes of weight rows g and g + 8, x its 16 bytes of x row g, in the permuted K layout
+// (lane (g, t) supplies k 8t..8t+3 to the first step and 8t+4..8t+7 to the second).
+__device__ __forceinline__ void MmaKBlock(float (&d)[4], const uint4& lo, const uint4& hi, const uint4& x) {
+  Mma16816(d, lo.x, hi.x, lo.y, hi.y, x.x, x.y);
+  Mma16816(d, lo.z, hi.z, lo.w, hi.w, x.z, x.w);
+}
+// A lane's two weight rows (g and g + 8 of the 16-row tile at row0) of each tile, at its 16-byte
+// column t; rows past M read row 0 (their outputs are never written); tile 1 is the up half
+// (rows M..2M) of a gate/up weight.
+template <int kTiles>
+__device__ __forceinline__ void LaneWeightRows(const __nv_bfloat16* w, int64_t row0, int64_t M, int64_t K, int lane,
+                                               const uint4* (&wr)[kTiles][2]) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int tile = 0; tile < kTiles; ++tile) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = row0 + g + 8 * h;
+      const int64_t row = (m < M ? m : 0) + (tile == 1 ? M : 0);
+      wr[tile][h] = reinterpret_cast<const uint4*>(w + row * K) + t;
+    }
+  }
+}
+// The K shares of each 16-row tile meet in slice order (0 + share 0 + share 1 + ...) in the
+// slice-0 warp, one (weight tile, x tile) at a time through `part`. Every warp of the block must
+// call it (barriers). Shared by the tensor-core kernels so their sums run in one order.
+template <int SPLIT, int kTiles, int NT, int kWarps>
+__device__ __forceinline__ void SumKShares(float (&acc)[kTiles][NT][4], float (&part)[kWarps][32][4], int warp,
+                                           int lane, int slice) {
+#pragma unroll
+  for (int tile = 0; tile < kTiles; ++tile) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[warp][lane][e] = acc[tile][j][e];
+      __syncthreads();
+      if (slice == 0) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float v = 0.f;
+#pragma unroll
+          for (int s = 0; s < SPLIT; ++s) v += part[warp + s][lane][e];
+          acc[tile][j][e] = v;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
 // K shares per 16-row weight tile of the tensor-core kernels: enough warps for the bandwidth, at
 // least 4 blocks of 32 per warp. A function of K alone, so a sum's order is fixed by the shape.
 inline int MmaSplit(int64_t K) { return K >= 4096 ? 8 : (K >= 2048 ? 4 : (K >= 1024 ? 2 : 1)); }

@@ -11,25 +11,44 @@
 namespace specd::kernels {
 namespace {
 
-// q, k: l2norm over dk (+1e-6 inside the rsqrt), q scaled by dk^-1/2. One warp per (token, key head).
-__global__ void GdnPrepQkK(const bf16* y, int64_t C, int hk, int dk, float* q, float* k) {
-  const int64_t t = blockIdx.x;
-  const int h = threadIdx.y;
-  const int lane = threadIdx.x;
-  const bf16* yq = y + t * C + h * dk;
-  const bf16* yk = y + t * C + int64_t{hk} * dk + h * dk;
+// The l2-norm scales of one key head's q and k rows, per warp (every lane gets them): sums of
+// squares over dk (lane-strided), +1e-6 inside the rsqrt, q's also times dk^-1/2. kN > 0 fixes
+// the loop bound at compile time; dk itself stays a run-time value on purpose: a constant would
+// let the compiler fold rsqrt(dk) exactly, and the fast-math rsqrt differs in the last bit. The
+// unfused prep and the fused step both call this, so they agree bit for bit.
+template <int kN = 0>
+__device__ __forceinline__ float2 QkNormScales(const bf16* yq, const bf16* yk, int dk, int lane) {
   float sq = 0.f, sk = 0.f;
-  for (int i = lane; i < dk; i += 32) {
+  for (int i = lane; i < (kN > 0 ? kN : dk); i += 32) {
     const float a = ToF(yq[i]), b = ToF(yk[i]);
     sq += a * a;
     sk += b * b;
   }
   sq = WarpSum(sq);
   sk = WarpSum(sk);
-  const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(dk)), ik = rsqrtf(sk + 1e-6f);
+  return make_float2(rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(dk)), rsqrtf(sk + 1e-6f));
+}
+
+// beta = sigmoid(b) in the activation dtype (as transformers computes it); g = -exp(A_log) *
+// softplus(a + dt_bias).
+__device__ __forceinline__ void GdnGates(bf16 b, bf16 a, float a_log, float dt_bias, float* g, float* beta) {
+  *beta = ToF(ToB(SigmoidF(ToF(b))));
+  const float x = ToF(a) + dt_bias;
+  const float sp = x > 20.f ? x : log1pf(expf(x));
+  *g = -expf(a_log) * sp;
+}
+
+// q, k: l2-normalised (QkNormScales). One warp per (token, key head).
+__global__ void GdnPrepQkK(const bf16* y, int64_t C, int hk, int dk, float* q, float* k) {
+  const int64_t t = blockIdx.x;
+  const int h = threadIdx.y;
+  const int lane = threadIdx.x;
+  const bf16* yq = y + t * C + h * dk;
+  const bf16* yk = y + t * C + int64_t{hk} * dk + h * dk;
+  const float2 sc = QkNormScales(yq, yk, dk, lane);
   for (int i = lane; i < dk; i += 32) {
-    q[(t * hk + h) * dk + i] = ToF(yq[i]) * iq;
-    k[(t * hk + h) * dk + i] = ToF(yk[i]) * ik;
+    q[(t * hk + h) * dk + i] = ToF(yq[i]) * sc.x;
+    k[(t * hk + h) * dk + i] = ToF(yk[i]) * sc.y;
   }
 }
 
@@ -40,11 +59,7 @@ __global__ void GdnPrepVgK(const bf16* y, const bf16* braw, const bf16* araw, co
   const bf16* yv = y + t * C + 2 * int64_t{hk} * dk;
   for (int i = threadIdx.x; i < hv * dv; i += blockDim.x) v[t * hv * dv + i] = ToF(yv[i]);
   for (int h = threadIdx.x; h < hv; h += blockDim.x) {
-    // beta = sigmoid(b) in the activation dtype, as transformers computes it.
-    beta[t * hv + h] = ToF(ToB(SigmoidF(ToF(braw[t * hv + h]))));
-    const float x = ToF(araw[t * hv + h]) + dt_bias[h];
-    const float sp = x > 20.f ? x : log1pf(expf(x));
-    g[t * hv + h] = -expf(a_log[h]) * sp;
+    GdnGates(braw[t * hv + h], araw[t * hv + h], a_log[h], dt_bias[h], &g[t * hv + h], &beta[t * hv + h]);
   }
 }
 
@@ -195,7 +210,7 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads)
 }
 
 // Decode and verify in one kernel: the prep (l2-normalised q/k, v, g, beta from the conv output
-// and the gate projections, computed exactly as GdnPrepQkK / GdnPrepVgK do), the verify log, and
+// and the gate projections, through the helpers GdnPrepQkK / GdnPrepVgK use), the verify log, and
 // the recurrence. Spans of at most kGroup tokens. grid (span, value head, column block).
 template <int DK>
 __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(const bf16* y, const bf16* braw, const bf16* araw,
@@ -214,27 +229,12 @@ __global__ void __launch_bounds__(ColumnLayout<DK>::kThreads) GdnFusedStepK(cons
     const int64_t tok = meta.offset + t;
     const bf16* yq = y + tok * C + kh * DK;
     const bf16* yk = y + tok * C + int64_t{hk} * DK + kh * DK;
-    float sq = 0.f, sk = 0.f;
+    const float2 sc = QkNormScales<DK>(yq, yk, dk, lane);
     for (int i = lane; i < DK; i += 32) {
-      const float a = ToF(yq[i]), b = ToF(yk[i]);
-      sq += a * a;
-      sk += b * b;
+      sm.q[t][ColumnLayout<DK>::Slot(i)] = ToF(yq[i]) * sc.x;
+      sm.k[t][ColumnLayout<DK>::Slot(i)] = ToF(yk[i]) * sc.y;
     }
-    sq = WarpSum(sq);
-    sk = WarpSum(sk);
-    // dk at run time, as GdnPrepQkK has it: a compile-time DK would let the compiler fold the
-    // rsqrt exactly, and the fast-math rsqrt it replaces differs in the last bit.
-    const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(dk)), ik = rsqrtf(sk + 1e-6f);
-    for (int i = lane; i < DK; i += 32) {
-      sm.q[t][ColumnLayout<DK>::Slot(i)] = ToF(yq[i]) * iq;
-      sm.k[t][ColumnLayout<DK>::Slot(i)] = ToF(yk[i]) * ik;
-    }
-    if (lane == 0) {
-      sm.beta[t] = ToF(ToB(SigmoidF(ToF(braw[tok * hv + h]))));
-      const float x = ToF(araw[tok * hv + h]) + dt_bias[h];
-      const float sp = x > 20.f ? x : log1pf(expf(x));
-      sm.g[t] = -expf(a_log[h]) * sp;
-    }
+    if (lane == 0) GdnGates(braw[tok * hv + h], araw[tok * hv + h], a_log[h], dt_bias[h], &sm.g[t], &sm.beta[t]);
   }
   __syncthreads();
   const bool log = MetaWritesLog(meta.mode);

@@ -214,17 +214,8 @@ __global__ void __launch_bounds__(32 * kExpertWarps) MoeExpertK(ExpertArgs a) {
   const int slice = warp % SPLIT;
   const int64_t row0 = (blockIdx.x * int64_t{kTilesPerBlock} + warp / SPLIT) * 16;
   const int64_t chunks = a.K / 8, blocks = (chunks + 3) / 4;
-  // This lane's weight rows g and g + 8 of each tile; rows past M load row 0 (never written).
   const uint4* wr[kTiles][2];
-#pragma unroll
-  for (int tile = 0; tile < kTiles; ++tile) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = row0 + g + 8 * h;
-      const int64_t row = (m < a.M ? m : 0) + (tile == 1 ? a.M : 0);
-      wr[tile][h] = reinterpret_cast<const uint4*>(a.w + e * a.w_stride + row * a.K) + t;
-    }
-  }
+  LaneWeightRows(a.w + e * a.w_stride, row0, a.M, a.K, lane, wr);
   for (int r0 = 0; r0 < count; r0 += 16) {
     const int nt = count - r0 > 8 ? 2 : 1;  // 8-row x tiles with a live row
     const uint4* xr[2];
@@ -249,36 +240,14 @@ __global__ void __launch_bounds__(32 * kExpertWarps) MoeExpertK(ExpertArgs a) {
       for (int j = 0; j < 2; ++j) xv[j] = in && xlive[j] ? __ldg(xr[j] + b * 4) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int tile = 0; tile < kTiles; ++tile) {
-        const uint4 lo = wv[tile][0], hi = wv[tile][1];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           if (j >= nt) break;
-          Mma16816(acc[tile][j], lo.x, hi.x, lo.y, hi.y, xv[j].x, xv[j].y);
-          Mma16816(acc[tile][j], lo.z, hi.z, lo.w, hi.w, xv[j].z, xv[j].w);
+          MmaKBlock(acc[tile][j], wv[tile][0], wv[tile][1], xv[j]);
         }
       }
     }
-    if constexpr (SPLIT > 1) {
-#pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) part[warp][lane][i] = acc[tile][j][i];
-          __syncthreads();
-          if (slice == 0) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              float v = 0.f;
-#pragma unroll
-              for (int s = 0; s < SPLIT; ++s) v += part[warp + s][lane][i];
-              acc[tile][j][i] = v;
-            }
-          }
-          __syncthreads();
-        }
-      }
-    }
+    if constexpr (SPLIT > 1) SumKShares<SPLIT>(acc, part, warp, lane, slice);
     if (slice != 0) continue;  // no return: the next 16 rows need every warp at the barriers
     // Element i of x tile j: weight row row0 + g + 8 * (i >> 1), group row r0 + 8 * j + 2 * t + (i & 1).
 #pragma unroll

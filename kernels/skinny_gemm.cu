@@ -150,11 +150,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyGemmK(Args a) {
   }
 }
 
-template <Form F, int SPLIT, int UNROLL>
-cudaError_t LaunchOne(const Args& a, cudaStream_t s) {
-  constexpr int kRowsPerBlock = kWarpsPerBlock / SPLIT;
+// Launches a skinny kernel with programmatic dependent launch (see the top of this file) unless
+// turned off.
+template <typename... P, typename... A>
+cudaError_t LaunchPdl(void (*kernel)(P...), unsigned blocks, cudaStream_t s, A... args) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((a.M + kRowsPerBlock - 1) / kRowsPerBlock));
+  cfg.gridDim = dim3(blocks);
   cfg.blockDim = dim3(32 * kWarpsPerBlock);
   cfg.stream = s;
   cudaLaunchAttribute attr[1];
@@ -162,8 +163,15 @@ cudaError_t LaunchOne(const Args& a, cudaStream_t s) {
   attr[0].val.programmaticStreamSerializationAllowed = g_programmatic ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, SkinnyGemmK<F, SPLIT, UNROLL>, a);
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
   return e != cudaSuccess ? e : LaunchStatus();
+}
+
+template <Form F, int SPLIT, int UNROLL>
+cudaError_t LaunchOne(const Args& a, cudaStream_t s) {
+  constexpr int kRowsPerBlock = kWarpsPerBlock / SPLIT;
+  return LaunchPdl(SkinnyGemmK<F, SPLIT, UNROLL>, static_cast<unsigned>((a.M + kRowsPerBlock - 1) / kRowsPerBlock), s,
+                   a);
 }
 
 // Warps per row and chunks in flight per warp, by shape (measured on H200, docs/PERFORMANCE.md:
@@ -218,17 +226,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
   const int slice = warp % SPLIT;
   const int64_t row0 = (blockIdx.x * int64_t{kTilesPerBlock} + warp / SPLIT) * 16;
   const int64_t blocks = a.K / 32, steps = (blocks + P - 1) / P;
-  // This lane's two weight rows per tile (g and g + 8), clamped (rows past M load row 0, unused).
   const uint4* wr[kTiles][2];
-#pragma unroll
-  for (int tile = 0; tile < kTiles; ++tile) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = row0 + g + 8 * h;
-      const int64_t row = (m < a.M ? m : 0) + (tile == 1 ? a.M : 0);
-      wr[tile][h] = reinterpret_cast<const uint4*>(a.w + row * a.K) + t;
-    }
-  }
+  LaneWeightRows(a.w, row0, a.M, a.K, lane, wr);
   GridLaunchDependents();
   uint4 wv[U][P][kTiles][2];
   auto load_w = [&](int64_t s0) {
@@ -290,37 +289,14 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
         // A block past K (odd block count) is zero on both sides and adds exact zeros.
 #pragma unroll
         for (int tile = 0; tile < kTiles; ++tile) {
-          const uint4 lo = cur[u][p][tile][0], hi = cur[u][p][tile][1];
 #pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            Mma16816(acc[tile][j], lo.x, hi.x, lo.y, hi.y, xv[u][p][j].x, xv[u][p][j].y);
-            Mma16816(acc[tile][j], lo.z, hi.z, lo.w, hi.w, xv[u][p][j].z, xv[u][p][j].w);
-          }
+          for (int j = 0; j < NT; ++j) MmaKBlock(acc[tile][j], cur[u][p][tile][0], cur[u][p][tile][1], xv[u][p][j]);
         }
       }
     }
   }
   if constexpr (SPLIT > 1) {
-    // One (tile, x tile) at a time through a small buffer; the K shares meet in slice order.
-#pragma unroll
-    for (int tile = 0; tile < kTiles; ++tile) {
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[warp][lane][e] = acc[tile][j][e];
-        __syncthreads();
-        if (slice == 0) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float v = 0.f;
-#pragma unroll
-            for (int s = 0; s < SPLIT; ++s) v += part[warp + s][lane][e];
-            acc[tile][j][e] = v;
-          }
-        }
-        __syncthreads();
-      }
-    }
+    SumKShares<SPLIT>(acc, part, warp, lane, slice);
     if (slice != 0) return;
   }
   // Element e of tile j: weight row row0 + g + 8 * (e >> 1), x row 8 * j + 2 * t + (e & 1).
@@ -361,17 +337,8 @@ template <Form F, int SPLIT, int NT>
 cudaError_t LaunchMmaOne(const Args& a, int n, cudaStream_t s) {
   constexpr int kTilesPerBlock = kWarpsPerBlock / SPLIT;
   const int64_t tiles = (a.M + 15) / 16;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((tiles + kTilesPerBlock - 1) / kTilesPerBlock));
-  cfg.blockDim = dim3(32 * kWarpsPerBlock);
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = g_programmatic ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, SkinnyMmaK<F, SPLIT, NT>, a, n);
-  return e != cudaSuccess ? e : LaunchStatus();
+  return LaunchPdl(SkinnyMmaK<F, SPLIT, NT>, static_cast<unsigned>((tiles + kTilesPerBlock - 1) / kTilesPerBlock), s, a,
+                   n);
 }
 
 template <Form F, int SPLIT>

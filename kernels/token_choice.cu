@@ -77,27 +77,16 @@ __device__ __forceinline__ float ResidualOf(float p, int64_t i, const TokenRow& 
   return static_cast<float>(fmax(0.0, static_cast<double>(p) - qv));
 }
 
-// Block reductions whose result (valid in thread 0) is the same on every run: fixed shuffle and
+// A block sum whose result (valid in thread 0) is the same on every run: fixed shuffle and
 // shared-memory order. `red` holds 32 entries.
-__device__ __forceinline__ double BlockSumD(double v, double* red) {
+template <typename T>
+__device__ __forceinline__ T BlockSumFixed(T v, T* red) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
   __syncthreads();
   if (lane == 0) red[wid] = v;
   __syncthreads();
-  double r = 0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < nw; ++w) r += red[w];
-  }
-  return r;
-}
-__device__ __forceinline__ uint64_t BlockSumU(uint64_t v, uint64_t* red) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) red[wid] = v;
-  __syncthreads();
-  uint64_t r = 0;
+  T r = 0;
   if (threadIdx.x == 0) {
     for (int w = 0; w < nw; ++w) r += red[w];
   }
@@ -107,7 +96,7 @@ __device__ __forceinline__ uint64_t BlockSumU(uint64_t v, uint64_t* red) {
 __device__ __forceinline__ double SumPartials(const double* part, int n, double* red) {
   double v = 0;
   for (int c = threadIdx.x; c < n; c += blockDim.x) v += part[c];
-  v = BlockSumD(v, red);
+  v = BlockSumFixed(v, red);
   __shared__ double all;
   if (threadIdx.x == 0) all = v;
   __syncthreads();
@@ -142,7 +131,7 @@ __global__ void __launch_bounds__(kThreads)
     row[i] = e;
     acc += Fix(e);
   }
-  acc = BlockSumU(acc, red);
+  acc = BlockSumFixed(acc, red);
   if (threadIdx.x == 0) atomicAdd(&st[r].s_fix, static_cast<unsigned long long>(acc));
 }
 
@@ -303,7 +292,7 @@ __global__ void __launch_bounds__(kThreads)
     const float e = row[i];
     if (Kept(e, i, s)) acc += e;
   }
-  acc = BlockSumD(acc, red);
+  acc = BlockSumFixed(acc, red);
   if (threadIdx.x == 0) part[r * gridDim.x + blockIdx.x] = acc;
 }
 
@@ -377,8 +366,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     return;
   }
-  dm = BlockSumD(dm, red);
-  pm = BlockSumD(pm, red);
+  dm = BlockSumFixed(dm, red);
+  pm = BlockSumFixed(pm, red);
   if (threadIdx.x == 0) {
     dist_mass[slot] = dm;
     p_mass[slot] = pm;

@@ -52,15 +52,9 @@ class DraftModelDrafter final : public Drafter {
       std::vector<TokenRowSpec> spec(static_cast<size_t>(R));
       for (size_t b = 0; b < batch.size(); ++b) {
         const DraftRequest& rq = reqs[who[b]];
-        const SamplingParams& sp = *rq.sampling;
+        // Coupled rows draw the target's noise at the same position: equal tokens mean acceptance.
         TokenRowSpec& t = spec[static_cast<size_t>(fo.row0[b])];
-        t.temperature = sp.temperature;
-        t.top_k = sp.top_k;
-        t.top_p = sp.top_p;
-        t.min_p = sp.min_p;
-        t.seed = sp.seed;
-        t.coupled = sp.mode == SamplingMode::kCoupled;  // the target's noise: equal tokens mean acceptance
-        t.position = static_cast<int64_t>(rq.context->size()) + j - 1;
+        t = RowSpecOf(*rq.sampling, static_cast<int64_t>(rq.context->size()) + j - 1);
         t.index = j;
         t.stream = static_cast<int32_t>(RngStream::kDraft);
       }

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "spec/rng.h"
 #include "spec/verifier.h"
 
 namespace specd {
@@ -206,15 +205,7 @@ StatusOr<SpecEngine::TokenRows> SpecEngine::FetchTokenRows(ForwardOutput& fo, co
   std::vector<const std::vector<float>*> q_rows;
   auto fill = [&](const Seq& s, int64_t row, int64_t gen_index, int64_t position) -> TokenRowSpec& {
     TokenRowSpec& t = spec[static_cast<size_t>(row)];
-    const SamplingParams& sp = s.req.sampling;
-    t.temperature = sp.temperature;
-    t.top_k = sp.top_k;
-    t.top_p = sp.top_p;
-    t.min_p = sp.min_p;
-    t.seed = sp.seed;
-    t.coupled = sp.mode == SamplingMode::kCoupled;
-    t.position = position;
-    t.stream = static_cast<int32_t>(RngStream::kSample);
+    t = RowSpecOf(s.req.sampling, position);
     auto& m = masked[static_cast<size_t>(row)];
     m = MaskedIds(s, gen_index);
     M = std::max(M, m.size());

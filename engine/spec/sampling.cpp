@@ -133,6 +133,20 @@ SamplingParams ParamsOf(const TokenRowSpec& s) {
   return sp;
 }
 
+TokenRowSpec RowSpecOf(const SamplingParams& sp, int64_t position) {
+  TokenRowSpec t;
+  t.temperature = sp.temperature;
+  t.top_k = sp.top_k;
+  t.top_p = sp.top_p;
+  t.min_p = sp.min_p;
+  t.seed = sp.seed;
+  t.coupled = sp.mode == SamplingMode::kCoupled;
+  t.position = position;
+  t.index = 0;
+  t.stream = static_cast<int32_t>(RngStream::kSample);
+  return t;
+}
+
 TokenChoice ChooseRow(float* logits, int64_t V, const TokenRowSpec& s, const float* q) {
   TokenChoice c;
   if (s.greedy()) {

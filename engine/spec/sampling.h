@@ -48,6 +48,8 @@ int ResidualDraw(const std::vector<float>& p, const float* q, int32_t d, uint64_
                  int index);
 
 SamplingParams ParamsOf(const TokenRowSpec& s);
+// A plain-draw row (kSample stream, index 0) for the token at `position` under sp.
+TokenRowSpec RowSpecOf(const SamplingParams& sp, int64_t position);
 // The reference for Backend::ChooseTokens: one row of logits [V] (replaced by its processed
 // distribution unless the row is greedy) and q, the draft's distribution or nullptr.
 TokenChoice ChooseRow(float* logits, int64_t V, const TokenRowSpec& s, const float* q);
