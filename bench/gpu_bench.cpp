@@ -215,8 +215,9 @@ std::string MoeTable(Backend& be, double copy_bw) {
   w.router = be.Random(DType::kBF16, {E, H}, sh, 0.f, 21);
   w.gate_up = be.Random(DType::kBF16, {E, 2 * Ie, H}, sh, 0.f, 22);
   w.down = be.Random(DType::kBF16, {E, H, Ie}, si, 0.f, 23);
-  w.shared_gate = be.Random(DType::kBF16, {Is, H}, sh, 0.f, 24);
-  w.shared_up = be.Random(DType::kBF16, {Is, H}, sh, 0.f, 25);
+  w.shared_gate_up = be.Random(DType::kBF16, {2 * Is, H}, sh, 0.f, 24);  // stacked, as the loader stores it
+  w.shared_gate = w.shared_gate_up.Rows(0, Is);
+  w.shared_up = w.shared_gate_up.Rows(Is, Is);
   w.shared_down = be.Random(DType::kBF16, {H, Is}, si, 0.f, 26);
   w.shared_router = be.Random(DType::kBF16, {1, H}, sh, 0.f, 27);
   w.top_k = k;

@@ -6,19 +6,20 @@
 // Per row, with the row split over `used` chunks (grid used x R, as the argmax):
 //   1. ArgmaxRows: the row's maximum m (its argmax is a greedy row's token), saved aside
 //      (RowMaxK) because the next step rewrites the row in place.
-//   2. ExpK: e = exp((l - m) / T) in fp64, stored as fp32 in place (e(max) = 1), and the row's
-//      total mass S in 2^-43 fixed point.
+//   2. ExpK: e = exp((l - m) / T) in fp64, stored as fp32 in place (e(max) = 1), the row's
+//      total mass S in 2^-43 fixed point, and the cut's first histogram (below).
 //   3. The cut (rows with top-k / top-p / min-p only): the host keeps the ranks r (entries by e
 //      descending, ties to the lower id) while r < top_k and, for r > 0, the mass above r is
 //      < top_p * S and e_r >= min_p. That set is an upper set of the order, found by a radix
 //      select on e's float bits (positive floats order as their bits): four rounds of an 8-bit
-//      histogram (HistK: counts and fixed-point masses per row) and a scan of the 256 buckets
+//      histogram (ExpK, then HistK: counts and fixed-point masses per row) and a scan of the 256 buckets
 //      (SelectK) that descends into the bucket where the rule first fails. The last round
 //      leaves one value t and j of its ties kept; the kept set is {e > t} plus the j lowest ids
 //      with e == t (TieCutK finds the j-th; it only runs when a cut splits a run of equal values).
 //      Masses are integers, so their sums are exact in any order and the cut is deterministic.
-//   4. KeptSumK, NormK: p = e / sum(kept e) (fp64), in place; per chunk, the mass of the draw's
-//      distribution (p, or the residual max(0, p - q) of a verify row) or the best Gumbel score.
+//   4. NormK: p = e / kept mass (from the cut's integer sums), in place; per chunk, the mass of
+//      the draw's distribution (p, or the residual max(0, p - q) of a verify row) or the best
+//      Gumbel score.
 //   5. DrawK: one block per row: the accept test, then the inverse-CDF draw (chunk by the chunk
 //      masses, entry by a scan inside the chunk) or the Gumbel winner.
 // The host sums the same quantities sequentially in fp64; the device's sums differ from it only
@@ -36,7 +37,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kBuckets = 256;
 constexpr int kLevels = 4;
-// e in [0, 1] in units of 2^-43: a row of < 2^18 entries sums below 2^61.
+// e in [0, 1] in units of 2^-43: a row of at most 2^20 entries sums below 2^63.
 constexpr double kFixScale = 8796093022208.0;
 
 __device__ __forceinline__ uint64_t Fix(float e) {
@@ -54,6 +55,7 @@ struct RowState {
   int32_t tie_j;             // > 0: id_end is still to be found, one past the tie_j-th entry equal to thr
   int32_t done;              // the cut is known
   float max;                 // the row's maximum logit, saved before ExpK overwrites the row
+  unsigned long long kept_fix;  // mass of the kept entries, set with the cut (filtered rows)
 };
 struct Chunks {  // the split of a row over gridDim.x blocks
   int64_t lo, hi;
@@ -107,19 +109,52 @@ __device__ __forceinline__ bool Better(double s, int32_t i, double bs, int32_t b
   return s > bs || (s == bs && i < bi);
 }
 
+// A block's histogram of candidates (e > 0, e >= min_p) by 8 bits of their key, added into the
+// row's histogram of the level (cleared by the launcher; integer atomics, so the sums do not
+// depend on the order the blocks add in).
+struct BlockHist {
+  uint32_t cnt[kBuckets];
+  unsigned long long mass[kBuckets];
+  __device__ void Clear() {
+    for (int b = threadIdx.x; b < kBuckets; b += blockDim.x) {
+      cnt[b] = 0;
+      mass[b] = 0;
+    }
+  }
+  __device__ void Add(float e, int shift) {
+    const int b = (__float_as_uint(e) >> shift) & (kBuckets - 1);
+    atomicAdd(&cnt[b], 1u);
+    atomicAdd(&mass[b], static_cast<unsigned long long>(Fix(e)));
+  }
+  __device__ void Flush(unsigned* hcnt, unsigned long long* hmass) const {
+    for (int b = threadIdx.x; b < kBuckets; b += blockDim.x) {
+      if (cnt[b] == 0) continue;
+      atomicAdd(&hcnt[b], cnt[b]);
+      atomicAdd(&hmass[b], mass[b]);
+    }
+  }
+};
+__device__ __forceinline__ bool Candidate(float e, const TokenRow& t) { return e > 0.f && e >= t.min_p; }
+
 // 2a. The row's maximum, read before any block of ExpK rewrites the row in place.
 __global__ void RowMaxK(const float* logits, int64_t V, int64_t R, const int32_t* ids, RowState* st) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r < R) st[r].max = logits[r * V + ids[r]];
 }
 
-// 2b. e in place and the row's fixed-point mass (integer atomics: the same sum in any order).
+// 2b. e in place, the row's fixed-point mass (integer atomics: the same sum in any order), and
+// for rows with a filter the first round's histogram (by the top 8 bits of e).
 __global__ void __launch_bounds__(kThreads)
-    ExpK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, RowState* st) {
+    ExpK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, RowState* st, unsigned* hcnt0,
+         unsigned long long* hmass0) {
   __shared__ uint64_t red[32];
+  __shared__ BlockHist hist;
   const int64_t r = blockIdx.y;
   const TokenRow t = rows[r];
   if (!Sampled(t)) return;
+  const bool filtered = Filtered(t, V);
+  if (filtered) hist.Clear();
+  __syncthreads();
   float* row = logits + r * V;
   const double m = st[r].max;
   const double T = t.temperature;
@@ -130,46 +165,38 @@ __global__ void __launch_bounds__(kThreads)
     const float e = l == -INFINITY ? 0.f : static_cast<float>(exp((static_cast<double>(l) - m) / T));
     row[i] = e;
     acc += Fix(e);
+    if (filtered && Candidate(e, t)) hist.Add(e, 24);
   }
   acc = BlockSumFixed(acc, red);
   if (threadIdx.x == 0) atomicAdd(&st[r].s_fix, static_cast<unsigned long long>(acc));
+  if (filtered) {
+    __syncthreads();
+    hist.Flush(hcnt0 + r * kBuckets, hmass0 + r * kBuckets);
+  }
 }
 
-// 3a. Histogram of the candidates (e > 0, e >= min_p) under the current prefix, by the next 8 bits.
+// 3a. The histogram of the candidates under the current prefix, by its next 8 bits (levels 1-3;
+// ExpK builds level 0).
 __global__ void __launch_bounds__(kThreads)
     HistK(const float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const RowState* st, int level,
           unsigned* hcnt, unsigned long long* hmass) {
-  __shared__ uint32_t cnt[kBuckets];
-  __shared__ unsigned long long mass[kBuckets];
+  __shared__ BlockHist hist;
   const int64_t r = blockIdx.y;
   const TokenRow t = rows[r];
   if (!Filtered(t, V) || st[r].done) return;
   const uint32_t prefix = st[r].prefix;
-  for (int b = threadIdx.x; b < kBuckets; b += kThreads) {
-    cnt[b] = 0;
-    mass[b] = 0;
-  }
+  hist.Clear();
   __syncthreads();
   const int shift = 24 - 8 * level;
   const float* row = logits + r * V;
   const Chunks ck = ChunkOf(blockIdx.x, chunk, V);
   for (int64_t i = ck.lo + threadIdx.x; i < ck.hi; i += kThreads) {
     const float e = row[i];
-    if (!(e > 0.f) || e < t.min_p) continue;
-    const uint32_t key = __float_as_uint(e);
-    if (level > 0 && (key >> (shift + 8)) != (prefix >> (shift + 8))) continue;
-    const int b = (key >> shift) & (kBuckets - 1);
-    atomicAdd(&cnt[b], 1u);
-    atomicAdd(&mass[b], static_cast<unsigned long long>(Fix(e)));
+    if (!Candidate(e, t) || (__float_as_uint(e) >> (shift + 8)) != (prefix >> (shift + 8))) continue;
+    hist.Add(e, shift);
   }
   __syncthreads();
-  // The row's histogram of this level (cleared by the launcher); integer atomics, so the sums do
-  // not depend on the order the blocks add in.
-  for (int b = threadIdx.x; b < kBuckets; b += kThreads) {
-    if (cnt[b] == 0) continue;
-    atomicAdd(&hcnt[r * kBuckets + b], cnt[b]);
-    atomicAdd(&hmass[r * kBuckets + b], mass[b]);
-  }
+  hist.Flush(hcnt + r * kBuckets, hmass + r * kBuckets);
 }
 
 // 3b. One block per row, a thread per bucket: picks the bucket in which the host's rule first
@@ -209,6 +236,7 @@ __global__ void __launch_bounds__(kBuckets)
     s.thr = t.min_p;
     s.id_end = INT_MAX;
     s.done = 1;
+    s.kept_fix = s.m_fix + M[0];  // every candidate under the prefix (level 0: all of them)
     st[r] = s;
     return;
   }
@@ -238,6 +266,7 @@ __global__ void __launch_bounds__(kBuckets)
     s.id_end = j >= cnt_t ? INT_MAX : 0;
     s.tie_j = j > 0 && j < cnt_t ? static_cast<int32_t>(j) : 0;
     s.done = 1;
+    s.kept_fix = s.m_fix + j * tq;
   }
   st[r] = s;
 }
@@ -277,29 +306,10 @@ __global__ void __launch_bounds__(kTieThreads) TieCutK(const float* logits, int6
   }
 }
 
-// 4a. Mass of the kept entries per chunk.
-__global__ void __launch_bounds__(kThreads)
-    KeptSumK(const float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const RowState* st,
-             double* part) {
-  __shared__ double red[32];
-  const int64_t r = blockIdx.y;
-  if (!Sampled(rows[r])) return;
-  const RowState s = st[r];
-  const float* row = logits + r * V;
-  const Chunks ck = ChunkOf(blockIdx.x, chunk, V);
-  double acc = 0;
-  for (int64_t i = ck.lo + threadIdx.x; i < ck.hi; i += kThreads) {
-    const float e = row[i];
-    if (Kept(e, i, s)) acc += e;
-  }
-  acc = BlockSumFixed(acc, red);
-  if (threadIdx.x == 0) part[r * gridDim.x + blockIdx.x] = acc;
-}
-
 // 4b. p in place; per chunk the draw distribution's mass (and p's, for a residual row whose
 // residual is empty), or the best Gumbel candidate.
 __global__ void __launch_bounds__(kThreads)
-    NormK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const RowState* st, const double* kept,
+    NormK(float* logits, int64_t V, int64_t chunk, const TokenRow* rows, const RowState* st,
           const float* q, double* dist_mass, double* p_mass, double* g_score, int32_t* g_id) {
   __shared__ double red[32];
   __shared__ double ws[32];
@@ -308,8 +318,11 @@ __global__ void __launch_bounds__(kThreads)
   const TokenRow t = rows[r];
   if (!Sampled(t)) return;
   const int splits = gridDim.x;
-  const double tot = SumPartials(kept + r * splits, splits, red);
-  const RowState s = st[r];
+  // The kept mass from the select's exact integer sums (unfiltered rows: the whole row); the
+  // fixed point's rounding, below V * 2^-44, is far under p's fp32 rounding.
+  const RowState s0 = st[r];
+  const double tot = static_cast<double>(Filtered(t, V) ? s0.kept_fix : s0.s_fix) / kFixScale;
+  const RowState& s = s0;
   const bool residual = Residual(t);
   const float* qrow = residual && t.q_row >= 0 ? q + int64_t{t.q_row} * V : nullptr;
   float* row = logits + r * V;
@@ -526,7 +539,7 @@ __global__ void __launch_bounds__(kThreads)
 struct Layout {
   int64_t chunk;
   int used;
-  size_t argmax, ids, st, hcnt, hmass, cleared, kept, dist, pmass, gscore, gid, total;
+  size_t argmax, ids, st, hcnt, hmass, cleared, dist, pmass, gscore, gid, total;
 };
 Layout LayoutOf(int64_t R, int64_t V) {
   Layout l{};
@@ -549,7 +562,6 @@ Layout LayoutOf(int64_t R, int64_t V) {
   l.hcnt = take(sizeof(unsigned) * rb);
   l.hmass = take(sizeof(unsigned long long) * rb);
   l.cleared = off - l.st;
-  l.kept = take(sizeof(double) * n);
   l.dist = take(sizeof(double) * n);
   l.pmass = take(sizeof(double) * n);
   l.gscore = take(sizeof(double) * n);
@@ -564,8 +576,9 @@ size_t ChooseTokensScratchBytes(int64_t R, int64_t V) { return R > 0 && V > 0 ? 
 
 cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* rows, const TokenRow* host_rows,
                          const float* q, int64_t Q, void* scratch, int32_t* out, cudaStream_t s) {
+  // V <= 2^20: a row's fixed-point mass (each entry <= 2^43) stays below 2^63.
   SPECD_CHECK_ARG(logits && rows && host_rows && scratch && out && R >= 0 && R <= 65535 && V > 0 &&
-                  V < (int64_t{1} << 30) && Q >= 0 && (q != nullptr || Q == 0));
+                  V <= (int64_t{1} << 20) && Q >= 0 && (q != nullptr || Q == 0));
   if (R == 0) return cudaSuccess;
   bool sampled = false, filtered = false;
   for (int64_t r = 0; r < R; ++r) {
@@ -581,7 +594,6 @@ cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* ro
   auto at = [&](size_t off) { return static_cast<void*>(base + off); };
   auto* ids = static_cast<int32_t*>(at(l.ids));
   auto* st = static_cast<RowState*>(at(l.st));
-  auto* kept = static_cast<double*>(at(l.kept));
   auto* dist = static_cast<double*>(at(l.dist));
   auto* pmass = static_cast<double*>(at(l.pmass));
   auto* gscore = static_cast<double*>(at(l.gscore));
@@ -593,23 +605,25 @@ cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* ro
     if ((e = cudaMemsetAsync(st, 0, l.cleared, s)) != cudaSuccess) return e;
     RowMaxK<<<Blocks(R, 128), 128, 0, s>>>(logits, V, R, ids, st);
     if ((e = LaunchStatus()) != cudaSuccess) return e;
-    ExpK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st);
+    auto hcnt = [&](int level) { return static_cast<unsigned*>(at(l.hcnt)) + static_cast<size_t>(level) * R * kBuckets; };
+    auto hmass = [&](int level) {
+      return static_cast<unsigned long long*>(at(l.hmass)) + static_cast<size_t>(level) * R * kBuckets;
+    };
+    ExpK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st, hcnt(0), hmass(0));
     if ((e = LaunchStatus()) != cudaSuccess) return e;
     if (filtered) {
       for (int level = 0; level < kLevels; ++level) {
-        auto* hcnt = static_cast<unsigned*>(at(l.hcnt)) + static_cast<size_t>(level) * R * kBuckets;
-        auto* hmass = static_cast<unsigned long long*>(at(l.hmass)) + static_cast<size_t>(level) * R * kBuckets;
-        HistK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st, level, hcnt, hmass);
-        if ((e = LaunchStatus()) != cudaSuccess) return e;
-        SelectK<<<static_cast<unsigned>(R), kBuckets, 0, s>>>(rows, V, hcnt, hmass, level, st);
+        if (level > 0) {
+          HistK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st, level, hcnt(level), hmass(level));
+          if ((e = LaunchStatus()) != cudaSuccess) return e;
+        }
+        SelectK<<<static_cast<unsigned>(R), kBuckets, 0, s>>>(rows, V, hcnt(level), hmass(level), level, st);
         if ((e = LaunchStatus()) != cudaSuccess) return e;
       }
       TieCutK<<<static_cast<unsigned>(R), kTieThreads, 0, s>>>(logits, V, st);
       if ((e = LaunchStatus()) != cudaSuccess) return e;
     }
-    KeptSumK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st, kept);
-    if ((e = LaunchStatus()) != cudaSuccess) return e;
-    NormK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st, kept, q, dist, pmass, gscore, gid);
+    NormK<<<grid, kThreads, 0, s>>>(logits, V, l.chunk, rows, st, q, dist, pmass, gscore, gid);
     if ((e = LaunchStatus()) != cudaSuccess) return e;
   }
   DrawK<<<static_cast<unsigned>(R), kThreads, 0, s>>>(logits, V, l.chunk, l.used, rows, ids, q, dist, pmass, gscore,

@@ -142,8 +142,9 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
       SPECD_RETURN_IF_ERROR(ld.Experts(m, e));
       if (c.shared_expert_intermediate_size > 0) {
         const int64_t Is = c.shared_expert_intermediate_size;
-        SPECD_ASSIGN_OR_RETURN(e.shared_gate, ld.Get(m + "shared_expert.gate_proj.weight", {Is, H}));
-        SPECD_ASSIGN_OR_RETURN(e.shared_up, ld.Get(m + "shared_expert.up_proj.weight", {Is, H}));
+        SPECD_ASSIGN_OR_RETURN(e.shared_gate_up, ld.GetStacked({{m + "shared_expert.gate_proj.weight", {Is, H}},
+                                                                {m + "shared_expert.up_proj.weight", {Is, H}}},
+                                                               {&e.shared_gate, &e.shared_up}));
         SPECD_ASSIGN_OR_RETURN(e.shared_down, ld.Get(m + "shared_expert.down_proj.weight", {H, Is}));
         SPECD_ASSIGN_OR_RETURN(e.shared_router, ld.Get(m + "shared_expert_gate.weight", {1, H}));
       }
@@ -211,8 +212,9 @@ ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
       e.gate_up = make({E, 2 * Ie, H}, sh);
       e.down = make({E, H, Ie}, 1.f / std::sqrt(static_cast<float>(Ie)));
       if (Is > 0) {
-        e.shared_gate = make({Is, H}, sh);
-        e.shared_up = make({Is, H}, sh);
+        e.shared_gate_up = make({2 * Is, H}, sh);
+        e.shared_gate = e.shared_gate_up.Rows(0, Is);
+        e.shared_up = e.shared_gate_up.Rows(Is, Is);
         e.shared_down = make({H, Is}, 1.f / std::sqrt(static_cast<float>(Is)));
         e.shared_router = make({1, H}, sh);
       }

@@ -65,6 +65,9 @@ struct MoeTensors {
   Tensor down;          // [E, H, Ie]
   Tensor shared_gate;   // [Is, H]
   Tensor shared_up;     // [Is, H]
+  // [2*Is, H] when gate and up are stored back to back (shared_gate / shared_up are its views):
+  // one weight stream, the SwiGLU in the GEMM's epilogue. Undefined otherwise.
+  Tensor shared_gate_up;
   Tensor shared_down;   // [H, Is]
   Tensor shared_router; // [1, H]
   int top_k = 0;

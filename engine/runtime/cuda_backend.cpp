@@ -700,12 +700,17 @@ class CudaBackend final : public Backend {
   // sd = the shared expert's output, gl = its gate logit (MoeFinish applies the sigmoid gate).
   void SharedExpert(const Tensor& m, const MoeTensors& w, Tensor* sd, Tensor* gl) {
     const int64_t N = m.dim(0), H = m.dim(1), Is = w.shared_gate.dim(0);
-    Tensor sg = Empty(DType::kBF16, {N, Is}), su = Empty(DType::kBF16, {N, Is});
+    Tensor sg = Empty(DType::kBF16, {N, Is});
+    Tensor su = w.shared_gate_up.defined() ? Tensor{} : Empty(DType::kBF16, {N, Is});
     *sd = Empty(DType::kBF16, {N, H});
     *gl = Empty(DType::kBF16, {N, 1});
-    Gemm(m, w.shared_gate, sg);
-    Gemm(m, w.shared_up, su);
-    SwiGlu(sg, su, sg);
+    if (w.shared_gate_up.defined()) {
+      GemmSwiGlu(m, w.shared_gate_up, sg);
+    } else {
+      Gemm(m, w.shared_gate, sg);
+      Gemm(m, w.shared_up, su);
+      SwiGlu(sg, su, sg);
+    }
     Gemm(sg, w.shared_down, *sd);
     Gemm(m, w.shared_router, *gl);
   }

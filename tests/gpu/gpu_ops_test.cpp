@@ -735,6 +735,36 @@ TEST(GpuMoe, RepeatedCallsAreBitwiseEqual) {
   ASSERT_TRUE(Gpu()->TakeError().ok());
 }
 
+// The loader stores the shared expert's gate and up back to back (one GEMM with the SwiGLU in its
+// epilogue); up to 16 rows that must give the separate GEMMs' bits, past them (cuBLASLt over
+// 2 Is columns vs two GEMMs of Is) the same values to rounding.
+TEST(GpuMoe, StackedSharedExpertEqualsSeparate) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  const MoeCase c = kMoeReal;
+  auto b = MakeMoe(cpu, c, 4242);
+  MoeTensors stacked = b.gpu;
+  stacked.shared_gate_up = Gpu()->Empty(DType::kBF16, {2 * c.Is, c.H});
+  stacked.shared_gate = stacked.shared_gate_up.Rows(0, c.Is);
+  stacked.shared_up = stacked.shared_gate_up.Rows(c.Is, c.Is);
+  Gpu()->CopyRows(b.gpu.shared_gate, stacked.shared_gate);
+  Gpu()->CopyRows(b.gpu.shared_up, stacked.shared_up);
+  MoeBlock sb{b.cpu, stacked};
+  for (int64_t N : {int64_t{1}, int64_t{9}, int64_t{16}, int64_t{40}}) {
+    const auto x = MoeInputs(c, N, 4300 + N);
+    const auto sep = GpuMoeBits(b, x, N, c.H), fused = GpuMoeBits(sb, x, N, c.H);
+    if (N <= 16) {
+      EXPECT_TRUE(fused == sep) << "N=" << N;
+    } else {
+      std::vector<float> a(sep.size()), f(fused.size());
+      std::memcpy(a.data(), sep.data(), a.size() * sizeof(float));
+      std::memcpy(f.data(), fused.data(), f.size() * sizeof(float));
+      EXPECT_LE(RelL2(f, a), 1e-2) << "N=" << N;
+    }
+  }
+  ASSERT_TRUE(Gpu()->TakeError().ok());
+}
+
 TEST(GpuMoe, DevicePathLaunchersRejectBadShapes) {
   SPECD_REQUIRE_GPU();
   namespace K = kernels;

@@ -315,6 +315,12 @@ TEST(GpuSampledChoice, BadRowsAreReportedNotRun) {
   rows.pop_back();  // one spec for two rows
   Gpu()->ChooseTokens(l, rows, Tensor{}, out);
   EXPECT_FALSE(Gpu()->TakeError().ok());
+  // Past 2^20 entries a row's fixed-point mass could overflow: refused.
+  const int64_t big = (int64_t{1} << 20) + 1;
+  Tensor lb = Gpu()->Alloc(DType::kF32, {1, big});
+  Tensor ob = Gpu()->Alloc(DType::kI32, {1, 2});
+  Gpu()->ChooseTokens(lb, {Spec(1.f, 0, 0.9f, 0.f, 1, 1)}, Tensor{}, ob);
+  EXPECT_FALSE(Gpu()->TakeError().ok());
 }
 
 }  // namespace

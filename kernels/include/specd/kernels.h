@@ -265,7 +265,7 @@ struct TokenRow {
 size_t ChooseTokensScratchBytes(int64_t R, int64_t V);
 // out[r] = (token, accept) per rows[r] (device copy; host_rows the same rows on the host, read for
 // their ranges and to skip kernels no row needs). Sampled rows' logits become their processed
-// distribution. q: [Q, V] fp32 draft distributions (nullptr when Q == 0).
+// distribution. q: [Q, V] fp32 draft distributions (nullptr when Q == 0). V <= 2^20.
 cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* rows, const TokenRow* host_rows,
                          const float* q, int64_t Q, void* scratch, int32_t* out, cudaStream_t s);
 
