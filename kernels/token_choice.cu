@@ -605,7 +605,9 @@ cudaError_t ChooseTokens(float* logits, int64_t R, int64_t V, const TokenRow* ro
     if ((e = cudaMemsetAsync(st, 0, l.cleared, s)) != cudaSuccess) return e;
     RowMaxK<<<Blocks(R, 128), 128, 0, s>>>(logits, V, R, ids, st);
     if ((e = LaunchStatus()) != cudaSuccess) return e;
-    auto hcnt = [&](int level) { return static_cast<unsigned*>(at(l.hcnt)) + static_cast<size_t>(level) * R * kBuckets; };
+    auto hcnt = [&](int level) {
+      return static_cast<unsigned*>(at(l.hcnt)) + static_cast<size_t>(level) * R * kBuckets;
+    };
     auto hmass = [&](int level) {
       return static_cast<unsigned long long*>(at(l.hmass)) + static_cast<size_t>(level) * R * kBuckets;
     };
