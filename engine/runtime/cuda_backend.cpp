@@ -11,7 +11,6 @@
 #include <set>
 #include <cstdlib>
 #include <stdexcept>
-#include <type_traits>
 
 #include "runtime/backend.h"
 #include "runtime/cuda_lt_gemm.h"
@@ -70,6 +69,40 @@ class DevicePool {
   }
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
+};
+
+// Host data copied to the device without waiting: through a pinned buffer, so the copy is
+// asynchronous; the previous copy must have left the buffer before it is rewritten.
+class PinnedStager {
+ public:
+  ~PinnedStager() {
+    if (event_) cudaEventDestroy(event_);
+    if (pinned_) cudaFreeHost(pinned_);
+  }
+  cudaError_t Copy(const void* src, size_t bytes, void* dst, cudaStream_t s) {
+    cudaError_t e = cudaSuccess;
+    if (event_ == nullptr) {
+      e = cudaEventCreateWithFlags(&event_, cudaEventDisableTiming);
+    } else {
+      e = cudaEventSynchronize(event_);
+    }
+    if (e != cudaSuccess) return e;
+    if (bytes > bytes_) {
+      if (pinned_) cudaFreeHost(pinned_);
+      pinned_ = nullptr;
+      bytes_ = 0;
+      if ((e = cudaMallocHost(&pinned_, bytes)) != cudaSuccess) return e;
+      bytes_ = bytes;
+    }
+    std::memcpy(pinned_, src, bytes);
+    if ((e = cudaMemcpyAsync(dst, pinned_, bytes, cudaMemcpyHostToDevice, s)) != cudaSuccess) return e;
+    return cudaEventRecord(event_, s);
+  }
+
+ private:
+  void* pinned_ = nullptr;
+  size_t bytes_ = 0;
+  cudaEvent_t event_ = nullptr;
 };
 
 class CudaBackend final : public Backend {
@@ -423,24 +456,7 @@ class CudaBackend final : public Backend {
                        dst.ShapeString()));
       return;
     }
-    // Through pinned memory, so the copy is asynchronous; the previous table copy must have left
-    // the buffer before it is rewritten (as Stage does for the batch layout).
-    if (!table_staged_) {
-      cudaEvent_t e = nullptr;
-      Check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "table event");
-      table_staged_.reset(e);
-    } else {
-      Check(cudaEventSynchronize(table_staged_.get()), "table event wait");
-    }
-    if (bytes > table_pinned_bytes_) {
-      void* p = nullptr;
-      if (cudaMallocHost(&p, bytes) != cudaSuccess) throw std::bad_alloc();
-      table_pinned_.reset(p);
-      table_pinned_bytes_ = bytes;
-    }
-    std::memcpy(table_pinned_.get(), table.data(), bytes);
-    Check(cudaMemcpyAsync(dst.data, table_pinned_.get(), bytes, cudaMemcpyHostToDevice, stream_), "block table");
-    Check(cudaEventRecord(table_staged_.get(), stream_), "table event");
+    Check(table_stager_.Copy(table.data(), bytes, dst.data, stream_), "block table");
   }
   void Attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, AttnLayerState& st,
                  const BatchInfo& b, Tensor& out) override {
@@ -639,8 +655,10 @@ class CudaBackend final : public Backend {
       kr[r] = K::TokenRow{t.temperature, t.top_k, t.top_p, t.min_p, t.seed, t.position, t.coupled ? 1 : 0,
                           t.draft, t.index, t.stream, t.q_row, 0};
     }
+    // No Upload (it waits for the device): the forward before this may still be running.
     const int64_t words = R * static_cast<int64_t>(sizeof(K::TokenRow) / sizeof(int32_t));
-    Tensor dev_rows = Upload(kr.data(), DType::kI32, {words}, DType::kI32);
+    Tensor dev_rows = Empty(DType::kI32, {words});
+    Check(rows_stager_.Copy(kr.data(), kr.size() * sizeof(K::TokenRow), dev_rows.data, stream_), "token rows");
     const int64_t bytes = static_cast<int64_t>(K::ChooseTokensScratchBytes(R, V));
     Tensor scratch = Empty(DType::kI32, {(bytes + 3) / 4});
     Check(K::ChooseTokens(logits.ptr<float>(), R, V, static_cast<const K::TokenRow*>(dev_rows.data), kr.data(),
@@ -924,16 +942,8 @@ class CudaBackend final : public Backend {
   std::vector<void*> arena_;
   std::map<std::string, Graph> graphs_;
   std::set<std::string> failed_keys_;
-  // KV block tables go to their cache's tensor through this pinned buffer (StageBlockTable).
-  struct PinnedFree {
-    void operator()(void* p) const { cudaFreeHost(p); }
-  };
-  struct EventDestroy {
-    void operator()(cudaEvent_t e) const { cudaEventDestroy(e); }
-  };
-  std::unique_ptr<void, PinnedFree> table_pinned_;
-  size_t table_pinned_bytes_ = 0;
-  std::unique_ptr<std::remove_pointer_t<cudaEvent_t>, EventDestroy> table_staged_;
+  PinnedStager table_stager_;  // KV block tables (StageBlockTable)
+  PinnedStager rows_stager_;   // token-choice row specs (ChooseTokens)
 };
 
 }  // namespace
