@@ -77,7 +77,8 @@ std::string GemvTable(Backend& be, double copy_bw) {
   for (const auto& v : variants) {
     if (v[0] > 0) t += fmt::format(" CUDA cores, {} warps x {} us |", v[0], v[1]);
   }
-  t += " 9 rows us | GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  t += " 9 rows us | GB/s | 40 rows, wide form us | 40 rows, cuBLASLt us | 64 rows, wide us | 64 rows, cuBLASLt us |\n"
+       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& sh : shapes) {
     const double mb = 2.0 * sh.m * sh.k;
     const int copies = std::max(2, static_cast<int>(std::ceil(400e6 / mb)));
@@ -100,10 +101,24 @@ std::string GemvTable(Backend& be, double copy_bw) {
     Tensor y9 = be.Alloc(f32 ? DType::kF32 : DType::kBF16, {9, sh.m});
     const double per9 = GraphTimePerCall(be, fmt::format("gemm9_{}", sh.m * sh.k), 4 * copies,
                                          [&](int i) { be.Gemm(x9, ws[i % copies], y9); });
+    // Batched verify (8 and 12 sequences of k = 4): the row-invariant wide form against cuBLASLt.
+    double wide[2][2];
+    for (int i = 0; i < 2; ++i) {
+      const int64_t rows = i == 0 ? 40 : 64;
+      Tensor xr = be.Random(DType::kBF16, {rows, sh.k}, 1.f, 0.f, 97);
+      Tensor yr = be.Alloc(f32 ? DType::kF32 : DType::kBF16, {rows, sh.m});
+      for (int lt = 0; lt < 2; ++lt) {
+        be.SetKernelOption("skinny_wide", lt == 0);
+        wide[i][lt] = GraphTimePerCall(be, fmt::format("gemm{}_{}_{}", rows, sh.m * sh.k, lt), 4 * copies,
+                                       [&](int j) { be.Gemm(xr, ws[j % copies], yr); });
+      }
+      be.SetKernelOption("skinny_wide", true);
+    }
     t += fmt::format("| {} [{}x{}] | {:.1f} | {:.2f} | {:.0f} | {:.2f} |", sh.what, sh.m, sh.k, mb / 1e6, per[0] * 1e6,
                      mb / per[0] / 1e9, mb / per[0] / copy_bw);
     for (size_t i = 1; i < per.size(); ++i) t += fmt::format(" {:.2f} |", per[i] * 1e6);
-    t += fmt::format(" {:.2f} | {:.0f} |\n", per9 * 1e6, mb / per9 / 1e9);
+    t += fmt::format(" {:.2f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |\n", per9 * 1e6, mb / per9 / 1e9,
+                     wide[0][0] * 1e6, wide[0][1] * 1e6, wide[1][0] * 1e6, wide[1][1] * 1e6);
   }
   Tensor a = be.Random(DType::kF32, {1, 64}, 1.f, 0.f, 5), b = be.Random(DType::kBF16, {1, 64}, 1.f, 0.f, 6);
   const double tiny = GraphTimePerCall(be, "tiny", 500, [&](int) { be.Add(a, b, a); });

@@ -12,6 +12,8 @@
 //
 // Forms: plain (one output), stacked (weights of several projections back to back, each
 // writing its own output: q/k/v, GDN in_proj), and gate/up with the SwiGLU in the epilogue.
+#include <cooperative_groups.h>
+
 #include "common.cuh"
 #include "specd/kernels.h"
 
@@ -23,6 +25,7 @@ constexpr int64_t kSkinnyUseRows = 16;
 bool g_programmatic = true;
 int g_force_split = 0, g_force_unroll = 0;
 bool g_cuda_core_decode = false;
+bool g_wide = true;
 
 __device__ __forceinline__ void Bf16x8ToF32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -214,6 +217,45 @@ __host__ __device__ constexpr int MmaUnroll() { return NT <= 2 ? 2 : 1; }
 // line of each weight row (two 64-byte halves back to back) instead of half of one.
 constexpr int kMmaPair = 2;
 
+// The epilogue of the tensor-core kernels: element e of x tile j of a lane holds weight row
+// row0 + g + 8 * (e >> 1) and x row 8 * j + 2 * t + (e & 1); the form decides what is stored.
+template <Form F, int kTiles, int NT>
+__device__ __forceinline__ void StoreTiles(const Args& a, const float (&acc)[kTiles][NT][4], int64_t row0, int lane,
+                                           int n) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t m = row0 + g + 8 * (e >> 1);
+    if (m >= a.M) continue;
+    void* out = a.stack.out[0];
+    int64_t begin = 0, width = a.M;
+    if constexpr (F == Form::kStacked) {
+      // Constant indices only (see SkinnyGemmK).
+      width = a.stack.end[0];
+#pragma unroll
+      for (int i = 1; i < kSkinnyMaxStack; ++i) {
+        if (i < a.stack.count && m >= a.stack.end[i - 1]) {
+          out = a.stack.out[i];
+          begin = a.stack.end[i - 1];
+          width = a.stack.end[i] - begin;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int r = 8 * j + 2 * t + (e & 1);
+      if (r >= n) continue;
+      if constexpr (F == Form::kSwiGlu) {
+        static_cast<bf16*>(out)[r * a.M + m] = SwiGluB(acc[0][j][e], acc[kTiles - 1][j][e]);
+      } else if constexpr (F == Form::kPlainF32) {
+        static_cast<float*>(out)[r * a.M + m] = acc[0][j][e];
+      } else {
+        static_cast<bf16*>(out)[r * width + (m - begin)] = ToB(acc[0][j][e]);
+      }
+    }
+  }
+}
+
 template <Form F, int SPLIT, int NT>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n) {
   constexpr int U = MmaUnroll<NT>();                         // steps in flight
@@ -299,38 +341,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
     SumKShares<SPLIT>(acc, part, warp, lane, slice);
     if (slice != 0) return;
   }
-  // Element e of tile j: weight row row0 + g + 8 * (e >> 1), x row 8 * j + 2 * t + (e & 1).
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int64_t m = row0 + g + 8 * (e >> 1);
-    if (m >= a.M) continue;
-    void* out = a.stack.out[0];
-    int64_t begin = 0, width = a.M;
-    if constexpr (F == Form::kStacked) {
-      // Constant indices only (see SkinnyGemmK).
-      width = a.stack.end[0];
-#pragma unroll
-      for (int i = 1; i < kSkinnyMaxStack; ++i) {
-        if (i < a.stack.count && m >= a.stack.end[i - 1]) {
-          out = a.stack.out[i];
-          begin = a.stack.end[i - 1];
-          width = a.stack.end[i] - begin;
-        }
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const int r = 8 * j + 2 * t + (e & 1);
-      if (r >= n) continue;
-      if constexpr (F == Form::kSwiGlu) {
-        static_cast<bf16*>(out)[r * a.M + m] = SwiGluB(acc[0][j][e], acc[kTiles - 1][j][e]);
-      } else if constexpr (F == Form::kPlainF32) {
-        static_cast<float*>(out)[r * a.M + m] = acc[0][j][e];
-      } else {
-        static_cast<bf16*>(out)[r * width + (m - begin)] = ToB(acc[0][j][e]);
-      }
-    }
-  }
+  StoreTiles<F>(a, acc, row0, lane, n);
 }
 
 template <Form F, int SPLIT, int NT>
@@ -339,6 +350,185 @@ cudaError_t LaunchMmaOne(const Args& a, int n, cudaStream_t s) {
   const int64_t tiles = (a.M + 15) / 16;
   return LaunchPdl(SkinnyMmaK<F, SPLIT, NT>, static_cast<unsigned>((tiles + kTilesPerBlock - 1) / kTilesPerBlock), s, a,
                    n);
+}
+
+// 17..64 rows (a batched verify of several sequences), bit for bit the rows SkinnyMmaK gives
+// one at a time: the same K partition (slice s takes steps s, s + SPLIT, ...; a step is P
+// blocks of 32), the same mma chain per slice, the slices summed in slice order from 0. Only
+// the placement changes: the SPLIT slices of a tile run in the SPLIT blocks of a thread-block
+// cluster; the 8 warps of a block own 8 tiles of one slice and share that slice's x rows, staged
+// once in shared memory (x re-read per warp from L2 took a 40-row form to 2x cuBLAS); the slices
+// meet through distributed shared memory, read by the cluster's first block.
+constexpr int kWideMaxRows = 64;
+constexpr int kWideUnroll = 2;
+constexpr size_t kWideSmemLimit = 200 * 1024;
+
+// Steps of slice 0 (the most any slice has) and the shared memory a launch needs: the slice's x
+// rows, later reused for the partial sums.
+inline int64_t WideLocalSteps(int64_t K, int split) {
+  const int64_t steps = (K / 32 + kMmaPair - 1) / kMmaPair;
+  return (steps + split - 1) / split;
+}
+inline size_t WideSmem(int64_t K, int split, int nt, int tiles) {
+  const size_t x = static_cast<size_t>(WideLocalSteps(K, split)) * kMmaPair * nt * 8 * sizeof(uint4);
+  const size_t part = static_cast<size_t>(kWarpsPerBlock) * tiles * nt * 4 * 32 * sizeof(float);
+  return x > part ? x : part;
+}
+inline int WideTiles(int64_t n) { return n <= 32 ? 4 : 8; }
+
+template <Form F, int SPLIT, int NT>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaWideK(Args a, int n) {
+  namespace cg = cooperative_groups;
+  extern __shared__ uint4 wide_smem[];
+  constexpr int U = kWideUnroll;
+  constexpr int P = kMmaPair;
+  constexpr int kTiles = F == Form::kSwiGlu ? 2 : 1;
+  constexpr int R8 = NT * 8;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int slice = static_cast<int>(cluster.block_rank());
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t row0 = (blockIdx.x * int64_t{kWarpsPerBlock} + warp) * 16;
+  const int64_t blocks = a.K / 32, steps = (blocks + P - 1) / P;
+  const int64_t local = steps > slice ? (steps - slice + SPLIT - 1) / SPLIT : 0;
+  const uint4* wr[kTiles][2];
+  LaneWeightRows(a.w, row0, a.M, a.K, lane, wr);
+  GridLaunchDependents();
+  uint4 wv[U][P][kTiles][2];
+  auto load_w = [&](int64_t s0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int64_t b = (s0 + int64_t{u} * SPLIT) * P + p;
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            wv[u][p][tile][h] = b < blocks ? __ldg(wr[tile][h] + b * 4) : make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  load_w(slice);  // weights first: they do not depend on the kernel before this one
+  GridDependencyWait();
+  // This slice's x: entry ((q * P + p) * R8 + r) * 4 + c is 16-byte column c of x row r in block
+  // (slice + q * SPLIT) * P + p; rows past n and blocks past K are zeros, as SkinnyMmaK loads them.
+  const uint4* x4 = reinterpret_cast<const uint4*>(a.x);
+  const int64_t row_u4 = a.K / 8, entries = local * P * R8 * 4;
+  for (int64_t e = threadIdx.x; e < entries; e += blockDim.x) {
+    const int c = static_cast<int>(e & 3);
+    const int64_t rest = e >> 2;
+    const int r = static_cast<int>(rest % R8);
+    const int64_t qp = rest / R8;
+    const int64_t b = (slice + (qp / P) * SPLIT) * P + qp % P;
+    wide_smem[e] = r < n && b < blocks ? __ldg(x4 + r * row_u4 + b * 4 + c) : make_uint4(0, 0, 0, 0);
+  }
+  __syncthreads();
+  float acc[kTiles][NT][4];
+#pragma unroll
+  for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[tile][j][e] = 0.f;
+  for (int64_t s0 = slice; s0 < steps; s0 += int64_t{SPLIT} * U) {
+    uint4 cur[U][P][kTiles][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) cur[u][p][tile][h] = wv[u][p][tile][h];
+    load_w(s0 + int64_t{SPLIT} * U);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t step = s0 + int64_t{u} * SPLIT;
+      if (step >= steps) break;
+      const int64_t q = (step - slice) / SPLIT;
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const uint4* xq = wide_smem + (q * P + p) * R8 * 4;
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile) {
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            MmaKBlock(acc[tile][j], cur[u][p][tile][0], cur[u][p][tile][1], xq[(j * 8 + g) * 4 + t]);
+          }
+        }
+      }
+    }
+  }
+  if constexpr (SPLIT > 1) {
+    // The x rows are done with: their space holds this block's partial sums for the cluster.
+    __syncthreads();
+    float* part = reinterpret_cast<float*>(wide_smem);
+    auto at = [&](int tile, int j, int e) { return (((warp * kTiles + tile) * NT + j) * 4 + e) * 32 + lane; };
+#pragma unroll
+    for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[at(tile, j, e)] = acc[tile][j][e];
+    cluster.sync();
+    if (slice == 0) {
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float v = 0.f;  // SumKShares's order: 0 + share 0 + share 1 + ...
+#pragma unroll
+            for (int sl = 0; sl < SPLIT; ++sl) v += cluster.map_shared_rank(part, sl)[at(tile, j, e)];
+            acc[tile][j][e] = v;
+          }
+    }
+    cluster.sync();  // every block keeps its shared memory until the first one has read it
+    if (slice != 0) return;
+  }
+  StoreTiles<F>(a, acc, row0, lane, n);
+}
+
+template <Form F, int SPLIT, int NT>
+cudaError_t LaunchWideOne(const Args& a, int n, cudaStream_t s) {
+  constexpr int kTiles = F == Form::kSwiGlu ? 2 : 1;
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      SkinnyMmaWideK<F, SPLIT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWideSmemLimit));
+  if (attr != cudaSuccess) return attr;
+  const int64_t tiles = (a.M + 15) / 16;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>((tiles + kWarpsPerBlock - 1) / kWarpsPerBlock), SPLIT);
+  cfg.blockDim = dim3(32 * kWarpsPerBlock);
+  cfg.dynamicSmemBytes = WideSmem(a.K, SPLIT, NT, kTiles);
+  cfg.stream = s;
+  cudaLaunchAttribute attrs[2];
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = 1;
+  attrs[0].val.clusterDim.y = SPLIT;
+  attrs[0].val.clusterDim.z = 1;
+  attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[1].val.programmaticStreamSerializationAllowed = g_programmatic ? 1 : 0;
+  cfg.attrs = attrs;
+  cfg.numAttrs = 2;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, SkinnyMmaWideK<F, SPLIT, NT>, a, n);
+  return e != cudaSuccess ? e : LaunchStatus();
+}
+
+template <Form F, int SPLIT>
+cudaError_t LaunchWideN(const Args& a, int n, cudaStream_t s) {
+  return WideTiles(n) == 4 ? LaunchWideOne<F, SPLIT, 4>(a, n, s) : LaunchWideOne<F, SPLIT, 8>(a, n, s);
+}
+
+template <Form F>
+cudaError_t LaunchWide(const Args& a, int n, cudaStream_t s) {
+  switch (MmaSplit(a.K)) {
+    case 8: return LaunchWideN<F, 8>(a, n, s);
+    case 4: return LaunchWideN<F, 4>(a, n, s);
+    case 2: return LaunchWideN<F, 2>(a, n, s);
+    default: return LaunchWideN<F, 1>(a, n, s);
+  }
 }
 
 template <Form F, int SPLIT>
@@ -363,6 +553,7 @@ cudaError_t LaunchMma(const Args& a, int n, cudaStream_t s) {
 template <Form F>
 cudaError_t LaunchRows(const Args& a, int64_t n, cudaStream_t s) {
   if (n == 1 && (g_cuda_core_decode || a.K % 32 != 0)) return Launch<F>(a, s);
+  if (n > kSkinnyUseRows) return LaunchWide<F>(a, static_cast<int>(n), s);
   return LaunchMma<F>(a, static_cast<int>(n), s);
 }
 
@@ -372,6 +563,7 @@ bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void SetProgrammaticLaunch(bool on) { g_programmatic = on; }
 void SetCudaCoreDecode(bool on) { g_cuda_core_decode = on; }
+void SetSkinnyWide(bool on) { g_wide = on; }
 void SetSkinnyVariant(int split, int unroll) {
   g_force_split = split == 1 || split == 2 || split == 4 ? split : 0;
   g_force_unroll = unroll == 4 || unroll == 8 ? unroll : 0;
@@ -380,7 +572,13 @@ void SetSkinnyVariant(int split, int unroll) {
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w) {
   // Decode, verify and batched verify up to 16 rows; larger batches and prefill go to cuBLAS.
   // Rows > 1 need K % 32 == 0 (the tensor-core form's blocks).
-  return n >= 1 && n <= kSkinnyUseRows && K % 8 == 0 && (n == 1 || K % 32 == 0) && Aligned(x) && Aligned(w);
+  if (n > kSkinnyUseRows) {
+    // The wide form (SkinnyMmaWideK) while its x slice fits in shared memory (SwiGLU's two tiles
+    // are the larger partial buffer), and while it is on.
+    return g_wide && n <= kWideMaxRows && K % 32 == 0 && Aligned(x) && Aligned(w) &&
+           WideSmem(K, MmaSplit(K), WideTiles(n), 2) <= kWideSmemLimit;
+  }
+  return n >= 1 && K % 8 == 0 && (n == 1 || K % 32 == 0) && Aligned(x) && Aligned(w);
 }
 
 cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, int64_t n, int64_t M, int64_t K,

@@ -163,7 +163,8 @@ class Backend {
   // Kernel choices a device backend offers for A/B runs and tests (no-ops elsewhere):
   // "gdn_fused" (decode/verify GDN in one kernel), "gdn_chunked" (chunked prefill),
   // "programmatic_launch" (projections start before the kernel ahead of them ends),
-  // "moe_device" (MoE grouping and experts on the device; off: per-expert lists on the host).
+  // "moe_device" (MoE grouping and experts on the device; off: per-expert lists on the host),
+  // "skinny_wide" (17-64 row projections on the row-invariant tensor-core form; off: cuBLASLt).
   virtual void SetKernelOption(const std::string& name, bool on) {}
   // Per-op device time (benchmarks): on = time every op with events (and run op by op);
   // the report lists total ms and calls per op, largest first, and resets the counters.

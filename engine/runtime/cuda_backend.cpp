@@ -350,6 +350,7 @@ class CudaBackend final : public Backend {
     if (name == "gdn_fused") gdn_fused_ = on;
     if (name == "gdn_chunked") gdn_chunked_ = on;
     if (name == "moe_device") moe_device_ = on;
+    if (name == "skinny_wide") K::SetSkinnyWide(on);
     if (name == "programmatic_launch") K::SetProgrammaticLaunch(on);
   }
   bool BeginGraphCapture(const std::string& key) override {

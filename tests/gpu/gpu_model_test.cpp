@@ -328,33 +328,35 @@ TEST(GpuBatchInvariance, VerifyRowsEqualDecodeStepsBitwise) {
       }
     }
     Gpu()->SetGraphsEnabled(true);
-    // Batched: three sequences verify 5 tokens each in one call (15 rows); each one's rows equal
-    // its own decode steps.
-    CacheOptions o;
-    o.max_ctx = 256;
-    o.num_slots = 3;
-    auto a = std::move(m->NewCache(o)).value();
-    auto b = std::move(m->NewCache(o)).value();
-    std::vector<SeqInput> batch;
-    std::vector<std::vector<float>> dec(3);
-    for (int q = 0; q < 3; ++q) {
-      const int sa = *a->AllocSlot(), sb = *b->AllocSlot();
-      const int past = 20 + 7 * q;
-      RunForward(*m, *a, sa, {ids.begin(), ids.begin() + past}, false);
-      RunForward(*m, *b, sb, {ids.begin(), ids.begin() + past}, false);
-      for (int t = 0; t < 5; ++t) {
-        auto l = RunForward(*m, *a, sa, {ids[past + t]}, false);
-        dec[q].insert(dec[q].end(), l.begin(), l.end());
+    // Batched: 3, 8 and 12 sequences verify 5 tokens each in one call (15, 40, 60 rows: the
+    // projections' 16-row and wide tensor-core forms); each one's rows equal its own decode steps.
+    for (int nseq : {3, 8, 12}) {
+      CacheOptions o;
+      o.max_ctx = 256;
+      o.num_slots = nseq;
+      auto a = std::move(m->NewCache(o)).value();
+      auto b = std::move(m->NewCache(o)).value();
+      std::vector<SeqInput> batch;
+      std::vector<std::vector<float>> dec(static_cast<size_t>(nseq));
+      for (int q = 0; q < nseq; ++q) {
+        const int sa = *a->AllocSlot(), sb = *b->AllocSlot();
+        const int past = 20 + 3 * q;
+        RunForward(*m, *a, sa, {ids.begin(), ids.begin() + past}, false);
+        RunForward(*m, *b, sb, {ids.begin(), ids.begin() + past}, false);
+        for (int t = 0; t < 5; ++t) {
+          auto l = RunForward(*m, *a, sa, {ids[past + t]}, false);
+          dec[q].insert(dec[q].end(), l.begin(), l.end());
+        }
+        ASSERT_TRUE(b->BeginLog(sb, false).ok());
+        batch.push_back(SeqInput{sb, {ids.begin() + past, ids.begin() + past + 5}, StateMode::kLog, true});
       }
-      ASSERT_TRUE(b->BeginLog(sb, false).ok());
-      batch.push_back(SeqInput{sb, {ids.begin() + past, ids.begin() + past + 5}, StateMode::kLog, true});
-    }
-    auto out = m->Forward(batch, *b);
-    ASSERT_TRUE(out.ok()) << out.status().ToString();
-    const auto all = Gpu()->DownloadF32(out->logits);
-    for (int q = 0; q < 3; ++q) {
-      std::vector<float> rows(all.begin() + out->row0[q] * V, all.begin() + (out->row0[q] + 5) * V);
-      EXPECT_TRUE(rows == dec[q]) << name << ": batched verify, sequence " << q;
+      auto out = m->Forward(batch, *b);
+      ASSERT_TRUE(out.ok()) << out.status().ToString();
+      const auto all = Gpu()->DownloadF32(out->logits);
+      for (int q = 0; q < nseq; ++q) {
+        std::vector<float> rows(all.begin() + out->row0[q] * V, all.begin() + (out->row0[q] + 5) * V);
+        EXPECT_TRUE(rows == dec[q]) << name << ": batched verify of " << nseq << " sequences, sequence " << q;
+      }
     }
   }
 }

@@ -816,6 +816,83 @@ TEST(GpuGemm, CublasLtOnMisalignedSlicesMatchesCpu) {
   }
 }
 
+// The wide form (17-64 rows) against the 16-row form and single rows, bit for bit, for every
+// output form, at K giving every K split (1, 2, 4, 8; 12288 is the largest shared-memory slice):
+// a row's projection must not depend on how many rows share the call. And against the reference.
+TEST(GpuGemm, WideRowsEqualNarrowRowsBitwise) {
+  SPECD_REQUIRE_GPU();
+  CpuBackend cpu;
+  struct Case {
+    int64_t M, K;
+  };
+  for (const Case c : {Case{136, 128}, Case{520, 1024}, Case{264, 2048}, Case{1040, 4096}, Case{200, 12288}}) {
+    for (int64_t n : {int64_t{17}, int64_t{32}, int64_t{40}, int64_t{64}}) {
+      const std::string what = "M=" + std::to_string(c.M) + " K=" + std::to_string(c.K) + " n=" + std::to_string(n);
+      const auto xv = RoundBf16(RandomVec(static_cast<size_t>(n * c.K), 7 + n + c.K, 1.f));
+      const auto wv = RoundBf16(RandomVec(static_cast<size_t>(2 * c.M * c.K), 9 + c.K, 1.f / std::sqrt(float(c.K))));
+      Tensor x = Gpu()->Upload(xv.data(), DType::kF32, {n, c.K}, DType::kBF16);
+      Tensor w = Gpu()->Upload(wv.data(), DType::kF32, {2 * c.M, c.K}, DType::kBF16);
+      Tensor w1 = w.Rows(0, c.M);
+      // Each form: all n rows, then rows 0..15 (16-row form) and single rows (decode form).
+      auto run = [&](int form, int64_t r0, int64_t rows) {
+        Tensor xr = x.Rows(r0, rows);
+        Tensor out;
+        if (form == 0 || form == 1) {
+          out = Gpu()->Alloc(form == 0 ? DType::kBF16 : DType::kF32, {rows, c.M});
+          Gpu()->Gemm(xr, w1, out);
+        } else if (form == 2) {  // stacked: three projections in one weight stream
+          out = Gpu()->Alloc(DType::kBF16, {rows, 2 * c.M});
+          Tensor o1 = Gpu()->Alloc(DType::kBF16, {rows, c.M / 2}), o2 = Gpu()->Alloc(DType::kBF16, {rows, c.M / 2});
+          Tensor o3 = Gpu()->Alloc(DType::kBF16, {rows, c.M});
+          Gpu()->GemmMulti(xr, w, {&o1, &o2, &o3});
+          std::vector<float> all;
+          for (Tensor* o : {&o1, &o2, &o3}) {
+            auto v = Gpu()->DownloadF32(*o);
+            all.insert(all.end(), v.begin(), v.end());
+          }
+          return all;
+        } else {  // gate/up with the SwiGLU epilogue
+          out = Gpu()->Alloc(DType::kBF16, {rows, c.M});
+          Gpu()->GemmSwiGlu(xr, w, out);
+        }
+        return Gpu()->DownloadF32(out);
+      };
+      for (int form = 0; form < 4; ++form) {
+        const auto whole = run(form, 0, n), head = run(form, 0, 16);
+        ASSERT_TRUE(Gpu()->TakeError().ok()) << what;
+        // Per row of the output: the stacked form lays out o1 | o2 | o3, each [rows, width].
+        auto row_of = [&](const std::vector<float>& v, int64_t rows, int64_t r) {
+          std::vector<float> out;
+          if (form == 2) {
+            int64_t off = 0;
+            for (int64_t width : {c.M / 2, c.M / 2, c.M}) {
+              out.insert(out.end(), v.begin() + off + r * width, v.begin() + off + (r + 1) * width);
+              off += rows * width;
+            }
+          } else {
+            out.assign(v.begin() + r * c.M, v.begin() + (r + 1) * c.M);
+          }
+          return out;
+        };
+        for (int64_t r = 0; r < 16; ++r) {
+          EXPECT_TRUE(row_of(whole, n, r) == row_of(head, 16, r)) << what << " form " << form << " row " << r;
+        }
+        for (int64_t r : {int64_t{0}, n / 2, n - 1}) {
+          EXPECT_TRUE(row_of(whole, n, r) == row_of(run(form, r, 1), 1, 0))
+              << what << " form " << form << " row " << r << " alone";
+        }
+        if (form == 1) {  // fp32 out against the reference
+          Tensor xc = cpu.Upload(xv.data(), DType::kF32, {n, c.K}, DType::kF32);
+          Tensor wc = cpu.Upload(wv.data(), DType::kF32, {c.M, c.K}, DType::kF32);
+          Tensor yc = cpu.Alloc(DType::kF32, {n, c.M});
+          cpu.Gemm(xc, wc, yc);
+          EXPECT_LE(RelL2(whole, cpu.DownloadF32(yc)), 1e-4) << what;
+        }
+      }
+    }
+  }
+}
+
 TEST(GpuKernels, LaunchersRejectBadShapes) {
   SPECD_REQUIRE_GPU();
   CpuBackend cpu;

@@ -55,8 +55,10 @@ cudaError_t SplitQueryGate(const bf16* q2, int64_t n, int heads, int d, bf16* q,
 
 // ---- skinny GEMM (decode / verify) ----
 // out[n, M] = x[n, K] · w[M, K]^T for n <= kSkinnyMaxRows, K % 8 == 0, 16-byte aligned x and w;
-// out bf16 or fp32. Bandwidth-bound: streams w once.
-constexpr int64_t kSkinnyMaxRows = 16;
+// out bf16 or fp32. Bandwidth-bound: streams w once. Every row's result is the same bits whatever
+// n is; past 16 rows (the wide form) K % 32 == 0 and x's K slice must fit in shared memory
+// (SkinnyGemmApplies says whether a call qualifies).
+constexpr int64_t kSkinnyMaxRows = 64;
 bool SkinnyGemmApplies(int64_t n, int64_t K, const void* x, const void* w);
 cudaError_t SkinnyGemm(const bf16* x, const bf16* w, void* out, bool out_f32, int64_t n, int64_t M, int64_t K,
                        cudaStream_t s);
@@ -75,6 +77,8 @@ cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, in
                              cudaStream_t s);
 // Skinny GEMMs start early (programmatic dependent launch) unless turned off (benchmarks A/B).
 void SetProgrammaticLaunch(bool on);
+// Benchmarks / A-B: rows 17..64 on the wide tensor-core form (on) or on cuBLASLt (off).
+void SetSkinnyWide(bool on);
 // Benchmarks: force warps per row (1, 2, 4) and 16-byte chunks in flight per warp (4, 8); 0 = by shape.
 void SetSkinnyVariant(int split, int unroll);
 // Benchmarks: one-row GEMMs on the CUDA-core kernel instead of the tensor-core one (decode and
