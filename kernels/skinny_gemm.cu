@@ -370,7 +370,8 @@ inline int64_t WideLocalSteps(int64_t K, int split) {
   return (steps + split - 1) / split;
 }
 inline size_t WideSmem(int64_t K, int split, int nt, int tiles) {
-  const size_t x = static_cast<size_t>(WideLocalSteps(K, split)) * kMmaPair * nt * 8 * sizeof(uint4);
+  // 64 bytes (4 x 16) of each of the nt * 8 rows per 32-element block.
+  const size_t x = static_cast<size_t>(WideLocalSteps(K, split)) * kMmaPair * nt * 8 * 4 * sizeof(uint4);
   const size_t part = static_cast<size_t>(kWarpsPerBlock) * tiles * nt * 4 * 32 * sizeof(float);
   return x > part ? x : part;
 }
