@@ -112,7 +112,7 @@ std::string GemvTable(Backend& be, double copy_bw) {
         wide[i][lt] = GraphTimePerCall(be, fmt::format("gemm{}_{}_{}", rows, sh.m * sh.k, lt), 4 * copies,
                                        [&](int j) { be.Gemm(xr, ws[j % copies], yr); });
       }
-      be.SetKernelOption("skinny_wide", true);
+      be.SetKernelOption("skinny_wide", false);
     }
     t += fmt::format("| {} [{}x{}] | {:.1f} | {:.2f} | {:.0f} | {:.2f} |", sh.what, sh.m, sh.k, mb / 1e6, per[0] * 1e6,
                      mb / per[0] / 1e9, mb / per[0] / copy_bw);

@@ -25,7 +25,7 @@ constexpr int64_t kSkinnyUseRows = 16;
 bool g_programmatic = true;
 int g_force_split = 0, g_force_unroll = 0;
 bool g_cuda_core_decode = false;
-bool g_wide = true;
+bool g_wide = false;  // opt-in: slower than cuBLASLt today (docs/PERFORMANCE.md)
 
 __device__ __forceinline__ void Bf16x8ToF32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);

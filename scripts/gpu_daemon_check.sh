@@ -66,8 +66,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 PORT=${PORT:-0}                       # 0: any free port, read back from the port file
 METRICS_PORT=${METRICS_PORT:-$(free_port)}
 rm -f "$OUT/ports.json"
+# SERVE_ARGS: extra serve flags (e.g. --batch-invariant).
+# shellcheck disable=SC2086
 "$specd" serve --device "$DEVICE" --host 127.0.0.1 --port "$PORT" --metrics-port "$METRICS_PORT" \
-  --port-file "$OUT/ports.json" --grace-seconds 10 --log-level info > "$OUT/serve.log" 2>&1 &
+  --port-file "$OUT/ports.json" --grace-seconds 10 --log-level info ${SERVE_ARGS:-} > "$OUT/serve.log" 2>&1 &
 pid=$!
 cleanup() { kill -KILL "$pid" 2>/dev/null; }
 trap cleanup EXIT

@@ -107,6 +107,7 @@ Status RunServe(const ServeOptions& o) {
                  plan.model_dir);
   }
   SPECD_ASSIGN_OR_RETURN(auto backend, MakeBackend(o.device));
+  if (o.batch_invariant) backend->SetKernelOption("skinny_wide", true);
   SPECD_ASSIGN_OR_RETURN(auto target, Qwen35Model::Load(plan.model_dir, backend.get()));
   std::unique_ptr<Qwen35Model> draft;
   if (plan.drafter == "draft") {

@@ -55,6 +55,9 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
                  "KV rows of the target's paged cache, all requests together (0 = max-batch x max-context); "
                  "requests wait in the queue until their rows fit")
       ->check(CLI::NonNegativeNumber);
+  s->add_flag("--batch-invariant", o->batch_invariant,
+              "CUDA: a token's logits do not depend on how many rows share a forward, up to 64 (batched "
+              "verify then runs at about a third of the speed)");
   s->add_option("--grace-seconds", o->grace_seconds, "On SIGTERM: time to finish in-flight requests")
       ->check(CLI::NonNegativeNumber);
   s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\"} here once serving");

@@ -34,6 +34,7 @@ struct ServeOptions {
   int64_t prefill_chunk = 512;
   int64_t max_prefill_tokens = 2048;
   int64_t kv_cache_tokens = 0;  // 0: max_batch x max_context
+  bool batch_invariant = false;  // CUDA: projections of 17-64 rows on the row-invariant form
   double grace_seconds = 30;  // SIGTERM: time for in-flight requests before they are cancelled
   std::string port_file;     // written once serving: {"port": P, "metrics_port": M}
   std::string log_level = "info";

@@ -164,7 +164,8 @@ class Backend {
   // "gdn_fused" (decode/verify GDN in one kernel), "gdn_chunked" (chunked prefill),
   // "programmatic_launch" (projections start before the kernel ahead of them ends),
   // "moe_device" (MoE grouping and experts on the device; off: per-expert lists on the host),
-  // "skinny_wide" (17-64 row projections on the row-invariant tensor-core form; off: cuBLASLt).
+  // "skinny_wide" (17-64 row projections on the row-invariant tensor-core form; off, the default:
+  // cuBLASLt).
   virtual void SetKernelOption(const std::string& name, bool on) {}
   // Per-op device time (benchmarks): on = time every op with events (and run op by op);
   // the report lists total ms and calls per op, largest first, and resets the counters.

@@ -329,7 +329,9 @@ TEST(GpuBatchInvariance, VerifyRowsEqualDecodeStepsBitwise) {
     }
     Gpu()->SetGraphsEnabled(true);
     // Batched: 3, 8 and 12 sequences verify 5 tokens each in one call (15, 40, 60 rows: the
-    // projections' 16-row and wide tensor-core forms); each one's rows equal its own decode steps.
+    // projections' 16-row and wide tensor-core forms, the latter opt-in: --batch-invariant); each
+    // one's rows equal its own decode steps.
+    const KernelOptionOn wide("skinny_wide");
     for (int nseq : {3, 8, 12}) {
       CacheOptions o;
       o.max_ctx = 256;

@@ -822,6 +822,7 @@ TEST(GpuGemm, CublasLtOnMisalignedSlicesMatchesCpu) {
 TEST(GpuGemm, WideRowsEqualNarrowRowsBitwise) {
   SPECD_REQUIRE_GPU();
   CpuBackend cpu;
+  const KernelOptionOn wide("skinny_wide");  // opt-in (--batch-invariant)
   struct Case {
     int64_t M, K;
   };

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
 #include "runtime/backend.h"
 #include "runtime/cpu_backend.h"
 #include "test_util.h"
@@ -32,6 +34,13 @@ inline Backend* Gpu(std::string* why = nullptr) {
     std::string why_;                                                                        \
     if (Gpu(&why_) == nullptr) FAIL() << "a CUDA device is present but the backend failed: " << why_; \
   } while (0)
+
+// A CUDA kernel option on for a scope (off again even when an assertion leaves the test early).
+struct KernelOptionOn {
+  explicit KernelOptionOn(std::string name) : name_(std::move(name)) { Gpu()->SetKernelOption(name_, true); }
+  ~KernelOptionOn() { Gpu()->SetKernelOption(name_, false); }
+  std::string name_;
+};
 
 // The same host values on both backends (the GPU copy rounded to its dtype).
 struct Pair {

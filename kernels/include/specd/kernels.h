@@ -77,7 +77,8 @@ cudaError_t SkinnyGemmSwiGlu(const bf16* x, const bf16* w_gate_up, bf16* out, in
                              cudaStream_t s);
 // Skinny GEMMs start early (programmatic dependent launch) unless turned off (benchmarks A/B).
 void SetProgrammaticLaunch(bool on);
-// Benchmarks / A-B: rows 17..64 on the wide tensor-core form (on) or on cuBLASLt (off).
+// Rows 17..64 on the wide tensor-core form (on: every row's bits as at 1..16 rows, batch-invariant
+// serving) or on cuBLASLt (off, the default: faster today).
 void SetSkinnyWide(bool on);
 // Benchmarks: force warps per row (1, 2, 4) and 16-byte chunks in flight per warp (4, 8); 0 = by shape.
 void SetSkinnyVariant(int split, int unroll);
