@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace specd::kernels {
 
@@ -110,6 +111,16 @@ __device__ __forceinline__ void SumKShares(float (&acc)[kTiles][NT][4], float (&
 // K shares per 16-row weight tile of the tensor-core kernels: enough warps for the bandwidth, at
 // least 4 blocks of 32 per warp. A function of K alone, so a sum's order is fixed by the shape.
 inline int MmaSplit(int64_t K) { return K >= 4096 ? 8 : (K >= 2048 ? 4 : (K >= 1024 ? 2 : 1)); }
+// f(std::integral_constant<int, MmaSplit(K)>{}): the tensor-core kernels are instantiated per split.
+template <typename Fn>
+cudaError_t WithMmaSplit(int64_t K, Fn&& f) {
+  switch (MmaSplit(K)) {
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    default: return f(std::integral_constant<int, 1>{});
+  }
+}
 
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

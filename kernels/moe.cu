@@ -275,12 +275,8 @@ cudaError_t LaunchExpertsSplit(const ExpertArgs& a, int slots, cudaStream_t s) {
 
 template <bool kGateUp>
 cudaError_t LaunchExperts(const ExpertArgs& a, int slots, cudaStream_t s) {
-  switch (MmaSplit(a.K)) {
-    case 8: return LaunchExpertsSplit<kGateUp, 8>(a, slots, s);
-    case 4: return LaunchExpertsSplit<kGateUp, 4>(a, slots, s);
-    case 2: return LaunchExpertsSplit<kGateUp, 2>(a, slots, s);
-    default: return LaunchExpertsSplit<kGateUp, 1>(a, slots, s);
-  }
+  return WithMmaSplit(a.K,
+                      [&](auto split) { return LaunchExpertsSplit<kGateUp, decltype(split)::value>(a, slots, s); });
 }
 
 // One block per token: its experts' outputs in ascending expert id (ties in top-k order), each

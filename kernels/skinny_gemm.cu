@@ -217,6 +217,29 @@ __host__ __device__ constexpr int MmaUnroll() { return NT <= 2 ? 2 : 1; }
 // line of each weight row (two 64-byte halves back to back) instead of half of one.
 constexpr int kMmaPair = 2;
 
+// A lane's weights for U steps of P 32-element blocks (step s0 + u * SPLIT) of each tile's two rows;
+// blocks past K are zeros. Held by value so a step's copy streams while the previous multiplies.
+template <int U, int P, int kTiles>
+struct WeightSteps {
+  uint4 v[U][P][kTiles][2];
+  template <int SPLIT>
+  __device__ __forceinline__ void Load(const uint4* const (&wr)[kTiles][2], int64_t s0, int64_t blocks) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int64_t b = (s0 + int64_t{u} * SPLIT) * P + p;
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            v[u][p][tile][h] = b < blocks ? __ldg(wr[tile][h] + b * 4) : make_uint4(0, 0, 0, 0);
+          }
+      }
+    }
+  }
+};
+
 // The epilogue of the tensor-core kernels: element e of x tile j of a lane holds weight row
 // row0 + g + 8 * (e >> 1) and x row 8 * j + 2 * t + (e & 1); the form decides what is stored.
 template <Form F, int kTiles, int NT>
@@ -271,21 +294,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
   const uint4* wr[kTiles][2];
   LaneWeightRows(a.w, row0, a.M, a.K, lane, wr);
   GridLaunchDependents();
-  uint4 wv[U][P][kTiles][2];
-  auto load_w = [&](int64_t s0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int p = 0; p < P; ++p) {
-        const int64_t b = (s0 + int64_t{u} * SPLIT) * P + p;
-#pragma unroll
-        for (int tile = 0; tile < kTiles; ++tile)
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            wv[u][p][tile][h] = b < blocks ? __ldg(wr[tile][h] + b * 4) : make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
+  WeightSteps<U, P, kTiles> wv;
+  auto load_w = [&](int64_t s0) { wv.template Load<SPLIT>(wr, s0, blocks); };
   load_w(slice);  // weights first: they do not depend on the kernel before this one
   GridDependencyWait();
   float acc[kTiles][NT][4];
@@ -313,15 +323,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
         for (int j = 0; j < NT; ++j)
           xv[u][p][j] = b < blocks && xlive[j] ? __ldg(xr[j] + b * 4) : make_uint4(0, 0, 0, 0);
       }
-    uint4 cur[U][P][kTiles][2];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int p = 0; p < P; ++p)
-#pragma unroll
-        for (int tile = 0; tile < kTiles; ++tile)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) cur[u][p][tile][h] = wv[u][p][tile][h];
+    const WeightSteps<U, P, kTiles> cur = wv;
     load_w(s0 + int64_t{SPLIT} * U);  // the next steps stream while these multiply
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -332,7 +334,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaK(Args a, int n)
 #pragma unroll
         for (int tile = 0; tile < kTiles; ++tile) {
 #pragma unroll
-          for (int j = 0; j < NT; ++j) MmaKBlock(acc[tile][j], cur[u][p][tile][0], cur[u][p][tile][1], xv[u][p][j]);
+          for (int j = 0; j < NT; ++j) MmaKBlock(acc[tile][j], cur.v[u][p][tile][0], cur.v[u][p][tile][1], xv[u][p][j]);
         }
       }
     }
@@ -395,21 +397,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaWideK(Args a, in
   const uint4* wr[kTiles][2];
   LaneWeightRows(a.w, row0, a.M, a.K, lane, wr);
   GridLaunchDependents();
-  uint4 wv[U][P][kTiles][2];
-  auto load_w = [&](int64_t s0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int p = 0; p < P; ++p) {
-        const int64_t b = (s0 + int64_t{u} * SPLIT) * P + p;
-#pragma unroll
-        for (int tile = 0; tile < kTiles; ++tile)
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            wv[u][p][tile][h] = b < blocks ? __ldg(wr[tile][h] + b * 4) : make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
+  WeightSteps<U, P, kTiles> wv;
+  auto load_w = [&](int64_t s0) { wv.template Load<SPLIT>(wr, s0, blocks); };
   load_w(slice);  // weights first: they do not depend on the kernel before this one
   GridDependencyWait();
   // This slice's x: entry ((q * P + p) * R8 + r) * 4 + c is 16-byte column c of x row r in block
@@ -433,15 +422,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaWideK(Args a, in
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[tile][j][e] = 0.f;
   for (int64_t s0 = slice; s0 < steps; s0 += int64_t{SPLIT} * U) {
-    uint4 cur[U][P][kTiles][2];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int p = 0; p < P; ++p)
-#pragma unroll
-        for (int tile = 0; tile < kTiles; ++tile)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) cur[u][p][tile][h] = wv[u][p][tile][h];
+    const WeightSteps<U, P, kTiles> cur = wv;
     load_w(s0 + int64_t{SPLIT} * U);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -455,7 +436,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SkinnyMmaWideK(Args a, in
         for (int tile = 0; tile < kTiles; ++tile) {
 #pragma unroll
           for (int j = 0; j < NT; ++j) {
-            MmaKBlock(acc[tile][j], cur[u][p][tile][0], cur[u][p][tile][1], xq[(j * 8 + g) * 4 + t]);
+            MmaKBlock(acc[tile][j], cur.v[u][p][tile][0], cur.v[u][p][tile][1], xq[(j * 8 + g) * 4 + t]);
           }
         }
       }
@@ -524,12 +505,7 @@ cudaError_t LaunchWideN(const Args& a, int n, cudaStream_t s) {
 
 template <Form F>
 cudaError_t LaunchWide(const Args& a, int n, cudaStream_t s) {
-  switch (MmaSplit(a.K)) {
-    case 8: return LaunchWideN<F, 8>(a, n, s);
-    case 4: return LaunchWideN<F, 4>(a, n, s);
-    case 2: return LaunchWideN<F, 2>(a, n, s);
-    default: return LaunchWideN<F, 1>(a, n, s);
-  }
+  return WithMmaSplit(a.K, [&](auto split) { return LaunchWideN<F, decltype(split)::value>(a, n, s); });
 }
 
 template <Form F, int SPLIT>
@@ -541,12 +517,7 @@ cudaError_t LaunchMmaN(const Args& a, int n, cudaStream_t s) {
 
 template <Form F>
 cudaError_t LaunchMma(const Args& a, int n, cudaStream_t s) {
-  switch (MmaSplit(a.K)) {
-    case 8: return LaunchMmaN<F, 8>(a, n, s);
-    case 4: return LaunchMmaN<F, 4>(a, n, s);
-    case 2: return LaunchMmaN<F, 2>(a, n, s);
-    default: return LaunchMmaN<F, 1>(a, n, s);
-  }
+  return WithMmaSplit(a.K, [&](auto split) { return LaunchMmaN<F, decltype(split)::value>(a, n, s); });
 }
 
 // Every row count on the tensor-core kernel (so decode and verify agree bit for bit); the CUDA-core
