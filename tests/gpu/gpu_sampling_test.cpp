@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 
+#include "engine_run.h"
 #include "gpu_test_util.h"
 #include "spec/engine.h"
 #include "token_choice_cases.h"
@@ -119,40 +120,8 @@ Models& G() {
   return m;
 }
 
-struct EngineRun {
-  std::vector<std::vector<int32_t>> out;
-  int64_t host_rows = 0;
-};
-
 EngineRun RunEngine(bool device, const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs) {
-  std::unique_ptr<Drafter> d;
-  if (drafter == "ngram") d = MakeNgramDrafter();
-  if (drafter == "near") d = std::move(MakeDraftModelDrafter(G().near.get(), 512, 8, 512, 16)).value();
-  EngineOptions o;
-  o.max_seqs = 8;
-  o.max_ctx = 512;
-  o.default_k = k;
-  o.device_token_choice = device;
-  auto e = std::move(SpecEngine::Create(G().target.get(), std::move(d), o)).value();
-  std::vector<int> ids;
-  for (const auto& r : reqs) ids.push_back(*e->Add(r));
-  while (e->HasWork()) {
-    const Status st = e->Step();
-    EXPECT_TRUE(st.ok()) << st.ToString();
-    if (!st.ok()) break;
-  }
-  EngineRun run;
-  for (int id : ids) run.out.push_back(e->Generated(id));
-  run.host_rows = e->host_logits_rows();
-  return run;
-}
-
-GenerationRequest Req(std::vector<int32_t> prompt, int n) {
-  GenerationRequest r;
-  r.prompt = std::move(prompt);
-  r.max_tokens = n;
-  r.ignore_eos = true;
-  return r;
+  return specd::testing::RunEngine(G().target.get(), G().near.get(), device, drafter, k, reqs);
 }
 
 TEST(GpuTokenChoice, GreedySpeculationOnTheDeviceEqualsFixtureAndHostPath) {

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "engine_run.h"
 #include "runtime/backend.h"
 #include "spec/engine.h"
 #include "spec/verifier.h"
@@ -162,42 +163,9 @@ Models& M() {
   return m;
 }
 
-struct EngineRun {
-  std::vector<std::vector<int32_t>> out;
-  int64_t host_rows = 0;
-};
-
 EngineRun RunEngine(bool device, const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
-              std::vector<int32_t> eos = {}) {
-  EngineOptions o;
-  o.max_seqs = 8;
-  o.max_ctx = 512;
-  o.default_k = k;
-  o.device_token_choice = device;
-  o.eos_ids = std::move(eos);
-  std::unique_ptr<Drafter> d;
-  if (drafter == "ngram") d = MakeNgramDrafter();
-  if (drafter == "near") d = std::move(MakeDraftModelDrafter(M().near.get(), 512, 8, 512, 16)).value();
-  auto e = std::move(SpecEngine::Create(M().target.get(), std::move(d), o)).value();
-  std::vector<int> ids;
-  for (const auto& r : reqs) ids.push_back(*e->Add(r));
-  while (e->HasWork()) {
-    const Status st = e->Step();
-    EXPECT_TRUE(st.ok()) << st.ToString();
-    if (!st.ok()) break;
-  }
-  EngineRun run;
-  for (int id : ids) run.out.push_back(e->Generated(id));
-  run.host_rows = e->host_logits_rows();
-  return run;
-}
-
-GenerationRequest Req(std::vector<int32_t> prompt, int n) {
-  GenerationRequest r;
-  r.prompt = std::move(prompt);
-  r.max_tokens = n;
-  r.ignore_eos = true;
-  return r;
+                    std::vector<int32_t> eos = {}) {
+  return specd::testing::RunEngine(M().target.get(), M().near.get(), device, drafter, k, reqs, std::move(eos));
 }
 
 TEST(DeviceTokenChoice, GreedyEqualsHostPathAndFixtureAndCopiesNoLogits) {

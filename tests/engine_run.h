@@ -1,0 +1,58 @@
+// Runs a SpecEngine over requests to completion, with the backend's token choice or the host path:
+// shared by the CPU and GPU token-choice tests, which compare the two.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qwen35/model.h"
+#include "spec/drafter.h"
+#include "spec/engine.h"
+
+namespace specd::testing {
+
+struct EngineRun {
+  std::vector<std::vector<int32_t>> out;
+  int64_t host_rows = 0;  // logits rows copied to the host
+};
+
+// drafter: "none", "ngram" or "near" (the draft model `near`).
+inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_token_choice,
+                           const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
+                           std::vector<int32_t> eos = {}) {
+  EngineOptions o;
+  o.max_seqs = 8;
+  o.max_ctx = 512;
+  o.default_k = k;
+  o.device_token_choice = device_token_choice;
+  o.eos_ids = std::move(eos);
+  std::unique_ptr<Drafter> d;
+  if (drafter == "ngram") d = MakeNgramDrafter();
+  if (drafter == "near") d = std::move(MakeDraftModelDrafter(near, 512, 8, 512, 16)).value();
+  auto e = std::move(SpecEngine::Create(target, std::move(d), o)).value();
+  std::vector<int> ids;
+  for (const auto& r : reqs) ids.push_back(*e->Add(r));
+  while (e->HasWork()) {
+    const Status st = e->Step();
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    if (!st.ok()) break;
+  }
+  EngineRun run;
+  for (int id : ids) run.out.push_back(e->Generated(id));
+  run.host_rows = e->host_logits_rows();
+  return run;
+}
+
+// n tokens after the prompt, eos ignored.
+inline GenerationRequest Req(std::vector<int32_t> prompt, int n) {
+  GenerationRequest r;
+  r.prompt = std::move(prompt);
+  r.max_tokens = n;
+  r.ignore_eos = true;
+  return r;
+}
+
+}  // namespace specd::testing
