@@ -4,6 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+
 namespace specd::serve {
 namespace {
 
@@ -104,6 +108,24 @@ void Metrics::SetGauges(int64_t waiting, int64_t running, int64_t slots, double 
   kv_usage_ = kv_usage;
 }
 
+void Metrics::SetMemory(const MemoryGauges& m) {
+  std::lock_guard lk(mu_);
+  mem_ = m;
+  have_mem_ = true;
+}
+
+namespace {
+// This process's resident memory, from /proc (0 where there is none).
+int64_t ResidentBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  long pages = 0, resident = 0;
+  const int n = std::fscanf(f, "%ld %ld", &pages, &resident);
+  std::fclose(f);
+  return n == 2 ? static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE) : 0;
+}
+}  // namespace
+
 int64_t Metrics::slots_in_use() const {
   std::lock_guard lk(mu_);
   return slots_;
@@ -136,7 +158,7 @@ std::string Metrics::Render() const {
   }
   Scalar(out, "specd:prompt_tokens_total", "counter", "Prompt tokens admitted.", static_cast<double>(prompt_tokens_));
   Scalar(out, "specd:generation_tokens_total", "counter", "Tokens generated.", static_cast<double>(generation_tokens_));
-  Scalar(out, "specd:engine_step_failures_total", "counter", "Engine steps that failed (their requests got INTERNAL).",
+  Scalar(out, "specd:engine_step_failures_total", "counter", "Engine steps that failed (their requests got INTERNAL, or RESOURCE_EXHAUSTED when memory ran out).",
          static_cast<double>(step_failures_));
   Header(out, "specd:time_to_first_token_seconds", "histogram", "Time from arrival to the first generated token.");
   ttft_.Render(out, "specd:time_to_first_token_seconds");
@@ -151,6 +173,31 @@ std::string Metrics::Render() const {
   Scalar(out, "specd:kv_cache_usage_perc", "gauge",
          "Fraction of the target's KV cache blocks reserved by admitted requests (1 = full: new requests wait).",
          kv_usage_);
+  Scalar(out, "specd:process_resident_memory_bytes", "gauge", "Resident host memory of the daemon.",
+         static_cast<double>(ResidentBytes()));
+  if (have_mem_) {
+    if (mem_.device_used_bytes >= 0) {
+      Scalar(out, "specd:device_memory_used_bytes", "gauge", "Device memory in use (whole device: total - free).",
+             static_cast<double>(mem_.device_used_bytes));
+      Scalar(out, "specd:cuda_graphs", "gauge", "Captured CUDA graphs held.", static_cast<double>(mem_.graphs));
+      Scalar(out, "specd:cuda_graph_limit", "gauge", "Most CUDA graphs held (--cuda-graph-limit).",
+             static_cast<double>(mem_.graph_limit));
+      Scalar(out, "specd:cuda_graph_workspace_bytes", "gauge",
+             "The activation workspace all graphs share (set by the largest captured forward).",
+             static_cast<double>(mem_.graph_workspace_bytes));
+      Scalar(out, "specd:cuda_graph_captures_total", "counter", "Graphs captured.",
+             static_cast<double>(mem_.graph_captures));
+      Scalar(out, "specd:cuda_graph_replays_total", "counter", "Forwards run as a graph replay.",
+             static_cast<double>(mem_.graph_replays));
+      Scalar(out, "specd:cuda_graph_evictions_total", "counter", "Graphs dropped to stay within the limit.",
+             static_cast<double>(mem_.graph_evictions));
+      Scalar(out, "specd:cuda_graph_capture_failures_total", "counter",
+             "Captures abandoned (the forward ran op by op instead).", static_cast<double>(mem_.graph_capture_failures));
+    }
+    Scalar(out, "specd:allocation_failures_total", "counter",
+           "Allocations the backend could not serve (the step's requests got RESOURCE_EXHAUSTED).",
+           static_cast<double>(mem_.alloc_failures));
+  }
   return out;
 }
 

@@ -45,6 +45,15 @@ class Metrics {
   // kv_usage: the fraction of the target's KV blocks reserved by admitted requests.
   void SetGauges(int64_t waiting, int64_t running, int64_t slots_in_use, double kv_usage = 0.0);
 
+  // Memory of the backend (scheduler thread, a few times a second).
+  struct MemoryGauges {
+    int64_t device_used_bytes = -1;  // the whole device (total - free); -1: no device
+    int64_t graphs = 0, graph_limit = 0, graph_workspace_bytes = 0;
+    int64_t graph_captures = 0, graph_replays = 0, graph_evictions = 0, graph_capture_failures = 0;
+    int64_t alloc_failures = 0;
+  };
+  void SetMemory(const MemoryGauges& m);
+
   std::string Render() const;
 
   // Read back by tests and logs.
@@ -58,6 +67,8 @@ class Metrics {
   std::map<std::string, uint64_t> success_, failure_;
   int64_t waiting_ = 0, running_ = 0, slots_ = 0;
   double kv_usage_ = 0.0;
+  MemoryGauges mem_;
+  bool have_mem_ = false;
   Histogram ttft_, itl_, e2e_;
 };
 

@@ -282,22 +282,35 @@ void Scheduler::RunStep() {
   if (!engine_ || !engine_->HasWork()) return;
   const auto t0 = Clock::now();
   ++steps_;
-  const Status st = steps_ == opt_.debug_fail_step ? Internal("injected failure (--debug-fail-step {})", steps_)
-                                                   : engine_->Step();
+  Status st = Status::Ok();
+  if (steps_ == opt_.debug_fail_step) {
+    st = Internal("injected failure (--debug-fail-step {})", steps_);
+  } else {
+    // The engine promises no exception; this is the last line, so a broken promise fails one
+    // step instead of ending the daemon.
+    try {
+      st = engine_->Step();
+    } catch (const std::exception& ex) {
+      st = Internal("exception in the engine step: {}", ex.what());
+    }
+  }
   if (st.ok()) {
     spdlog::debug("step: {} sequences, {} slots in use, {:.2f} ms", active_.size(), engine_->slots_in_use(),
                   Seconds(Clock::now() - t0) * 1e3);
     return;
   }
   // The engine's state after a failed step is unknown: fail what it was running, build a new
-  // engine, keep serving. Queued requests are untouched.
+  // engine, keep serving. Queued requests are untouched. A full device is RESOURCE_EXHAUSTED
+  // (the client may retry), anything else INTERNAL.
   spdlog::error("engine step failed: {}; failing {} in-flight requests and resetting the engine", st.ToString(),
                 active_.size());
   metrics_->StepFailed();
-  const grpc::Status internal(grpc::StatusCode::INTERNAL, "engine step failed: " + st.message());
+  const bool oom = st.code() == StatusCode::kResourceExhausted;
+  const grpc::Status failed(oom ? grpc::StatusCode::RESOURCE_EXHAUSTED : grpc::StatusCode::INTERNAL,
+                            "engine step failed: " + st.message());
   for (auto& e : active_) {
     e->engine_id = -1;  // not released: the engine is discarded whole
-    EndWithStatus(*e, internal);
+    EndWithStatus(*e, failed);
   }
   active_.clear();
   engine_.reset();
@@ -422,6 +435,25 @@ void Scheduler::PublishGauges() {
                         ? static_cast<double>(engine_->kv_blocks_reserved()) / static_cast<double>(engine_->kv_blocks_total())
                         : 0.0;
   metrics_->SetGauges(waiting, running, slots, kv);
+  // Memory a few times a second while busy (cudaMemGetInfo is cheap, but not free at every
+  // step), and always once the engine goes idle, so a scrape after a burst sees its end.
+  const auto now = Clock::now();
+  if (engine_ && (active_.empty() || now - last_memory_ > std::chrono::milliseconds(200))) {
+    last_memory_ = now;
+    const Backend& be = *engine_->backend();
+    const Backend::GraphStats g = be.graph_stats();
+    Metrics::MemoryGauges m;
+    m.device_used_bytes = be.device_memory_used();
+    m.graphs = g.graphs;
+    m.graph_limit = g.limit;
+    m.graph_workspace_bytes = g.workspace_bytes;
+    m.graph_captures = g.captures;
+    m.graph_replays = g.replays;
+    m.graph_evictions = g.evictions;
+    m.graph_capture_failures = g.capture_failures;
+    m.alloc_failures = be.alloc_failures();
+    metrics_->SetMemory(m);
+  }
 }
 
 }  // namespace specd::serve

@@ -108,6 +108,7 @@ class Scheduler {
   int running_ = 0;  // requests out of the queue and not yet ended
   uint64_t next_id_ = 0;
   int64_t steps_ = 0;  // scheduler thread only
+  std::chrono::steady_clock::time_point last_memory_{};  // memory gauges last published
   std::thread thread_;
 };
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string_view>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "model/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 #include "server/cli_text.h"
@@ -59,6 +61,29 @@ StatusOr<Plan> ResolveModels(const ServeOptions& o) {
     return InvalidArgument("--draft given with --drafter {}; drop one of them", p.drafter);
   }
   return p;
+}
+
+// A model folder, or `random:NAME[:SEED]`: random weights of a released Qwen3.5 shape
+// (model/presets.h), for benchmarks and soak runs at real sizes without a checkpoint.
+StatusOr<std::unique_ptr<Qwen35Model>> LoadModel(const std::string& spec, Backend* backend, uint64_t default_seed) {
+  constexpr std::string_view kRandom = "random:";
+  if (spec.rfind(kRandom, 0) != 0) return Qwen35Model::Load(spec, backend);
+  std::string name = spec.substr(kRandom.size());
+  uint64_t seed = default_seed;
+  if (const size_t colon = name.find(':'); colon != std::string::npos) {
+    try {
+      seed = std::stoull(name.substr(colon + 1));
+    } catch (const std::exception&) {
+      return InvalidArgument("{}: the seed after the shape name must be a number", spec);
+    }
+    name = name.substr(0, colon);
+  }
+  SPECD_ASSIGN_OR_RETURN(ModelConfig cfg, ReleasedShapes(name));
+  try {
+    return Qwen35Model::Random(cfg, backend, seed);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("not enough {} memory for random weights of {}", backend->name(), name);
+  }
 }
 
 std::string HostPort(const std::string& host, int port) {
@@ -108,10 +133,11 @@ Status RunServe(const ServeOptions& o) {
   }
   SPECD_ASSIGN_OR_RETURN(auto backend, MakeBackend(o.device));
   if (o.batch_invariant) backend->SetKernelOption("skinny_wide", true);
-  SPECD_ASSIGN_OR_RETURN(auto target, Qwen35Model::Load(plan.model_dir, backend.get()));
+  backend->SetGraphPolicy(o.cuda_graph_limit, o.cuda_graph_capture_after);
+  SPECD_ASSIGN_OR_RETURN(auto target, LoadModel(plan.model_dir, backend.get(), 1));
   std::unique_ptr<Qwen35Model> draft;
   if (plan.drafter == "draft") {
-    SPECD_ASSIGN_OR_RETURN(draft, Qwen35Model::Load(plan.draft_dir, backend.get()));
+    SPECD_ASSIGN_OR_RETURN(draft, LoadModel(plan.draft_dir, backend.get(), 2));
   }
   SPECD_ASSIGN_OR_RETURN(auto text, cli::TextCodec::ForModel(plan.model_dir, o.tokenizer));
   const ModelConfig& cfg = target->config();
@@ -150,6 +176,7 @@ Status RunServe(const ServeOptions& o) {
   Metrics metrics;
   Scheduler scheduler(factory, text.get(), &metrics, SchedulerOptions{o.max_batch, o.max_queue, drafter, o.debug_fail_step});
   SPECD_RETURN_IF_ERROR(scheduler.Start());
+  if (o.debug_fail_alloc > 0) backend->InjectAllocFailures(o.debug_fail_alloc - 1, 1);
 
   ServeLimits limits{cfg.vocab_size, max_ctx, o.max_k, drafter};
   v1::ModelInfo info;

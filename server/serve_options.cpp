@@ -32,8 +32,10 @@ bool Scalar(const std::string& key, const nlohmann::json& v, std::vector<std::st
 void AddServeFlags(CLI::App* s, ServeOptions* o) {
   // The config file's values come first on the command line; the user's flags, later, win.
   s->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  s->add_option("--model", o->model, "Target model folder (default: the embedded fixture pair)");
-  s->add_option("--draft", o->draft, "Draft model folder (implies --drafter draft)");
+  s->add_option("--model", o->model,
+                 "Target model folder, or random:NAME[:SEED] for random weights of a released shape "
+                 "(0.8B, 2B, 4B, 9B, 27B: benchmarks and soaks) (default: the embedded demo pair)");
+  s->add_option("--draft", o->draft, "Draft model folder or random:NAME[:SEED] (implies --drafter draft)");
   s->add_option("--drafter", o->drafter, "none | ngram | draft")->check(CLI::IsMember({"none", "ngram", "draft"}));
   s->add_option("--tokenizer", o->tokenizer, "tokenizer.json or folder; 'none' = token ids only");
   s->add_option("--k", o->k, "Default drafts per step")->check(CLI::Range(0, 16));
@@ -63,6 +65,14 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
   s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\"} here once serving");
   s->add_option("--log-level", o->log_level, "trace | debug | info | warn | error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  s->add_option("--cuda-graph-limit", o->cuda_graph_limit,
+                 "CUDA graphs kept at most, least recently used dropped first (0 = no graphs)")
+      ->check(CLI::Range(0, 4096));
+  s->add_option("--cuda-graph-capture-after", o->cuda_graph_capture_after,
+                "Times a batch shape is seen before its graph is captured (1 = at once)")
+      ->check(CLI::Range(1, 1000));
+  s->add_option("--debug-fail-alloc", o->debug_fail_alloc,
+                "Testing only: backend allocation N (counted from when serving starts) fails as if memory ran out");
   s->add_option("--debug-fail-step", o->debug_fail_step, "Testing only: make step N fail")
       ->group("")  // hidden from --help
       ->check(CLI::NonNegativeNumber);

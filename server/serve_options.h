@@ -40,6 +40,9 @@ struct ServeOptions {
   std::string log_level = "info";
   std::string config;  // applied by ExpandServeConfig before parsing; kept for --help
   int64_t debug_fail_step = 0;  // testing only: see SchedulerOptions::debug_fail_step
+  int64_t debug_fail_alloc = 0;  // testing only: backend allocation N (from serving on) fails
+  int cuda_graph_limit = 128;    // CUDA graphs kept at most (0 = none)
+  int cuda_graph_capture_after = 2;  // sightings of a batch shape before it is captured
 };
 
 // Registers the flags (and --config) on the `serve` subcommand.

@@ -19,6 +19,17 @@ ModelCache::~ModelCache() {
 
 StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(const ModelConfig& cfg, Backend* backend,
                                                          const CacheOptions& opt) {
+  try {
+    return CreateUnchecked(cfg, backend, opt);
+  } catch (const std::bad_alloc&) {
+    backend->ReleaseCachedMemory();
+    return ResourceExhausted("not enough {} memory for a cache of {} slots x {} tokens", backend->name(),
+                             opt.num_slots, opt.max_ctx);
+  }
+}
+
+StatusOr<std::unique_ptr<ModelCache>> ModelCache::CreateUnchecked(const ModelConfig& cfg, Backend* backend,
+                                                                  const CacheOptions& opt) {
   if (opt.num_slots <= 0) return InvalidArgument("cache needs at least one slot");
   if (opt.max_ctx <= 0) return InvalidArgument("cache max_ctx must be positive");
   if (opt.log_capacity <= 0) return InvalidArgument("cache log capacity must be positive");
@@ -26,23 +37,33 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(const ModelConfig& cfg,
   if (opt.kv_blocks < 0) return InvalidArgument("cache KV block count must not be negative");
   const int64_t max_blocks = (opt.max_ctx + opt.kv_block_size - 1) / opt.kv_block_size;
   const int64_t num_blocks = opt.kv_blocks > 0 ? opt.kv_blocks : max_blocks * opt.num_slots;
-  if (num_blocks > INT32_MAX) return InvalidArgument("cache KV pool of {} blocks: block ids are int32", num_blocks);
+  // The pad slot (index num_slots) owns blocks of its own past the pool, for its dummy spans'
+  // KV rows [0, pad_rows): they never compete with real requests for blocks.
+  const int64_t pad_rows = std::min<int64_t>(opt.log_capacity, max_blocks * opt.kv_block_size);
+  const int64_t pad_blocks = (pad_rows + opt.kv_block_size - 1) / opt.kv_block_size;
+  if (num_blocks + pad_blocks > INT32_MAX) {
+    return InvalidArgument("cache KV pool of {} blocks: block ids are int32", num_blocks);
+  }
   auto c = std::unique_ptr<ModelCache>(new ModelCache());
   c->backend_ = backend;
   c->opt_ = opt;
   c->meta_.resize(opt.num_slots);
   c->kv_blocks_total_ = num_blocks;
   c->max_blocks_per_slot_ = max_blocks;
+  c->pad_rows_ = pad_rows;
   c->free_blocks_.reserve(static_cast<size_t>(num_blocks));
   for (int64_t i = num_blocks - 1; i >= 0; --i) c->free_blocks_.push_back(static_cast<int32_t>(i));
-  c->table_.assign(static_cast<size_t>(opt.num_slots * max_blocks), -1);
-  c->slot_blocks_.assign(static_cast<size_t>(opt.num_slots), 0);
-  c->table_tensor_ = backend->Alloc(DType::kI32, {opt.num_slots, max_blocks});
+  const int64_t S = opt.num_slots + 1;  // + the pad slot
+  c->table_.assign(static_cast<size_t>(S * max_blocks), -1);
+  for (int64_t j = 0; j < pad_blocks; ++j) c->table_[opt.num_slots * max_blocks + j] = static_cast<int32_t>(num_blocks + j);
+  c->slot_blocks_.assign(static_cast<size_t>(S), 0);
+  c->slot_blocks_[opt.num_slots] = static_cast<int32_t>(pad_blocks);
+  c->table_tensor_ = backend->Alloc(DType::kI32, {S, max_blocks});
   c->table_dirty_ = true;
   GdnDims d{cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
             cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim};
   c->gdn_dims_ = d;
-  const int64_t S = opt.num_slots, L = opt.log_capacity, C = d.conv_dim();
+  const int64_t L = opt.log_capacity, C = d.conv_dim();
   const DType act = backend->act_dtype();
   const int64_t act_size = static_cast<int64_t>(DTypeSize(act));
   for (int i = 0; i < cfg.num_hidden_layers; ++i) {
@@ -67,8 +88,8 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(const ModelConfig& cfg,
       c->gdn_.push_back(std::move(g));
     } else {
       AttnLayerState a;
-      a.k = backend->Alloc(act, {num_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
-      a.v = backend->Alloc(act, {num_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
+      a.k = backend->Alloc(act, {num_blocks + pad_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
+      a.v = backend->Alloc(act, {num_blocks + pad_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
       a.block_table = c->table_tensor_;
       // What a slot holding max_ctx rows uses (the pool may be smaller than slots x that).
       c->live_bytes_ += 2 * int64_t{cfg.num_key_value_heads} * opt.max_ctx * cfg.head_dim * act_size;

@@ -42,6 +42,10 @@ class ModelCache {
 
   const CacheOptions& options() const { return opt_; }
   int num_slots() const { return opt_.num_slots; }
+  // A slot past the others that no sequence gets: dummy spans that pad a batch to a graph shape
+  // run on it (qwen35/graph_padding.h), in verify mode from position 0, at most pad_rows() tokens.
+  int pad_slot() const { return opt_.num_slots; }
+  int64_t pad_rows() const { return pad_rows_; }
 
   // Slot lifetime. A new slot starts empty (zero state, length 0).
   StatusOr<int> AllocSlot();
@@ -103,6 +107,8 @@ class ModelCache {
     bool has_checkpoint = false;
   };
   ModelCache();
+  static StatusOr<std::unique_ptr<ModelCache>> CreateUnchecked(const ModelConfig& cfg, Backend* backend,
+                                                               const CacheOptions& opt);
   // Returns the slot's blocks past those that rows [0, rows) need to the pool.
   void TrimKv(int slot, int64_t rows);
   Backend* backend_ = nullptr;
@@ -114,7 +120,7 @@ class ModelCache {
   std::vector<int> state_index_;
   std::vector<SlotMeta> meta_;
   int64_t live_bytes_ = 0, scratch_bytes_ = 0;
-  int64_t kv_blocks_total_ = 0, max_blocks_per_slot_ = 0, kv_block_bytes_ = 0;
+  int64_t kv_blocks_total_ = 0, max_blocks_per_slot_ = 0, kv_block_bytes_ = 0, pad_rows_ = 0;
   std::vector<int32_t> free_blocks_;  // a stack: the most recently returned block is reused first
   std::vector<int32_t> table_;        // [slots, max_blocks_per_slot], -1 = none
   std::vector<int32_t> slot_blocks_;  // blocks each slot holds (a prefix of its table row)

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "model/safetensors.h"
+#include "qwen35/graph_padding.h"
 
 namespace specd {
 
@@ -92,40 +93,93 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
   cache.SyncBlockTable();
 
   Backend& be = *backend_;
-  Tensor tok, rows;
-  be.StageBatch(b, ids, logit_rows, &tok, &rows);
-  // Decode and verify steps of a fixed layout replay a captured graph; prefill chunks (long,
-  // varied) run op by op, and so does MoE where the backend routes through the host.
-  const bool graphable =
-      b.max_len <= kMaxGraphTokens &&
-      (!cfg_.is_moe || be.MoeFfnCapturable(b.num_tokens, cfg_.hidden_size, cfg_.moe_intermediate_size,
-                                           cfg_.num_experts, cfg_.num_experts_per_tok));
-  std::string key;
-  if (graphable) {
-    key = GraphKey(b, static_cast<int64_t>(logit_rows.size()), cache);
-    if (be.ReplayGraph(key, &out.logits)) {
-      SPECD_RETURN_IF_ERROR(be.TakeError());
-      for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);
-      return out;
-    }
+  const int64_t real_rows = static_cast<int64_t>(logit_rows.size());
+  // Decode and verify steps (short spans) replay captured graphs; prefill chunks (long, varied)
+  // run op by op, and so does MoE where the backend routes through the host.
+  const auto capturable = [&](int64_t tokens) {
+    return b.max_len <= kMaxGraphTokens &&
+           (!cfg_.is_moe || be.MoeFfnCapturable(tokens, cfg_.hidden_size, cfg_.moe_intermediate_size,
+                                                cfg_.num_experts, cfg_.num_experts_per_tok));
+  };
+  bool graphable = capturable(b.num_tokens);
+  const bool pad = padding_ == GraphPaddingMode::kAlways || (padding_ == GraphPaddingMode::kAuto && be.CapturesGraphs());
+  if (graphable && pad) {
+    const auto plan = PlanGraphPadding(static_cast<int64_t>(b.seqs.size()), b.num_tokens, b.max_len, real_rows,
+                                       std::min<int64_t>(cache.pad_rows(), cache.options().log_capacity));
+    if (plan && capturable(plan->tokens)) AddDummySpans(*plan, cache, b, ids, logit_rows);
   }
-  const bool capturing = graphable && be.BeginGraphCapture(key);
-  out.logits = RunOps(b, tok, rows, static_cast<int64_t>(logit_rows.size()), cache);
-  if (capturing) {
-    SPECD_RETURN_IF_ERROR(be.EndGraphCapture(key, out.logits));
-    if (!be.ReplayGraph(key, &out.logits)) return Internal("graph for {} was not kept", key);
+  try {
+    SPECD_ASSIGN_OR_RETURN(out.logits, RunGraphOrOps(b, ids, logit_rows, cache, graphable));
+  } catch (const std::bad_alloc&) {
+    // Ops already issued may have changed the slots' state: the step's sequences are lost
+    // (SpecEngine fails them), the model and the other slots are fine.
+    be.ReleaseCachedMemory();
+    return ResourceExhausted("{} memory exhausted during a forward of {} tokens", be.name(), b.num_tokens);
   }
-  SPECD_RETURN_IF_ERROR(be.TakeError());
-  for (const auto& s : b.seqs) cache.Advance(s.slot, s.mode, s.len);
+  if (out.logits.dim(0) != real_rows) out.logits = out.logits.Rows(0, real_rows);  // the dummies' rows
+  for (const auto& s : seqs) cache.Advance(s.slot, s.mode, static_cast<int64_t>(s.tokens.size()));
   return out;
 }
 
-std::string Qwen35Model::GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const {
-  std::string k = fmt::format(":m{}:c{}:r{}", id_, cache.id(), rows);
-  for (const auto& s : b.seqs) {
-    k += fmt::format("|{},{},{},{},{}", s.slot, s.len, static_cast<int>(s.mode), s.log_offset, s.all_logits ? 1 : 0);
+void Qwen35Model::AddDummySpans(const GraphPadding& plan, const ModelCache& cache, BatchInfo& b,
+                                std::vector<int32_t>& ids, std::vector<int64_t>& logit_rows) const {
+  for (int64_t len : plan.dummy_lens) {
+    SeqSpan sp;
+    sp.slot = cache.pad_slot();
+    sp.offset = b.num_tokens;
+    sp.len = len;
+    sp.n_past = 0;
+    sp.mode = StateMode::kLog;  // reads the pad slot's (zero) state, writes only its log and KV rows
+    sp.log_offset = 0;
+    sp.all_logits = plan.dummy_all_logits;
+    for (int64_t t = plan.dummy_all_logits ? 0 : len - 1; t < len; ++t) logit_rows.push_back(sp.offset + t);
+    ids.insert(ids.end(), static_cast<size_t>(len), 0);
+    b.seqs.push_back(sp);
+    b.num_tokens += len;
   }
-  return k;
+}
+
+StatusOr<Tensor> Qwen35Model::RunGraphOrOps(const BatchInfo& b, const std::vector<int32_t>& ids,
+                                            const std::vector<int64_t>& logit_rows, ModelCache& cache,
+                                            bool graphable) {
+  Backend& be = *backend_;
+  Tensor tok, rows, logits;
+  be.StageBatch(b, ids, logit_rows, &tok, &rows);
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  std::string key;
+  if (graphable) {
+    key = GraphKey(b, R, cache);
+    if (be.ReplayGraph(key, &logits)) {
+      SPECD_RETURN_IF_ERROR(be.TakeError());
+      return logits;
+    }
+    if (be.BeginGraphCapture(key)) {
+      Status captured = Status::Ok();
+      try {
+        logits = RunOps(b, tok, rows, R, cache);
+        captured = be.EndGraphCapture(key, logits);
+      } catch (const std::bad_alloc&) {
+        // Nothing of a capture has run: give memory back and run the ops once more, uncaptured.
+        be.AbortGraphCapture();
+        be.ReleaseCachedMemory();
+        captured = ResourceExhausted("graph capture ran out of memory");
+      }
+      if (captured.ok() && be.ReplayGraph(key, &logits)) {
+        SPECD_RETURN_IF_ERROR(be.TakeError());
+        return logits;
+      }
+      // A failed capture ran nothing either: the ops below do the forward.
+    }
+  }
+  logits = RunOps(b, tok, rows, R, cache);
+  SPECD_RETURN_IF_ERROR(be.TakeError());
+  return logits;
+}
+
+std::string Qwen35Model::GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const {
+  // Everything else a graph's kernels need (slots, lengths, offsets, modes, log offsets,
+  // positions) is in the staged layout they read: one graph serves any batch of this shape.
+  return fmt::format(":m{}:c{}:n{}:s{}:l{}:r{}", id_, cache.id(), b.num_tokens, b.seqs.size(), b.max_len, rows);
 }
 
 Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& rows, int64_t R, ModelCache& cache) {

@@ -10,6 +10,7 @@
 
 #include "cache/model_cache.h"
 #include "model/config.h"
+#include "qwen35/graph_padding.h"
 #include "qwen35/weights.h"
 #include "runtime/backend.h"
 
@@ -48,14 +49,26 @@ class Qwen35Model {
   }
 
   // One forward over all `seqs`; validates ids, slots, capacities and modes first, so a bad
-  // request changes no state.
+  // request changes no state. The device running out of memory is ResourceExhausted (then the
+  // slots of `seqs` may be half-updated: the caller drops those sequences).
   StatusOr<ForwardOutput> Forward(const std::vector<SeqInput>& seqs, ModelCache& cache);
+
+  // Padding of short batches to graph shapes (qwen35/graph_padding.h): kAuto where the backend
+  // captures graphs; kAlways / kNever for tests and A/B runs.
+  enum class GraphPaddingMode { kAuto, kAlways, kNever };
+  void set_graph_padding(GraphPaddingMode m) { padding_ = m; }
 
  private:
   Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be);
   // Spans of at most this many tokens (decode, verify, draft steps) run as captured graphs.
   static constexpr int64_t kMaxGraphTokens = 17;
   std::string GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const;
+  void AddDummySpans(const GraphPadding& plan, const ModelCache& cache, BatchInfo& b, std::vector<int32_t>& ids,
+                     std::vector<int64_t>& logit_rows) const;
+  // Replays the batch's graph, captures it, or runs the ops (throws std::bad_alloc when the
+  // device is full outside a capture).
+  StatusOr<Tensor> RunGraphOrOps(const BatchInfo& b, const std::vector<int32_t>& ids,
+                                 const std::vector<int64_t>& logit_rows, ModelCache& cache, bool graphable);
   Tensor RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& rows, int64_t R, ModelCache& cache);
   void GdnLayer(const LayerWeights& L, GdnLayerState& st, const Tensor& a, const BatchInfo& b, Tensor& out);
   void AttnLayer(const LayerWeights& L, AttnLayerState& st, const Tensor& a, const BatchInfo& b, Tensor& out);
@@ -65,6 +78,7 @@ class Qwen35Model {
   ModelWeights w_;
   Backend* backend_;
   uint64_t id_;
+  GraphPaddingMode padding_ = GraphPaddingMode::kAuto;
 };
 
 }  // namespace specd

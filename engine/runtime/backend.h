@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -150,16 +151,53 @@ class Backend {
   // host: what makes the forward capturable as a graph.
   virtual void StageBatch(const BatchInfo& b, const std::vector<int32_t>& ids, const std::vector<int64_t>& rows,
                           Tensor* ids_out, Tensor* rows_out) = 0;
-  // Graphs of whole forwards, keyed by everything that fixes their launches (shapes, slots,
-  // modes, model and cache identity; not positions, which the staged layout carries).
-  // Replay: false when no graph exists for the key. Capture: false when this backend does not
-  // capture (then the caller just runs the ops).
+  // Graphs of whole forwards, keyed by what fixes their launches: the model, the cache and the
+  // batch's shape (tokens, sequences, longest span, logits rows). Slots, lengths, modes, log
+  // offsets and positions are read from the staged layout, so one graph serves any batch of its
+  // shape. Every graph allocates from one shared workspace (they replay one at a time), so
+  // graph memory is bounded by the largest captured forward plus the per-graph executables,
+  // at most graph_limit of them (GraphStats).
+  // Replay: false when no graph exists for the key; otherwise *out is a tensor of its own (the
+  // graph's output copied out of the shared workspace). Capture: false when this backend does
+  // not capture now (graphs off, or the key not yet seen often enough: GraphKeeper); then the
+  // caller just runs the ops.
   virtual bool ReplayGraph(const std::string& key, Tensor* out) { return false; }
   virtual bool BeginGraphCapture(const std::string& key) { return false; }
   virtual Status EndGraphCapture(const std::string& key, const Tensor& out) { return Status::Ok(); }
+  // Ends a capture that an exception (std::bad_alloc) interrupted; nothing of it ran or is kept.
+  virtual void AbortGraphCapture() {}
   // Forgets every graph whose key contains `needle` (a model or cache going away).
   virtual void DropGraphs(const std::string& needle) {}
   virtual void SetGraphsEnabled(bool on) {}
+  // Graphs kept at most (least recently replayed dropped first; 0 = no graphs) and how many
+  // times a shape is seen before it is captured (1 = at once).
+  virtual void SetGraphPolicy(int limit, int capture_after) {}
+  // Whether forwards should be padded to a few graph shapes (Qwen35Model::Forward): only where
+  // graphs are captured; elsewhere padding is wasted work.
+  virtual bool CapturesGraphs() const { return false; }
+  struct GraphStats {
+    int64_t graphs = 0;          // executables held
+    int64_t limit = 0;
+    int64_t workspace_bytes = 0; // the shared activation workspace (all graphs together)
+    int64_t captures = 0, replays = 0, evictions = 0, capture_failures = 0;
+  };
+  virtual GraphStats graph_stats() const { return {}; }
+  // Device memory in use by the whole device (total - free), -1 where there is no device.
+  virtual int64_t device_memory_used() const { return -1; }
+  // After an allocation failure: drops every graph and gives cached blocks back to the device,
+  // so that what is left can serve the next step.
+  virtual void ReleaseCachedMemory() {}
+  // Allocation failures so far (real and injected). An allocation that cannot be served throws
+  // std::bad_alloc inside the backend; the engine turns it into ResourceExhausted at its
+  // boundary (Qwen35Model::Forward, SpecEngine, ModelCache::Create): no exception leaves it.
+  int64_t alloc_failures() const { return alloc_failures_; }
+  // Testing: allocation number `after` + 1 from now on, and the `count` - 1 after it, fail as if
+  // the device were full (--debug-fail-alloc).
+  void InjectAllocFailures(int64_t after, int64_t count) {
+    inject_after_ = after;
+    inject_count_ = count;
+  }
+
   // Kernel choices a device backend offers for A/B runs and tests (no-ops elsewhere):
   // "gdn_fused" (decode/verify GDN in one kernel), "gdn_chunked" (chunked prefill),
   // "programmatic_launch" (projections start before the kernel ahead of them ends),
@@ -259,9 +297,21 @@ class Backend {
     moe_force_next_ = 0;
   }
   // Graph replays since construction (tests assert that captured graphs actually ran).
-  virtual int64_t graph_replays() const { return 0; }
+  int64_t graph_replays() const { return graph_stats().replays; }
 
  protected:
+  // Every allocation of a backend goes through this first: an injected failure throws here.
+  void CountAllocation() {
+    if (inject_count_ <= 0) return;
+    if (inject_after_ > 0) {
+      --inject_after_;
+      return;
+    }
+    --inject_count_;
+    ++alloc_failures_;
+    throw std::bad_alloc();
+  }
+  void NoteAllocFailure() { ++alloc_failures_; }
   // The forced routing of the next MoeFfn call, or nullptr.
   const std::vector<int32_t>* NextForcedRouting() {
     if (moe_force_ == nullptr || moe_force_next_ >= moe_force_->size()) return nullptr;
@@ -272,6 +322,8 @@ class Backend {
  private:
   const std::vector<std::vector<int32_t>>* moe_force_ = nullptr;
   size_t moe_force_next_ = 0;
+  int64_t alloc_failures_ = 0;
+  int64_t inject_after_ = 0, inject_count_ = 0;
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();

@@ -15,9 +15,13 @@ Tensor CpuBackend::Alloc(DType dtype, std::vector<int64_t> shape) {
   t.shape = std::move(shape);
   t.device = Device::kCpu;
   const size_t bytes = std::max<size_t>(t.nbytes(), 1);
+  CountAllocation();
   // 64-byte alignment keeps sgemm and vector loops on aligned rows.
   void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-  if (p == nullptr) throw std::bad_alloc();
+  if (p == nullptr) {
+    NoteAllocFailure();
+    throw std::bad_alloc();
+  }
   std::memset(p, 0, bytes);
   t.owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   t.data = p;

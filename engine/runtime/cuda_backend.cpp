@@ -14,6 +14,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/cuda_lt_gemm.h"
+#include "runtime/graph_memory.h"
 #include "specd/kernels.h"
 
 namespace specd {
@@ -26,11 +27,8 @@ using K::bf16;
 // cudaMalloc/cudaFree synchronise the device.
 class DevicePool {
  public:
-  ~DevicePool() {
-    for (auto& [sz, v] : free_) {
-      for (void* p : v) cudaFree(p);
-    }
-  }
+  ~DevicePool() { Trim(); }
+  // nullptr when the device has no room even after the cached blocks went back.
   void* Get(size_t bytes, size_t* bucket) {
     *bucket = Bucket(bytes);
     std::lock_guard<std::mutex> g(mu_);
@@ -38,25 +36,42 @@ class DevicePool {
     if (!v.empty()) {
       void* p = v.back();
       v.pop_back();
+      cached_ -= *bucket;
       return p;
     }
     void* p = nullptr;
     if (cudaMalloc(&p, *bucket) != cudaSuccess) {
-      // Give cached blocks back and try once more before failing.
-      for (auto& [sz, l] : free_) {
-        for (void* q : l) cudaFree(q);
-        l.clear();
+      cudaGetLastError();  // an allocation failure is not sticky: clear it
+      TrimLocked();
+      if (cudaMalloc(&p, *bucket) != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
       }
-      if (cudaMalloc(&p, *bucket) != cudaSuccess) throw std::bad_alloc();
     }
     return p;
   }
   void Put(void* p, size_t bucket) {
     std::lock_guard<std::mutex> g(mu_);
     free_[bucket].push_back(p);
+    cached_ += bucket;
+  }
+  void Trim() {
+    std::lock_guard<std::mutex> g(mu_);
+    TrimLocked();
+  }
+  size_t cached_bytes() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return cached_;
   }
 
  private:
+  void TrimLocked() {
+    for (auto& [sz, l] : free_) {
+      for (void* q : l) cudaFree(q);
+      l.clear();
+    }
+    cached_ = 0;
+  }
   static size_t Bucket(size_t b) {
     if (b <= 256) return 256;
     // Powers of two up to 1 MiB, then 1 MiB granules, so big weights waste little.
@@ -67,8 +82,27 @@ class DevicePool {
     }
     return (b + (1u << 20) - 1) / (1u << 20) * (1u << 20);
   }
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+};
+
+// The shared workspace of every captured graph (runtime/graph_memory.h) with the lock that
+// tensor deleters need (a tensor may die on another thread than the one that captured).
+struct SharedArena {
+  SharedArena()
+      : arena(
+            [](size_t n) -> void* {
+              void* p = nullptr;
+              if (cudaMalloc(&p, n) != cudaSuccess) {
+                cudaGetLastError();
+                return nullptr;
+              }
+              return p;
+            },
+            [](void* p) { cudaFree(p); }, size_t{64} << 20) {}
+  std::mutex mu;
+  GraphArena arena;
 };
 
 // Host data copied to the device without waiting: through a pinned buffer, so the copy is
@@ -107,7 +141,7 @@ class PinnedStager {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend() : pool_(std::make_shared<DevicePool>()) {
+  CudaBackend() : pool_(std::make_shared<DevicePool>()), arena_(std::make_shared<SharedArena>()) {
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     // A fixed workspace: cuBLAS must not allocate inside a graph capture.
     cudaMalloc(&blas_ws_, kBlasWorkspace);
@@ -139,21 +173,43 @@ class CudaBackend final : public Backend {
     Check(cudaMemsetAsync(t.data, 0, t.nbytes(), stream_), "memset");
     return t;
   }
+  // Throws std::bad_alloc when the device is full (the engine's boundary turns it into
+  // ResourceExhausted); before that, cached blocks and (outside a capture) every graph go back.
   Tensor Empty(DType dtype, std::vector<int64_t> shape) override {
     Tensor t;
     t.dtype = dtype;
     t.shape = std::move(shape);
     t.device = Device::kCuda;
+    const size_t bytes = std::max<size_t>(t.nbytes(), 1);
+    CountAllocation();
     void* p = nullptr;
     if (capturing_) {
-      // Blocks a graph uses belong to it until it is dropped: returning them to the pool would
-      // let another tensor share memory that every replay writes.
-      if (cudaMalloc(&p, std::max<size_t>(t.nbytes(), 1)) != cudaSuccess) throw std::bad_alloc();
-      arena_.push_back(p);
-      t.owner = std::shared_ptr<void>(p, [](void*) {});
+      // The graphs' shared workspace: blocks a capture frees are reused by its later ops and by
+      // other graphs' captures, never by op-by-op work (which would race a replay).
+      auto arena = arena_;
+      {
+        std::lock_guard<std::mutex> g(arena->mu);
+        p = arena->arena.Get(bytes);
+      }
+      if (p == nullptr) {
+        NoteAllocFailure();
+        throw std::bad_alloc();
+      }
+      t.owner = std::shared_ptr<void>(p, [arena](void* q) {
+        std::lock_guard<std::mutex> g(arena->mu);
+        arena->arena.Put(q);
+      });
     } else {
       size_t bucket = 0;
-      p = pool_->Get(std::max<size_t>(t.nbytes(), 1), &bucket);
+      p = pool_->Get(bytes, &bucket);
+      if (p == nullptr) {
+        ReleaseCachedMemory();
+        p = pool_->Get(bytes, &bucket);
+      }
+      if (p == nullptr) {
+        NoteAllocFailure();
+        throw std::bad_alloc();
+      }
       auto pool = pool_;
       t.owner = std::shared_ptr<void>(p, [pool, bucket](void* q) { pool->Put(q, bucket); });
     }
@@ -340,12 +396,25 @@ class CudaBackend final : public Backend {
     if (!graphs_enabled_) return false;
     auto it = graphs_.find(key);
     if (it == graphs_.end()) return false;
-    Check(cudaGraphLaunch(it->second.exec, stream_), "graph launch");
-    *out = it->second.out;
-    ++graph_replays_;
+    // The output leaves the shared workspace before another graph can overwrite it; allocated
+    // first, so a full device fails this before the graph changes any state (and an allocation
+    // that had to drop every graph to succeed leaves none to replay).
+    Tensor copy;
+    if (out != nullptr && it->second.out_data != nullptr) {
+      copy = Empty(it->second.out_dtype, it->second.out_shape);
+      it = graphs_.find(key);
+      if (it == graphs_.end()) return false;
+    }
+    const Graph& g = it->second;
+    Check(cudaGraphLaunch(g.exec, stream_), "graph launch");
+    if (copy.defined()) {
+      Check(cudaMemcpyAsync(copy.data, g.out_data, copy.nbytes(), cudaMemcpyDeviceToDevice, stream_), "graph output");
+      *out = std::move(copy);
+    }
+    keeper_.Used(key);
+    ++replays_;
     return true;
   }
-  int64_t graph_replays() const override { return graph_replays_; }
   void SetKernelOption(const std::string& name, bool on) override {
     if (name == "gdn_fused") gdn_fused_ = on;
     if (name == "gdn_chunked") gdn_chunked_ = on;
@@ -354,41 +423,60 @@ class CudaBackend final : public Backend {
     if (name == "programmatic_launch") K::SetProgrammaticLaunch(on);
   }
   bool BeginGraphCapture(const std::string& key) override {
-    if (!graphs_enabled_ || failed_keys_.count(key)) return false;
+    if (!CapturesGraphs() || failed_keys_.count(key) || !keeper_.ShouldCapture(key)) return false;
     if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
-      failed_keys_.insert(key);
+      cudaGetLastError();
+      NoteCaptureFailure(key);
       return false;
     }
     capturing_ = true;
-    arena_.clear();
     return true;
   }
   Status EndGraphCapture(const std::string& key, const Tensor& out) override {
     capturing_ = false;
     cudaGraph_t graph = nullptr;
     const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
-    Graph g;
-    g.arena = std::move(arena_);
-    arena_.clear();
     if (e != cudaSuccess || graph == nullptr || !error_.ok()) {
-      failed_keys_.insert(key);
+      NoteCaptureFailure(key);
       if (graph) cudaGraphDestroy(graph);
-      for (void* p : g.arena) cudaFree(p);
       Status s = error_.ok() ? Internal("graph capture failed: {}", cudaGetErrorString(e)) : error_;
-      error_ = Status::Ok();
+      error_ = Status::Ok();  // nothing of the capture ran: the caller runs the ops instead
       cudaGetLastError();
       return s;
     }
+    Graph g;
     const cudaError_t ie = cudaGraphInstantiate(&g.exec, graph, 0);
     cudaGraphDestroy(graph);
     if (ie != cudaSuccess) {
-      failed_keys_.insert(key);
-      for (void* p : g.arena) cudaFree(p);
+      cudaGetLastError();
+      NoteCaptureFailure(key);
       return Internal("graph instantiation failed: {}", cudaGetErrorString(ie));
     }
-    g.out = out;
+    g.out_data = out.data;
+    g.out_dtype = out.dtype;
+    g.out_shape = out.shape;
+    auto old = graphs_.find(key);
+    if (old != graphs_.end()) DestroyGraph(old);
     graphs_[key] = std::move(g);
+    ++captures_;
+    const std::vector<std::string> drop = keeper_.Added(key);
+    if (!drop.empty()) cudaStreamSynchronize(stream_);  // a dropped graph may still be running
+    for (const auto& k : drop) {
+      auto it = graphs_.find(k);
+      if (it != graphs_.end()) DestroyGraph(it);
+      ++evictions_;
+    }
     return Status::Ok();
+  }
+  void AbortGraphCapture() override {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    error_ = Status::Ok();  // what the aborted capture recorded never ran
+    ++capture_failures_;
   }
   void DropGraphs(const std::string& needle) override {
     bool synced = false;
@@ -401,10 +489,46 @@ class CudaBackend final : public Backend {
         cudaStreamSynchronize(stream_);
         synced = true;
       }
-      cudaGraphExecDestroy(it->second.exec);
-      for (void* p : it->second.arena) cudaFree(p);
-      it = graphs_.erase(it);
+      it = DestroyGraph(it);
     }
+  }
+  void SetGraphPolicy(int limit, int capture_after) override {
+    keeper_.set_capture_after(std::max(1, capture_after));
+    if (limit < keeper_.limit()) DropGraphs("");
+    keeper_.set_limit(std::max(0, limit));
+  }
+  bool CapturesGraphs() const override { return graphs_enabled_ && !profiling_ && keeper_.limit() > 0; }
+  GraphStats graph_stats() const override {
+    GraphStats st;
+    st.graphs = static_cast<int64_t>(graphs_.size());
+    st.limit = keeper_.limit();
+    {
+      std::lock_guard<std::mutex> g(arena_->mu);
+      st.workspace_bytes = static_cast<int64_t>(arena_->arena.reserved_bytes());
+    }
+    st.captures = captures_;
+    st.replays = replays_;
+    st.evictions = evictions_;
+    st.capture_failures = capture_failures_;
+    return st;
+  }
+  int64_t device_memory_used() const override {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+      cudaGetLastError();
+      return -1;
+    }
+    return static_cast<int64_t>(total - free);
+  }
+  void ReleaseCachedMemory() override {
+    if (capturing_) return;
+    DropGraphs("");
+    cudaStreamSynchronize(stream_);
+    {
+      std::lock_guard<std::mutex> g(arena_->mu);
+      arena_->arena.ReleaseUnused();
+    }
+    pool_->Trim();
   }
   void SetGraphsEnabled(bool on) override { graphs_enabled_ = on; }
   void SetProfiling(bool on) override {
@@ -909,17 +1033,34 @@ class CudaBackend final : public Backend {
     cudaEvent_t e0, e1;
   };
 
+  // A kept graph; its output lives in the shared workspace (ReplayGraph copies it out).
   struct Graph {
     cudaGraphExec_t exec = nullptr;
-    Tensor out;
-    std::vector<void*> arena;
+    void* out_data = nullptr;
+    DType out_dtype = DType::kF32;
+    std::vector<int64_t> out_shape;
   };
+  std::map<std::string, Graph>::iterator DestroyGraph(std::map<std::string, Graph>::iterator it) {
+    cudaGraphExecDestroy(it->second.exec);
+    keeper_.Removed(it->first);
+    return graphs_.erase(it);
+  }
+  // A key whose capture failed is not tried again (bounded: a long-running server forgets).
+  void NoteCaptureFailure(const std::string& key) {
+    ++capture_failures_;
+    if (failed_keys_.size() > 1024) failed_keys_.clear();
+    failed_keys_.insert(key);
+  }
   static constexpr size_t kBlasWorkspace = size_t{32} << 20;
   std::unique_ptr<LtGemm> lt_;  // borrows blas_ws_
 
   std::shared_ptr<DevicePool> pool_;
+  std::shared_ptr<SharedArena> arena_;
+  // 128 graphs: the padded decode/verify/draft shapes of a 64-sequence batch at k <= 8 fit; each
+  // executable costs device memory of its own (docs/PERFORMANCE.md, graph memory).
+  GraphKeeper keeper_{128, 2};
+  int64_t captures_ = 0, replays_ = 0, evictions_ = 0, capture_failures_ = 0;
   cudaStream_t stream_ = nullptr;
-  int64_t graph_replays_ = 0;
   Status error_;
   std::vector<int32_t> last_meta_;
   Meta meta_;
@@ -940,7 +1081,6 @@ class CudaBackend final : public Backend {
   bool profiling_ = false;
   std::vector<ProfEvent> prof_events_;
   bool capturing_ = false;
-  std::vector<void*> arena_;
   std::map<std::string, Graph> graphs_;
   std::set<std::string> failed_keys_;
   PinnedStager table_stager_;  // KV block tables (StageBlockTable)

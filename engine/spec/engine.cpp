@@ -259,6 +259,19 @@ StatusOr<SpecEngine::TokenRows> SpecEngine::FetchTokenRows(ForwardOutput& fo, co
 }
 
 Status SpecEngine::Step() {
+  // Backends signal a full device with std::bad_alloc; it ends here, as a status. What the step
+  // had issued may have changed its sequences' state, so the caller fails them (the scheduler
+  // rebuilds the engine); the backend has already given its cached memory back.
+  try {
+    return RunStep();
+  } catch (const std::bad_alloc&) {
+    Backend* be = target_->backend();
+    be->ReleaseCachedMemory();
+    return ResourceExhausted("{} memory exhausted during a step of {} sequences", be->name(), active());
+  }
+}
+
+Status SpecEngine::RunStep() {
   const int64_t V = target_->config().vocab_size;
   std::vector<int> prefill_ids, decode_ids;
   for (auto& [id, s] : seqs_) {

@@ -59,7 +59,8 @@ class SpecEngine {
 
   // Validates and queues a request; it starts prefilling at the next Step().
   StatusOr<int> Add(GenerationRequest req);
-  // One batched step over every unfinished sequence.
+  // One batched step over every unfinished sequence. ResourceExhausted when the device ran out
+  // of memory: the sequences of the step may be half-advanced and must be dropped (Release).
   Status Step();
   bool HasWork() const;
 
@@ -77,6 +78,7 @@ class SpecEngine {
   int active() const;
   const EngineOptions& options() const { return opt_; }
   Drafter* drafter() { return drafter_.get(); }
+  Backend* backend() const { return target_->backend(); }
   ModelCache& target_cache() { return *cache_; }
   int target_slot(int id) const { return seqs_.at(id).slot; }
   // Logits rows copied to the host so far (the device token choice copies none for greedy).
@@ -106,6 +108,7 @@ class SpecEngine {
     float* Row(size_t input, int64_t j, int64_t V) { return all.data() + (first[input] + j) * V; }
   };
   SpecEngine() = default;
+  Status RunStep();
   StatusOr<TokenRows> FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
                                      const std::vector<int64_t>& chunk_len, const std::vector<int>& decode_ids,
                                      const std::vector<DraftProposal>& props);
