@@ -167,5 +167,24 @@ TEST(Lifecycle, EngineStepFailureFailsInFlightAndServingGoesOn) {
   EXPECT_EQ(r.ids, FixtureIds("dense/refs.safetensors", "greedy_ids"));
 }
 
+// The device (here: host) running out of memory mid-step is RESOURCE_EXHAUSTED for the requests
+// in that step, counted, and the server keeps serving: it used to be an uncaught std::bad_alloc
+// that ended the daemon.
+TEST(Lifecycle, AllocationFailureIsResourceExhaustedAndServingGoesOn) {
+  auto srv = StartFixture({"--debug-fail-alloc", "300"});
+  ASSERT_TRUE(srv);
+  auto stub = srv->Stub();
+  const StreamResult failed = Generate(*stub, LongRequest());
+  EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << failed.status.error_message();
+  EXPECT_NE(failed.status.error_message().find("memory exhausted"), std::string::npos)
+      << failed.status.error_message();
+  EXPECT_EQ(srv->WaitMetric("specd:allocation_failures_total", 1, seconds(3)), 1);
+  EXPECT_EQ(srv->WaitMetric("specd:request_failure_total{code=\"RESOURCE_EXHAUSTED\"}", 1, seconds(3)), 1);
+  EXPECT_EQ(srv->WaitMetric("specd:cache_slots_in_use", 0, seconds(3)), 0);
+  const StreamResult r = Generate(*stub, IdsRequest(FixtureIds("dense/refs.safetensors", "prompt_ids"), 40));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, FixtureIds("dense/refs.safetensors", "greedy_ids"));
+}
+
 }  // namespace
 }  // namespace specd::itest
