@@ -291,6 +291,7 @@ int main() {
     return 1;
   }
   Backend& be = **bo;
+  be.SetGraphPolicy(128, 1);  // the timed graphs are captured where they are built
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const double bw = CopyBandwidth();

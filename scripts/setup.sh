@@ -20,4 +20,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# The Python grpcio client test (tests/integration/python_client_test.py) needs grpcio and
+# grpcio-tools for the python3 on PATH: from PyPI where that python3 takes pip installs (a pyenv
+# or venv interpreter), else Debian's packages for the system python3.
+if [ "$want_server" = 1 ] && ! python3 -c "import grpc, grpc_tools" 2>/dev/null; then
+  if ! python3 -m pip install --quiet --disable-pip-version-check "grpcio==1.85.3" "grpcio-tools==1.85.1" 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-grpcio python3-grpc-tools
+  fi
+  python3 -c "import grpc, grpc_tools" || { echo "setup: python3 cannot import grpc/grpc_tools" >&2; exit 1; }
+fi
 echo "setup: all packages present"
