@@ -265,7 +265,9 @@ TEST(GpuSpec, RollbackStateEqualsTokenByTokenFeeding) {
     for (int i = 0; i < keep; ++i) RunForward(m, *cache, B, {toks[i]}, false);
     for (size_t i = 0; i < cache->gdn().size(); ++i) {
       auto conv = Gpu()->DownloadF32(cache->gdn()[i].conv), rec = Gpu()->DownloadF32(cache->gdn()[i].rec);
-      const size_t cw = conv.size() / 2, rw = rec.size() / 2;
+      // Per-slot widths from the tensors' leading dimension (the cache keeps a pad slot past A and B).
+      const size_t cw = conv.size() / static_cast<size_t>(cache->gdn()[i].conv.dim(0));
+      const size_t rw = rec.size() / static_cast<size_t>(cache->gdn()[i].rec.dim(0));
       EXPECT_LE(RelL2({conv.begin() + A * cw, conv.begin() + (A + 1) * cw}, {conv.begin() + B * cw, conv.begin() + (B + 1) * cw}),
                 kBf16Tol) << "conv layer " << i << " step " << step;
       EXPECT_LE(RelL2({rec.begin() + A * rw, rec.begin() + (A + 1) * rw}, {rec.begin() + B * rw, rec.begin() + (B + 1) * rw}),
