@@ -1,5 +1,6 @@
 // y[n, m] = x[n, k] · w[m, k]^T in fp32: OpenBLAS when the build has it, else a tiled OpenMP
 // loop (the GPU machine has no cblas.h; there the CPU backend is only the tests' reference).
+// Row-invariant on both paths: row i's bits do not depend on n (the batch composition).
 #pragma once
 
 #include <cstdint>

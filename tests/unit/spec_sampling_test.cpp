@@ -250,5 +250,50 @@ TEST(SeededOutput, RejectionModeIsIndependentOfBatchComposition) {
   }
 }
 
+// The reported failure (issue: "seeded rejection sampling depends on the batch"): the same
+// seeded request alone and as 8 concurrent copies, k = 7, 126 tokens. Its cause, OpenBLAS taking
+// another kernel from 4 rows on, is pinned by CpuSgemm.EachRowIsIndependentOfTheRowCount (which
+// failed before the fix); this run seldom meets an accept test close enough to its threshold to
+// flip (it passed here with the old GEMM too), so it guards the engine-level property only.
+// The demo pair (a trained target and draft) as in the report: the fixtures' random models
+// rarely put an accept test near its threshold.
+TEST(SeededOutput, RejectionModeCopiesInOneBatchEqualTheRequestAlone) {
+  auto be = MakeCpuBackend();
+  const std::string demo = std::string(SPECD_SOURCE_DIR) + "/models/demo/";
+  auto target = std::move(Qwen35Model::Load(demo + "target", be.get())).value();
+  auto draft = std::move(Qwen35Model::Load(demo + "draft", be.get())).value();
+  auto run = [&](int copies, uint64_t seed) {
+    EngineOptions o;
+    o.max_seqs = 8;
+    o.max_ctx = 256;
+    o.default_k = 7;
+    const int64_t V = target->config().vocab_size;
+    auto d = std::move(MakeDraftModelDrafter(draft.get(), V, 8, 256, 16)).value();
+    auto e = std::move(SpecEngine::Create(target.get(), std::move(d), o)).value();
+    const std::vector<int32_t> p{300, 301, 302, 10, 45, 46};
+    std::vector<int> ids;
+    for (int c = 0; c < copies; ++c) {
+      GenerationRequest g;
+      g.prompt = p;
+      g.max_tokens = 126;
+      g.ignore_eos = true;
+      g.sampling.temperature = 0.8f;
+      g.sampling.seed = seed;
+      g.sampling.mode = SamplingMode::kRejection;
+      ids.push_back(*e->Add(g));
+    }
+    while (e->HasWork()) EXPECT_TRUE(e->Step().ok());
+    std::vector<std::vector<int32_t>> out;
+    for (int id : ids) out.push_back(e->Generated(id));
+    return out;
+  };
+  for (uint64_t seed : {42, 43}) {
+    const auto alone = run(1, seed)[0];
+    ASSERT_EQ(alone.size(), 126u);
+    const auto many = run(8, seed);
+    for (int c = 0; c < 8; ++c) EXPECT_EQ(many[c], alone) << "seed " << seed << ": copy " << c << " of 8";
+  }
+}
+
 }  // namespace
 }  // namespace specd::testing
