@@ -11,6 +11,14 @@ MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
 Status MetricsHttpServer::Start(const std::string& host, int port, const Metrics* metrics) {
   http_ = std::make_unique<httplib::Server>();
+  // httplib serves a connection per worker thread, and an idle connection holds its worker until
+  // the read timeout: with its defaults (a pool of max(8, cores - 1), 5 s) eight idle connections
+  // made a scrape wait seconds. A wide pool and short timeouts keep a worker free for the scraper
+  // behind 100+ idle connections, and shed idle ones within two seconds.
+  http_->new_task_queue = [] { return new httplib::ThreadPool(kWorkers); };
+  http_->set_read_timeout(2, 0);
+  http_->set_write_timeout(2, 0);
+  http_->set_keep_alive_timeout(2);
   http_->Get("/metrics", [metrics](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });

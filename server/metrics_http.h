@@ -23,6 +23,7 @@ class MetricsHttpServer {
   void Stop();
 
  private:
+  static constexpr size_t kWorkers = 192;  // connections served at once (idle ones included)
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
 };
