@@ -1,6 +1,7 @@
 // specd-client subcommands (DESIGN.md §7). Each returns the process exit code.
 #pragma once
 
+#include <limits>
 #include <string>
 
 #include "client/request.h"
@@ -23,6 +24,26 @@ struct BenchArgs {
   SamplingFlags sampling;   // --max-tokens here is the default for prompts without one
 };
 int RunBench(const BenchArgs& a);
+
+// `soak`: rounds of varied requests (client/soak.cpp, docs/soak.md). Exit 0 only when nothing
+// unexpected happened: no unexpected error, no lost stream, load gauges 0 after each round,
+// memory flat between the last two rounds, and the greedy control's ids equal before and after.
+struct SoakArgs {
+  std::string address, metrics_address, json_out;
+  int rounds = 6, requests_per_round = 400;
+  std::string concurrency_levels = "1,8,16,64";  // every round runs each level in turn
+  uint64_t seed = 1;
+  int min_prompt_tokens = 16, max_prompt_tokens = 400;
+  std::string max_tokens_range = "8,256", k_range = "1,7", drafters = "none,ngram,draft";
+  double cancel_fraction = 0.03, deadline_fraction = 0.03;
+  double memory_growth_pct = 1.0;    // device memory (and RSS, unless rss_growth_pct is given)
+  double rss_growth_pct = std::numeric_limits<double>::quiet_NaN();  // NaN: = memory_growth_pct
+  int64_t server_pid = 0;            // > 0: RSS from /proc/PID/status when /metrics has none
+  int64_t request_timeout_s = 300;   // a request not back by then is lost
+  double settle_s = 10;              // after a round: how long the load gauges may take to reach 0
+  bool debug_perturb_control = false;
+};
+int RunSoak(const SoakArgs& a);
 
 int RunHealth(const std::string& address, const std::string& service, int64_t timeout_ms);
 int RunInfo(const std::string& address, int64_t timeout_ms);

@@ -1,4 +1,4 @@
-// specd-client: talks to `specd serve` over gRPC — generate, bench, health, info (DESIGN.md §7).
+// specd-client: talks to `specd serve` over gRPC — generate, bench, soak, health, info (DESIGN.md §7).
 // Links the generated stubs only, never the engine.
 #include <CLI/CLI.hpp>
 
@@ -34,6 +34,32 @@ int main(int argc, char** argv) {
   specd::client::AddSamplingFlags(bench, &ba.sampling, /*full=*/false);
   ba.sampling.o_max_tokens->description("Tokens per request, unless the prompt file says (default 64)");
 
+  specd::client::SoakArgs sa;
+  auto* soak = app.add_subcommand("soak", "Soak test: rounds of varied requests; memory, errors, lost streams, control ids");
+  soak->add_option("--rounds", sa.rounds, "Rounds (the first is warm-up; the last two are compared)")->capture_default_str();
+  soak->add_option("--requests-per-round", sa.requests_per_round)->capture_default_str();
+  soak->add_option("--concurrency-levels", sa.concurrency_levels,
+                   "Each round runs its requests split over these levels in turn")->capture_default_str();
+  soak->add_option("--metrics-address", sa.metrics_address, "HOST:PORT of the server's /metrics (load and memory gauges)");
+  soak->add_option("--server-pid", sa.server_pid, "Server pid: RSS from /proc when /metrics has no RSS gauge");
+  soak->add_option("--seed", sa.seed)->capture_default_str();
+  soak->add_option("--min-prompt-tokens", sa.min_prompt_tokens)->capture_default_str();
+  soak->add_option("--max-prompt-tokens", sa.max_prompt_tokens)->capture_default_str();
+  soak->add_option("--max-tokens-range", sa.max_tokens_range, "LO,HI")->capture_default_str();
+  soak->add_option("--k-range", sa.k_range, "LO,HI (clamped to the server's max_k)")->capture_default_str();
+  soak->add_option("--drafters", sa.drafters, "Per-request drafters to send (those the server accepts)")->capture_default_str();
+  soak->add_option("--cancel-fraction", sa.cancel_fraction, "Requests cancelled by the client")->capture_default_str();
+  soak->add_option("--deadline-fraction", sa.deadline_fraction, "Requests with a 5-200 ms deadline")->capture_default_str();
+  soak->add_option("--memory-growth-pct", sa.memory_growth_pct, "Largest memory growth between the last two rounds")
+      ->capture_default_str();
+  soak->add_option("--rss-growth-pct", sa.rss_growth_pct, "The same for the server's RSS (default: --memory-growth-pct)");
+  soak->add_option("--request-timeout-s", sa.request_timeout_s, "A request not back by then is lost")->capture_default_str();
+  soak->add_option("--settle-s", sa.settle_s, "Time for the load gauges to reach 0 after a round")->capture_default_str();
+  soak->add_option("--json-out", sa.json_out, "Write the rounds, control ids and criteria as JSON");
+  soak->add_flag("--debug-perturb-control", sa.debug_perturb_control,
+                 "Testing: change the after-control's prompt so the control check fails")
+      ->group("");
+
   std::string service;
   int64_t timeout_ms = 5000;
   auto* health = app.add_subcommand("health", "grpc.health.v1 Check; exit 0 iff SERVING");
@@ -50,6 +76,10 @@ int main(int argc, char** argv) {
   if (*bench) {
     ba.address = address;
     return specd::client::RunBench(ba);
+  }
+  if (*soak) {
+    sa.address = address;
+    return specd::client::RunSoak(sa);
   }
   if (*health) return specd::client::RunHealth(address, service, timeout_ms);
   if (*info) return specd::client::RunInfo(address, timeout_ms);
