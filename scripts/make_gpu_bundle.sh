@@ -51,6 +51,7 @@ chmod 644 "$stage"/lib/*
   echo "cuda: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo unknown)"
 } > "$stage/BUILD_INFO"
 
+mkdir -p "$out_dir"
 rm -rf "$out_dir/stage"  # older versions staged here; .bundle must hold the tarball only
 rm -f "$tarball"
 tar -C "$stage" --owner=0 --group=0 --sort=name -cf - . | xz -9 -T "$jobs" > "$tarball.tmp"
