@@ -26,14 +26,20 @@ void GenerateCall::Merge(v1::GenerateResponse& into, const v1::GenerateResponse&
   }
 }
 
+void GenerateCall::TakePending() {
+  bool own = false;
+  writing_.Clear();
+  (void)grpc::SerializationTraits<v1::GenerateResponse>::Serialize(pending_, &writing_, &own);
+  pending_.Clear();
+}
+
 void GenerateCall::Write(const v1::GenerateResponse& delta) {
   {
     std::lock_guard lk(mu_);
     if (close_requested_ || broken_) return;
     Merge(pending_, delta);
     if (write_in_flight_) return;
-    writing_.Swap(&pending_);
-    pending_.Clear();
+    TakePending();
     write_in_flight_ = true;
   }
   StartWrite(&writing_);
@@ -49,8 +55,7 @@ void GenerateCall::Close(const grpc::Status& status) {
     if (!status.ok() || broken_) pending_.Clear();
     if (!write_in_flight_) {
       if (!Empty(pending_)) {
-        writing_.Swap(&pending_);
-        pending_.Clear();
+        TakePending();
         write_in_flight_ = write = true;
       } else {
         finish_called_ = finish = true;
@@ -72,8 +77,7 @@ void GenerateCall::OnWriteDone(bool ok) {
       pending_.Clear();
     }
     if (!Empty(pending_)) {
-      writing_.Swap(&pending_);
-      pending_.Clear();
+      TakePending();
       write_in_flight_ = write = true;
     } else if (close_requested_ && !finish_called_) {
       finish_called_ = finish = true;

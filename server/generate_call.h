@@ -21,7 +21,7 @@
 
 namespace specd::serve {
 
-class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // `on_cancel` runs on a gRPC thread when the client cancels or the deadline passes (it wakes
   // the scheduler).
@@ -47,6 +47,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   ~GenerateCall() override = default;
   static void Merge(v1::GenerateResponse& into, const v1::GenerateResponse& delta);
   static bool Empty(const v1::GenerateResponse& m);
+  // pending_ -> writing_ (serialized: the service is registered raw), pending_ cleared. Under mu_.
+  void TakePending();
 
   grpc::CallbackServerContext* ctx_;
   std::function<void()> on_cancel_;
@@ -56,7 +58,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
 
   std::mutex mu_;
   v1::GenerateResponse pending_;  // merged deltas not yet handed to gRPC
-  v1::GenerateResponse writing_;  // the message gRPC is writing (untouched until OnWriteDone)
+  grpc::ByteBuffer writing_;  // the message gRPC is writing, serialized (untouched until OnWriteDone)
   bool write_in_flight_ = false;
   bool broken_ = false;        // a write failed: the client is gone
   bool close_requested_ = false;

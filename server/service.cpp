@@ -16,74 +16,126 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, const grpc::S
 
 constexpr const char* kNoTokenizer = "model has no tokenizer";
 
+// The request's bytes as a Msg, or INVALID_ARGUMENT naming the type (and logged: a client that
+// sends garbage is worth knowing about).
+template <class Msg>
+grpc::Status Parse(const grpc::ByteBuffer* raw, Msg* msg) {
+  grpc::ByteBuffer copy(*raw);  // Deserialize consumes its buffer; this copy shares the slices
+  const grpc::Status st = grpc::SerializationTraits<Msg>::Deserialize(&copy, msg);
+  if (st.ok()) return st;
+  const std::string what = fmt::format("cannot parse the request as {} ({} bytes): {}", Msg::descriptor()->full_name(),
+                                       raw->Length(), st.error_message().empty() ? "malformed" : st.error_message());
+  spdlog::info("request rejected: INVALID_ARGUMENT ({})", what);
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, what);
+}
+
 }  // namespace
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* SpecdService::Generate(grpc::CallbackServerContext* ctx,
-                                                                       const v1::GenerateRequest* req) {
+template <class Req, class Resp, class F>
+grpc::ServerUnaryReactor* SpecdService::Unary(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw,
+                                              grpc::ByteBuffer* out, F handle) {
+  Req req;
+  Resp resp;
+  grpc::Status st = Parse(raw, &req);
+  if (st.ok()) st = handle(req, &resp);
+  if (st.ok()) {
+    bool own = false;
+    st = grpc::SerializationTraits<Resp>::Serialize(resp, out, &own);
+  }
+  return Answer(ctx, st);
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SpecdService::Generate(grpc::CallbackServerContext* ctx,
+                                                                   const grpc::ByteBuffer* raw) {
   Scheduler* sched = scheduler_;
   auto* call = new GenerateCall(ctx, [sched] { sched->Wake(); });
   CallRef ref(call);  // the service's reference, handed to the scheduler on success
-  auto prepared = PrepareGenerate(*req, limits_, *text_);
-  grpc::Status st = prepared.ok() ? scheduler_->Submit(std::move(*prepared), ref) : ToGrpc(prepared.status());
+  v1::GenerateRequest req;
+  grpc::Status st = Parse(raw, &req);
   if (!st.ok()) {
     metrics_->RequestFailed(GrpcCodeName(st.error_code()));
-    spdlog::info("request {} rejected: {} ({})", req->request_id().empty() ? "-" : req->request_id(),
+    call->Close(st);
+    return call;
+  }
+  auto prepared = PrepareGenerate(req, limits_, *text_);
+  st = prepared.ok() ? scheduler_->Submit(std::move(*prepared), ref) : ToGrpc(prepared.status());
+  if (!st.ok()) {
+    metrics_->RequestFailed(GrpcCodeName(st.error_code()));
+    spdlog::info("request {} rejected: {} ({})", req.request_id().empty() ? "-" : req.request_id(),
                  GrpcCodeName(st.error_code()), st.error_message());
     call->Close(st);
   }
   return call;
 }
 
-grpc::ServerUnaryReactor* SpecdService::Abort(grpc::CallbackServerContext* ctx, const v1::AbortRequest* req,
-                                              v1::AbortResponse* resp) {
-  if (req->request_id().empty()) return Answer(ctx, {grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty"});
-  resp->set_found(scheduler_->Abort(req->request_id()));
-  return Answer(ctx, grpc::Status::OK);
+grpc::ServerUnaryReactor* SpecdService::Abort(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                              grpc::ByteBuffer* resp) {
+  return Unary<v1::AbortRequest, v1::AbortResponse>(
+      ctx, req, resp, [this](const v1::AbortRequest& r, v1::AbortResponse* o) { return DoAbort(r, o); });
 }
 
-grpc::ServerUnaryReactor* SpecdService::Tokenize(grpc::CallbackServerContext* ctx, const v1::TokenizeRequest* req,
-                                                 v1::TokenizeResponse* resp) {
+grpc::ServerUnaryReactor* SpecdService::Tokenize(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                                 grpc::ByteBuffer* resp) {
+  return Unary<v1::TokenizeRequest, v1::TokenizeResponse>(
+      ctx, req, resp, [this](const v1::TokenizeRequest& r, v1::TokenizeResponse* o) { return DoTokenize(r, o); });
+}
+
+grpc::ServerUnaryReactor* SpecdService::Detokenize(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                                   grpc::ByteBuffer* resp) {
+  return Unary<v1::DetokenizeRequest, v1::DetokenizeResponse>(
+      ctx, req, resp, [this](const v1::DetokenizeRequest& r, v1::DetokenizeResponse* o) { return DoDetokenize(r, o); });
+}
+
+grpc::ServerUnaryReactor* SpecdService::GetModelInfo(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                                     grpc::ByteBuffer* resp) {
+  return Unary<v1::GetModelInfoRequest, v1::ModelInfo>(ctx, req, resp,
+                                                       [this](const v1::GetModelInfoRequest&, v1::ModelInfo* o) {
+                                                         *o = info_;
+                                                         return grpc::Status::OK;
+                                                       });
+}
+
+grpc::Status SpecdService::DoAbort(const v1::AbortRequest& req, v1::AbortResponse* resp) {
+  if (req.request_id().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty"};
+  resp->set_found(scheduler_->Abort(req.request_id()));
+  return grpc::Status::OK;
+}
+
+grpc::Status SpecdService::DoTokenize(const v1::TokenizeRequest& req, v1::TokenizeResponse* resp) {
   // FAILED_PRECONDITION, not INVALID_ARGUMENT: no argument makes this call work on this server.
-  if (!text_->has_tokenizer()) return Answer(ctx, {grpc::StatusCode::FAILED_PRECONDITION, kNoTokenizer});
+  if (!text_->has_tokenizer()) return {grpc::StatusCode::FAILED_PRECONDITION, kNoTokenizer};
   std::string text;
-  switch (req->input_case()) {
-    case v1::TokenizeRequest::kText: text = req->text(); break;
+  switch (req.input_case()) {
+    case v1::TokenizeRequest::kText: text = req.text(); break;
     case v1::TokenizeRequest::kChat: {
-      auto rendered = RenderChat(req->chat(), *text_);
-      if (!rendered.ok()) return Answer(ctx, ToGrpc(rendered.status()));
+      auto rendered = RenderChat(req.chat(), *text_);
+      if (!rendered.ok()) return ToGrpc(rendered.status());
       text = *rendered;
       resp->set_rendered(text);
       break;
     }
     case v1::TokenizeRequest::INPUT_NOT_SET:
-      return Answer(ctx, {grpc::StatusCode::INVALID_ARGUMENT, "set text or chat"});
+      return {grpc::StatusCode::INVALID_ARGUMENT, "set text or chat"};
   }
   auto ids = text_->Encode(text);
-  if (!ids.ok()) return Answer(ctx, {grpc::StatusCode::INVALID_ARGUMENT, ids.status().message()});
+  if (!ids.ok()) return {grpc::StatusCode::INVALID_ARGUMENT, ids.status().message()};
   resp->mutable_ids()->Add(ids->begin(), ids->end());
-  return Answer(ctx, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* SpecdService::Detokenize(grpc::CallbackServerContext* ctx,
-                                                   const v1::DetokenizeRequest* req, v1::DetokenizeResponse* resp) {
-  if (!text_->has_tokenizer()) return Answer(ctx, {grpc::StatusCode::FAILED_PRECONDITION, kNoTokenizer});
-  for (int i = 0; i < req->ids_size(); ++i) {
-    if (req->ids(i) < 0 || req->ids(i) >= limits_.vocab_size) {
-      return Answer(ctx, {grpc::StatusCode::INVALID_ARGUMENT,
-                          "token id " + std::to_string(req->ids(i)) + " is out of the vocabulary [0, " +
-                              std::to_string(limits_.vocab_size) + ")"});
+grpc::Status SpecdService::DoDetokenize(const v1::DetokenizeRequest& req, v1::DetokenizeResponse* resp) {
+  if (!text_->has_tokenizer()) return {grpc::StatusCode::FAILED_PRECONDITION, kNoTokenizer};
+  for (int i = 0; i < req.ids_size(); ++i) {
+    if (req.ids(i) < 0 || req.ids(i) >= limits_.vocab_size) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+                          "token id " + std::to_string(req.ids(i)) + " is out of the vocabulary [0, " +
+                              std::to_string(limits_.vocab_size) + ")"};
     }
   }
   // Default false: Detokenize(Tokenize(text)) gives the text back, special tokens included.
-  const bool skip = req->has_skip_special_tokens() && req->skip_special_tokens();
-  resp->set_text(text_->Decode({req->ids().begin(), req->ids().end()}, skip));
-  return Answer(ctx, grpc::Status::OK);
-}
-
-grpc::ServerUnaryReactor* SpecdService::GetModelInfo(grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest*,
-                                                     v1::ModelInfo* resp) {
-  *resp = info_;
-  return Answer(ctx, grpc::Status::OK);
+  const bool skip = req.has_skip_special_tokens() && req.skip_special_tokens();
+  resp->set_text(text_->Decode({req.ids().begin(), req.ids().end()}, skip));
+  return grpc::Status::OK;
 }
 
 }  // namespace specd::serve

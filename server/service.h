@@ -11,24 +11,40 @@
 
 namespace specd::serve {
 
-class SpecdService final : public v1::Specd::CallbackService {
+// Every method is registered raw (bytes in, bytes out) and parses its own request: gRPC's own
+// handling of a request that does not parse answered UNIMPLEMENTED with no message, uncounted.
+// Here it is INVALID_ARGUMENT naming the message type, logged, and (for Generate) counted.
+using RawSpecdService = v1::Specd::WithRawCallbackMethod_Generate<v1::Specd::WithRawCallbackMethod_Abort<
+    v1::Specd::WithRawCallbackMethod_Tokenize<v1::Specd::WithRawCallbackMethod_Detokenize<
+        v1::Specd::WithRawCallbackMethod_GetModelInfo<v1::Specd::Service>>>>>;
+
+class SpecdService final : public RawSpecdService {
  public:
   SpecdService(Scheduler* scheduler, const cli::TextCodec* text, Metrics* metrics, ServeLimits limits,
                v1::ModelInfo info)
       : scheduler_(scheduler), text_(text), metrics_(metrics), limits_(std::move(limits)), info_(std::move(info)) {}
 
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* ctx,
-                                                           const v1::GenerateRequest* req) override;
-  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::AbortRequest* req,
-                                  v1::AbortResponse* resp) override;
-  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* ctx, const v1::TokenizeRequest* req,
-                                     v1::TokenizeResponse* resp) override;
-  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* ctx, const v1::DetokenizeRequest* req,
-                                       v1::DetokenizeResponse* resp) override;
-  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest* req,
-                                         v1::ModelInfo* resp) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* ctx,
+                                                       const grpc::ByteBuffer* req) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                  grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                     grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                       grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                         grpc::ByteBuffer* resp) override;
 
  private:
+  // The typed handlers behind the raw methods.
+  grpc::Status DoAbort(const v1::AbortRequest& req, v1::AbortResponse* resp);
+  grpc::Status DoTokenize(const v1::TokenizeRequest& req, v1::TokenizeResponse* resp);
+  grpc::Status DoDetokenize(const v1::DetokenizeRequest& req, v1::DetokenizeResponse* resp);
+  // Parses `raw` as Req, calls `handle`, serializes its response into `out`.
+  template <class Req, class Resp, class F>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw,
+                                  grpc::ByteBuffer* out, F handle);
+
   Scheduler* scheduler_;
   const cli::TextCodec* text_;
   Metrics* metrics_;

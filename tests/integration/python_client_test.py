@@ -10,12 +10,15 @@ Usage: python_client_test.py SPECD_BIN PROTO_DIR FIXTURES_DIR
 import json
 import os
 import pathlib
+import random
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 SKIP = 77
 
@@ -76,8 +79,11 @@ def main():
     port_file = os.path.join(tmp, "ports.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     log = open(os.path.join(tmp, "server.log"), "w")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        mport = sk.getsockname()[1]
     srv = subprocess.Popen([specd, "serve", "--model", model, "--draft", draft, "--host", "127.0.0.1", "--port", "0",
-                            "--metrics-port", "0", "--port-file", port_file], stdout=log, stderr=log, env=env)
+                            "--metrics-port", str(mport), "--port-file", port_file], stdout=log, stderr=log, env=env)
     try:
         for _ in range(3000):
             if os.path.exists(port_file) or srv.poll() is not None:
@@ -114,13 +120,38 @@ def main():
         info = stub.GetModelInfo(specd_pb2.GetModelInfoRequest(), timeout=5)
         check(info.vocab_size == 512 and info.drafter == "draft", info)
 
+        # Bytes that are no request: random bytes, and a request_id (field 1, a string) that is not
+        # UTF-8. Every method answers INVALID_ARGUMENT with a message (gRPC's own answer was
+        # UNIMPLEMENTED with none), counts it and keeps serving.
+        garbage = [bytes(random.Random(5).getrandbits(8) for _ in range(300)), b"\x0a\x02\xff\xfe"]
+        for method, streaming in [("Generate", True), ("Abort", False), ("Tokenize", False),
+                                  ("Detokenize", False), ("GetModelInfo", False)]:
+            for raw in garbage:
+                if method == "GetModelInfo" and raw == garbage[1]:
+                    continue  # field 1 is unknown there: a valid message
+                call = (ch.unary_stream if streaming else ch.unary_unary)(f"/specd.v1.Specd/{method}")
+                try:
+                    out = call(raw, timeout=10)
+                    if streaming:
+                        list(out)
+                    raise AssertionError(f"{method}: {raw[:8]!r}... was accepted")
+                except grpc.RpcError as e:
+                    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, e.code(), e.details()))
+                    check("cannot parse" in e.details(), (method, e.details()))
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        line = [l for l in metrics.splitlines() if l.startswith('specd:request_failure_total{code="INVALID_ARGUMENT"}')]
+        check(line and float(line[0].split()[-1]) >= 2, line)  # the out-of-vocab prompt + the garbage Generates
+        check("cannot parse" in open(log.name).read(), "unparseable requests are logged")
+        ids = [m.token_ids for m in stub.Generate(req, timeout=60)]
+        check(sum((list(x) for x in ids), []) == want, "still serving")
+
         srv.send_signal(signal.SIGTERM)
         check(srv.wait(timeout=30) == 0, "server did not exit 0 on SIGTERM")
     finally:
         if srv.poll() is None:
             srv.kill()
             srv.wait()
-    print("python grpcio client: 5 checks passed")
+    print("python grpcio client: all checks passed")
 
 
 if __name__ == "__main__":
