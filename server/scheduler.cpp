@@ -58,14 +58,23 @@ Status Scheduler::Start() {
   return Status::Ok();
 }
 
+std::string Scheduler::NewRequestId() {
+  // std::random_device reads the kernel's CSPRNG (getrandom / /dev/urandom) on Linux.
+  std::string id = "specd-";
+  for (int i = 0; i < 4; ++i) id += fmt::format("{:08x}", static_cast<uint32_t>(random_()));
+  return id;
+}
+
 grpc::Status Scheduler::Submit(PreparedRequest req, CallRef& call) {
   auto e = std::make_unique<Entry>();
   {
     std::lock_guard lk(mu_);
     if (draining_ || stop_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
     if (req.request_id.empty()) {
+      // Unguessable (128 random bits): a server-assigned id is what Abort takes, so another
+      // client must not be able to name it. Sequential ids let anyone abort anyone's request.
       do {
-        req.request_id = "specd-" + std::to_string(next_id_++);
+        req.request_id = NewRequestId();
       } while (live_ids_.count(req.request_id));
     } else if (live_ids_.count(req.request_id)) {
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "request_id '" + req.request_id + "' is in flight");

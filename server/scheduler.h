@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -73,6 +74,7 @@ class Scheduler {
     SpecStats last_stats;  // to turn the per-request stats into metric deltas
   };
 
+  std::string NewRequestId();  // under mu_
   void Loop();
   void DropQueued(const std::unordered_set<std::string>& aborts, bool cancel_all);
   void DropActive(const std::unordered_set<std::string>& aborts, bool cancel_all);
@@ -106,7 +108,7 @@ class Scheduler {
   bool cancel_all_ = false;
   grpc::Status cancel_status_;
   int running_ = 0;  // requests out of the queue and not yet ended
-  uint64_t next_id_ = 0;
+  std::random_device random_;  // under mu_: server-assigned request ids
   int64_t steps_ = 0;  // scheduler thread only
   std::chrono::steady_clock::time_point last_memory_{};  // memory gauges last published
   std::thread thread_;

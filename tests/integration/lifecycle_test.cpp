@@ -150,6 +150,24 @@ TEST(Lifecycle, DuplicateInFlightRequestIdIsRejected) {
   (void)reader->Finish();
 }
 
+// Server-assigned ids (what Abort takes) are unguessable: 128 random bits, never a counter.
+TEST(Lifecycle, ServerAssignedRequestIdsAreRandom) {
+  auto srv = StartFixture();
+  ASSERT_TRUE(srv);
+  auto stub = srv->Stub();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    const StreamResult r = Generate(*stub, IdsRequest({5, 6, 7}, 2));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    const std::string id = r.final_msg.request_id();
+    ASSERT_EQ(id.size(), 6u + 32u) << id;
+    EXPECT_EQ(id.rfind("specd-", 0), 0u) << id;
+    EXPECT_EQ(id.find_first_not_of("0123456789abcdef", 6), std::string::npos) << id;
+    for (const auto& other : ids) EXPECT_NE(id, other);
+    ids.push_back(id);
+  }
+}
+
 // A failed engine step fails only what was in flight (INTERNAL), and the server keeps serving
 // with a fresh engine: later requests are exact again.
 TEST(Lifecycle, EngineStepFailureFailsInFlightAndServingGoesOn) {
