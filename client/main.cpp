@@ -2,13 +2,19 @@
 // Links the generated stubs only, never the engine.
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
+
 #include "client/commands.h"
+#include "client/common.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"specd-client: gRPC client and load generator for specd"};
   app.require_subcommand(1);
   std::string address = "localhost:50051";
   app.add_option("--address", address, "Server HOST:PORT")->capture_default_str();
+  std::string tls_ca, api_key_file;
+  app.add_option("--tls-ca", tls_ca, "Connect over TLS, trusting this CA's PEM ('system': the system's roots)");
+  app.add_option("--api-key-file", api_key_file, "Send the key on this file's first line as `authorization: Bearer`");
 
   specd::client::GenerateArgs ga;
   auto* gen = app.add_subcommand("generate", "Stream one generation (text to stdout, or --json)");
@@ -69,6 +75,11 @@ int main(int argc, char** argv) {
   info->add_option("--timeout-ms", timeout_ms)->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
+  std::string conn_error;
+  if (!specd::client::SetConnectionOptions(tls_ca, api_key_file, &conn_error)) {
+    std::fprintf(stderr, "specd-client: %s\n", conn_error.c_str());
+    return 2;
+  }
   if (*gen) {
     ga.address = address;
     return specd::client::RunGenerate(ga);

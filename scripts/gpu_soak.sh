@@ -59,6 +59,7 @@ soak() {  # name, serve args, soak args
   OUT=$dir SERVE_ARGS="$2" SOAK_ARGS="$3" bash scripts/soak.sh > "$dir/run.log" 2>&1
   local rc=$?
   sed -n '/^round /,/^control (after)/p' "$dir/soak.log" 2>/dev/null
+  grep -E "^specd:(cuda_graph|device_pool|device_memory|allocation|process_resident)" "$dir/metrics_after.txt" 2>/dev/null
   tail -12 "$dir/run.log"
   return $rc
 }

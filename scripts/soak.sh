@@ -90,6 +90,11 @@ to=()
 soak_rc=${PIPESTATUS[0]}
 alive=1
 kill -0 "$pid" 2>/dev/null || alive=0
+# The daemon's own figures after the run (graphs, pools, failures): kept beside the soak's.
+if [ "$alive" = 1 ]; then
+  { exec 3<>"/dev/tcp/127.0.0.1/$mport" && printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&3 &&
+    timeout 5 cat <&3 > "$OUT/metrics_after.txt"; exec 3<&-; } 2>/dev/null
+fi
 
 # --- SIGTERM: the daemon must drain and exit 0 -----------------------------------------------------
 exit_rc=

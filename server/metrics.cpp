@@ -185,6 +185,10 @@ std::string Metrics::Render() const {
       Scalar(out, "specd:cuda_graph_workspace_bytes", "gauge",
              "The activation workspace all graphs share (set by the largest captured forward).",
              static_cast<double>(mem_.graph_workspace_bytes));
+      Scalar(out, "specd:cuda_graph_exec_bytes", "gauge", "Device memory of the graph executables (measured).",
+             static_cast<double>(mem_.graph_exec_bytes));
+      Scalar(out, "specd:device_pool_cached_bytes", "gauge",
+             "Freed device blocks kept for reuse (capped at 2 GiB).", static_cast<double>(mem_.pool_cached_bytes));
       Scalar(out, "specd:cuda_graph_captures_total", "counter", "Graphs captured.",
              static_cast<double>(mem_.graph_captures));
       Scalar(out, "specd:cuda_graph_replays_total", "counter", "Forwards run as a graph replay.",

@@ -48,7 +48,7 @@ class Metrics {
   // Memory of the backend (scheduler thread, a few times a second).
   struct MemoryGauges {
     int64_t device_used_bytes = -1;  // the whole device (total - free); -1: no device
-    int64_t graphs = 0, graph_limit = 0, graph_workspace_bytes = 0;
+    int64_t graphs = 0, graph_limit = 0, graph_workspace_bytes = 0, graph_exec_bytes = 0, pool_cached_bytes = 0;
     int64_t graph_captures = 0, graph_replays = 0, graph_evictions = 0, graph_capture_failures = 0;
     int64_t alloc_failures = 0;
   };

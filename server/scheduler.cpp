@@ -1,5 +1,9 @@
 #include "server/scheduler.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 
 #include <spdlog/spdlog.h>
@@ -444,6 +448,15 @@ void Scheduler::PublishGauges() {
                         ? static_cast<double>(engine_->kv_blocks_reserved()) / static_cast<double>(engine_->kv_blocks_total())
                         : 0.0;
   metrics_->SetGauges(waiting, running, slots, kv);
+  // Going idle: hand the heap's free pages back to the system. Graph captures and evictions and
+  // varied request sizes leave the allocator's arenas fragmented; without this the resident size
+  // creeps up under varied traffic although nothing leaks.
+  if (active_.empty() && waiting == 0 && !idle_) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+  }
+  idle_ = active_.empty() && waiting == 0;
   // Memory a few times a second while busy (cudaMemGetInfo is cheap, but not free at every
   // step), and always once the engine goes idle, so a scrape after a burst sees its end.
   const auto now = Clock::now();
@@ -456,6 +469,8 @@ void Scheduler::PublishGauges() {
     m.graphs = g.graphs;
     m.graph_limit = g.limit;
     m.graph_workspace_bytes = g.workspace_bytes;
+    m.graph_exec_bytes = g.exec_bytes;
+    m.pool_cached_bytes = g.pool_cached_bytes;
     m.graph_captures = g.captures;
     m.graph_replays = g.replays;
     m.graph_evictions = g.evictions;

@@ -111,6 +111,7 @@ class Scheduler {
   std::random_device random_;  // under mu_: server-assigned request ids
   int64_t steps_ = 0;  // scheduler thread only
   std::chrono::steady_clock::time_point last_memory_{};  // memory gauges last published
+  bool idle_ = true;  // scheduler thread only: nothing running or queued at the last publish
   std::thread thread_;
 };
 

@@ -8,10 +8,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <memory>
 #include <string_view>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -86,6 +89,46 @@ StatusOr<std::unique_ptr<Qwen35Model>> LoadModel(const std::string& spec, Backen
   }
 }
 
+// TLS credentials and the API key, read (and checked) before anything else starts.
+struct Security {
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  std::string api_key;
+};
+
+StatusOr<std::string> ReadFileText(const std::string& path, const char* what) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return InvalidArgument("cannot read the {} file {}", what, path);
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  return text;
+}
+
+StatusOr<Security> LoadSecurity(const ServeOptions& o) {
+  Security s;
+  if (o.tls_cert.empty() != o.tls_key.empty()) return InvalidArgument("--tls-cert and --tls-key go together");
+  if (!o.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    SPECD_ASSIGN_OR_RETURN(pair.cert_chain, ReadFileText(o.tls_cert, "TLS certificate"));
+    SPECD_ASSIGN_OR_RETURN(pair.private_key, ReadFileText(o.tls_key, "TLS key"));
+    if (pair.cert_chain.find("-----BEGIN") == std::string::npos || pair.private_key.find("-----BEGIN") == std::string::npos) {
+      return InvalidArgument("--tls-cert / --tls-key must be PEM files");
+    }
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    s.credentials = grpc::SslServerCredentials(ssl);
+  } else {
+    s.credentials = grpc::InsecureServerCredentials();
+  }
+  if (!o.api_key_file.empty()) {
+    SPECD_ASSIGN_OR_RETURN(std::string text, ReadFileText(o.api_key_file, "API key"));
+    s.api_key = text.substr(0, text.find_first_of("\r\n"));
+    if (s.api_key.size() < 16) return InvalidArgument("the API key in {} is shorter than 16 characters", o.api_key_file);
+    for (char c : s.api_key) {
+      if (c < 0x21 || c > 0x7e) return InvalidArgument("the API key in {} must be printable ASCII without spaces", o.api_key_file);
+    }
+  }
+  return s;
+}
+
 std::string HostPort(const std::string& host, int port) {
   const bool v6 = host.find(':') != std::string::npos && host.front() != '[';
   return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
@@ -125,6 +168,7 @@ Status RunServe(const ServeOptions& o) {
   signal(SIGPIPE, SIG_IGN);
 
   if (o.k > o.max_k) return InvalidArgument("--k {} exceeds --max-k {}", o.k, o.max_k);
+  SPECD_ASSIGN_OR_RETURN(Security security, LoadSecurity(o));
   SPECD_ASSIGN_OR_RETURN(Plan plan, ResolveModels(o));
   if (plan.embedded) {
     spdlog::info("no --model: serving the embedded demo pair from {} (a 4.7M-parameter Qwen3.5 trained on "
@@ -196,13 +240,22 @@ Status RunServe(const ServeOptions& o) {
   info.set_has_tokenizer(text->has_tokenizer());
   info.set_max_k(static_cast<uint32_t>(o.max_k));
   info.set_max_queue(static_cast<uint32_t>(o.max_queue));
-  SpecdService service(&scheduler, text.get(), &metrics, limits, info);
+  SpecdService service(&scheduler, text.get(), &metrics, limits, info, security.api_key);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(HostPort(o.host, o.port), grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(HostPort(o.host, o.port), security.credentials, &bound_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, o.max_concurrent_streams);
+  if (o.keepalive_seconds > 0) {
+    // Ping idle connections, drop those that do not answer: half-open TCP connections (a client
+    // host that vanished) do not hold streams forever.
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, o.keepalive_seconds * 1000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  }
   // gRPC sets SO_REUSEPORT by default: a second daemon on the same port would start and take
   // half the connections. Refuse instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

@@ -65,6 +65,16 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
   s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\"} here once serving");
   s->add_option("--log-level", o->log_level, "trace | debug | info | warn | error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  s->add_option("--tls-cert", o->tls_cert, "PEM certificate (chain): serve gRPC over TLS (with --tls-key)");
+  s->add_option("--tls-key", o->tls_key, "PEM private key of --tls-cert");
+  s->add_option("--api-key-file", o->api_key_file,
+                "File whose first line is the API key: every RPC must send `authorization: Bearer KEY`");
+  s->add_option("--max-message-bytes", o->max_message_bytes, "Largest request message accepted")
+      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 30));
+  s->add_option("--max-concurrent-streams", o->max_concurrent_streams, "Streams one HTTP/2 connection may open")
+      ->check(CLI::Range(1, 1 << 20));
+  s->add_option("--keepalive-seconds", o->keepalive_seconds, "Ping idle connections this often (0 = off)")
+      ->check(CLI::Range(0, 86400));
   s->add_option("--cuda-graph-limit", o->cuda_graph_limit,
                  "CUDA graphs kept at most, least recently used dropped first (0 = no graphs)")
       ->check(CLI::Range(0, 4096));

@@ -40,6 +40,12 @@ struct ServeOptions {
   std::string log_level = "info";
   std::string config;  // applied by ExpandServeConfig before parsing; kept for --help
   int64_t debug_fail_step = 0;  // testing only: see SchedulerOptions::debug_fail_step
+  // Security (docs/server.md, threat model): TLS and an API key are both optional.
+  std::string tls_cert, tls_key;  // PEM files: serve gRPC over TLS
+  std::string api_key_file;       // a file whose first line is the key every RPC must present
+  int64_t max_message_bytes = 4 << 20;  // largest request message (gRPC's default: 4 MiB)
+  int max_concurrent_streams = 256;     // per HTTP/2 connection
+  int keepalive_seconds = 60;           // server pings an idle connection this often (0 = never)
   int64_t debug_fail_alloc = 0;  // testing only: backend allocation N (from serving on) fails
   int cuda_graph_limit = 128;    // CUDA graphs kept at most (0 = none)
   int cuda_graph_capture_after = 2;  // sightings of a batch shape before it is captured

@@ -31,12 +31,31 @@ grpc::Status Parse(const grpc::ByteBuffer* raw, Msg* msg) {
 
 }  // namespace
 
+grpc::Status SpecdService::Authorize(const grpc::CallbackServerContext* ctx) const {
+  if (api_key_.empty()) return grpc::Status::OK;
+  const std::string want = "Bearer " + api_key_;
+  const auto& md = ctx->client_metadata();
+  const auto it = md.find("authorization");
+  // Constant time in the key: the comparison does not stop at the first differing byte.
+  bool ok = it != md.end() && it->second.size() == want.size();
+  unsigned char diff = 0;
+  if (ok) {
+    for (size_t i = 0; i < want.size(); ++i) diff |= static_cast<unsigned char>(it->second.data()[i] ^ want[i]);
+  }
+  ok = ok && diff == 0;
+  if (ok) return grpc::Status::OK;
+  spdlog::info("request rejected: UNAUTHENTICATED (from {})", ctx->peer());
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      "missing or wrong API key: send the metadata `authorization: Bearer <key>`");
+}
+
 template <class Req, class Resp, class F>
 grpc::ServerUnaryReactor* SpecdService::Unary(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw,
                                               grpc::ByteBuffer* out, F handle) {
   Req req;
   Resp resp;
-  grpc::Status st = Parse(raw, &req);
+  grpc::Status st = Authorize(ctx);
+  if (st.ok()) st = Parse(raw, &req);
   if (st.ok()) st = handle(req, &resp);
   if (st.ok()) {
     bool own = false;
@@ -51,7 +70,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* SpecdService::Generate(grpc::Callbac
   auto* call = new GenerateCall(ctx, [sched] { sched->Wake(); });
   CallRef ref(call);  // the service's reference, handed to the scheduler on success
   v1::GenerateRequest req;
-  grpc::Status st = Parse(raw, &req);
+  grpc::Status st = Authorize(ctx);
+  if (st.ok()) st = Parse(raw, &req);
   if (!st.ok()) {
     metrics_->RequestFailed(GrpcCodeName(st.error_code()));
     call->Close(st);

@@ -20,9 +20,16 @@ using RawSpecdService = v1::Specd::WithRawCallbackMethod_Generate<v1::Specd::Wit
 
 class SpecdService final : public RawSpecdService {
  public:
+  // api_key: empty = no authentication; else every RPC of this service must carry the metadata
+  // `authorization: Bearer <api_key>` (UNAUTHENTICATED otherwise).
   SpecdService(Scheduler* scheduler, const cli::TextCodec* text, Metrics* metrics, ServeLimits limits,
-               v1::ModelInfo info)
-      : scheduler_(scheduler), text_(text), metrics_(metrics), limits_(std::move(limits)), info_(std::move(info)) {}
+               v1::ModelInfo info, std::string api_key = {})
+      : scheduler_(scheduler),
+        text_(text),
+        metrics_(metrics),
+        limits_(std::move(limits)),
+        info_(std::move(info)),
+        api_key_(std::move(api_key)) {}
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* ctx,
                                                        const grpc::ByteBuffer* req) override;
@@ -36,6 +43,7 @@ class SpecdService final : public RawSpecdService {
                                          grpc::ByteBuffer* resp) override;
 
  private:
+  grpc::Status Authorize(const grpc::CallbackServerContext* ctx) const;
   // The typed handlers behind the raw methods.
   grpc::Status DoAbort(const v1::AbortRequest& req, v1::AbortResponse* resp);
   grpc::Status DoTokenize(const v1::TokenizeRequest& req, v1::TokenizeResponse* resp);
@@ -50,6 +58,7 @@ class SpecdService final : public RawSpecdService {
   Metrics* metrics_;
   const ServeLimits limits_;
   const v1::ModelInfo info_;
+  const std::string api_key_;
 };
 
 }  // namespace specd::serve

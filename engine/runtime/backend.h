@@ -179,6 +179,8 @@ class Backend {
     int64_t graphs = 0;          // executables held
     int64_t limit = 0;
     int64_t workspace_bytes = 0; // the shared activation workspace (all graphs together)
+    int64_t exec_bytes = 0;      // device memory of the executables (measured at instantiation)
+    int64_t pool_cached_bytes = 0;  // freed blocks the backend keeps for reuse (capped)
     int64_t captures = 0, replays = 0, evictions = 0, capture_failures = 0;
   };
   virtual GraphStats graph_stats() const { return {}; }

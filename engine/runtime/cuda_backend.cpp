@@ -24,9 +24,13 @@ namespace K = specd::kernels;
 using K::bf16;
 
 // Size-bucketed cache of device blocks: a forward allocates the same shapes every step, and
-// cudaMalloc/cudaFree synchronise the device.
+// cudaMalloc/cudaFree synchronise the device. Under a server's traffic the sizes are not the
+// same every step (prefill chunks of any length, logits of any number of rows), so buckets past
+// 1 MiB are geometric (8 per octave: at most 12.5 % slack) and the bytes held in the cache are
+// capped: a cache keyed by exact sizes grew by gigabytes as new row counts kept arriving.
 class DevicePool {
  public:
+  explicit DevicePool(size_t max_cached) : max_cached_(max_cached) {}
   ~DevicePool() { Trim(); }
   // nullptr when the device has no room even after the cached blocks went back.
   void* Get(size_t bytes, size_t* bucket) {
@@ -42,7 +46,7 @@ class DevicePool {
     void* p = nullptr;
     if (cudaMalloc(&p, *bucket) != cudaSuccess) {
       cudaGetLastError();  // an allocation failure is not sticky: clear it
-      TrimLocked();
+      TrimLocked(0);
       if (cudaMalloc(&p, *bucket) != cudaSuccess) {
         cudaGetLastError();
         return nullptr;
@@ -54,37 +58,52 @@ class DevicePool {
     std::lock_guard<std::mutex> g(mu_);
     free_[bucket].push_back(p);
     cached_ += bucket;
+    // Over the cap: give the largest cached blocks back until half of it is left (each cudaFree
+    // waits for the device, so trim in one go, rarely).
+    if (cached_ > max_cached_) TrimLocked(max_cached_ / 2);
   }
   void Trim() {
     std::lock_guard<std::mutex> g(mu_);
-    TrimLocked();
+    TrimLocked(0);
   }
   size_t cached_bytes() const {
     std::lock_guard<std::mutex> g(mu_);
     return cached_;
   }
-
- private:
-  void TrimLocked() {
-    for (auto& [sz, l] : free_) {
-      for (void* q : l) cudaFree(q);
-      l.clear();
-    }
-    cached_ = 0;
-  }
   static size_t Bucket(size_t b) {
     if (b <= 256) return 256;
-    // Powers of two up to 1 MiB, then 1 MiB granules, so big weights waste little.
-    if (b <= (1u << 20)) {
+    // Powers of two up to 1 MiB; then 8 steps per octave up to 256 MiB; past that (weights, KV
+    // pools: allocated once) 2 MiB granules, so big tensors waste little.
+    if (b <= (size_t{1} << 20)) {
       size_t s = 256;
       while (s < b) s <<= 1;
       return s;
     }
-    return (b + (1u << 20) - 1) / (1u << 20) * (1u << 20);
+    if (b <= (size_t{256} << 20)) {
+      size_t octave = size_t{1} << 20;
+      while (octave * 2 < b) octave <<= 1;
+      const size_t step = octave / 8;
+      return (b + step - 1) / step * step;
+    }
+    return (b + (size_t{2} << 20) - 1) / (size_t{2} << 20) * (size_t{2} << 20);
+  }
+
+ private:
+  // Frees cached blocks, largest first, until at most `keep` bytes stay cached.
+  void TrimLocked(size_t keep) {
+    for (auto it = free_.rbegin(); it != free_.rend() && cached_ > keep; ++it) {
+      auto& l = it->second;
+      while (!l.empty() && cached_ > keep) {
+        cudaFree(l.back());
+        l.pop_back();
+        cached_ -= it->first;
+      }
+    }
   }
   mutable std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
+  const size_t max_cached_;
 };
 
 // The shared workspace of every captured graph (runtime/graph_memory.h) with the lock that
@@ -141,7 +160,7 @@ class PinnedStager {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend() : pool_(std::make_shared<DevicePool>()), arena_(std::make_shared<SharedArena>()) {
+  CudaBackend() : pool_(std::make_shared<DevicePool>(kPoolMaxCached)), arena_(std::make_shared<SharedArena>()) {
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     // A fixed workspace: cuBLAS must not allocate inside a graph capture.
     cudaMalloc(&blas_ws_, kBlasWorkspace);
@@ -445,13 +464,20 @@ class CudaBackend final : public Backend {
       return s;
     }
     Graph g;
+    // What the executable costs on the device (the driver's own allocations for it): measured
+    // around the instantiation, for the memory figures (graph_stats().exec_bytes).
+    size_t free0 = 0, free1 = 0, total = 0;
+    cudaMemGetInfo(&free0, &total);
     const cudaError_t ie = cudaGraphInstantiate(&g.exec, graph, 0);
+    cudaMemGetInfo(&free1, &total);
+    g.exec_bytes = free0 > free1 ? static_cast<int64_t>(free0 - free1) : 0;
     cudaGraphDestroy(graph);
     if (ie != cudaSuccess) {
       cudaGetLastError();
       NoteCaptureFailure(key);
       return Internal("graph instantiation failed: {}", cudaGetErrorString(ie));
     }
+    exec_bytes_ += g.exec_bytes;
     g.out_data = out.data;
     g.out_dtype = out.dtype;
     g.out_shape = out.shape;
@@ -506,6 +532,8 @@ class CudaBackend final : public Backend {
       std::lock_guard<std::mutex> g(arena_->mu);
       st.workspace_bytes = static_cast<int64_t>(arena_->arena.reserved_bytes());
     }
+    st.exec_bytes = exec_bytes_;
+    st.pool_cached_bytes = static_cast<int64_t>(pool_->cached_bytes());
     st.captures = captures_;
     st.replays = replays_;
     st.evictions = evictions_;
@@ -1039,9 +1067,11 @@ class CudaBackend final : public Backend {
     void* out_data = nullptr;
     DType out_dtype = DType::kF32;
     std::vector<int64_t> out_shape;
+    int64_t exec_bytes = 0;
   };
   std::map<std::string, Graph>::iterator DestroyGraph(std::map<std::string, Graph>::iterator it) {
     cudaGraphExecDestroy(it->second.exec);
+    exec_bytes_ -= it->second.exec_bytes;
     keeper_.Removed(it->first);
     return graphs_.erase(it);
   }
@@ -1052,6 +1082,8 @@ class CudaBackend final : public Backend {
     failed_keys_.insert(key);
   }
   static constexpr size_t kBlasWorkspace = size_t{32} << 20;
+  // Blocks kept for reuse at most (DevicePool): the activations of a few large forwards.
+  static constexpr size_t kPoolMaxCached = size_t{2} << 30;
   std::unique_ptr<LtGemm> lt_;  // borrows blas_ws_
 
   std::shared_ptr<DevicePool> pool_;
@@ -1059,7 +1091,7 @@ class CudaBackend final : public Backend {
   // 128 graphs: the padded decode/verify/draft shapes of a 64-sequence batch at k <= 8 fit; each
   // executable costs device memory of its own (docs/PERFORMANCE.md, graph memory).
   GraphKeeper keeper_{128, 2};
-  int64_t captures_ = 0, replays_ = 0, evictions_ = 0, capture_failures_ = 0;
+  int64_t captures_ = 0, replays_ = 0, evictions_ = 0, capture_failures_ = 0, exec_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
   Status error_;
   std::vector<int32_t> last_meta_;
