@@ -178,6 +178,15 @@ Status RunServe(const ServeOptions& o) {
   SPECD_ASSIGN_OR_RETURN(auto backend, MakeBackend(o.device));
   if (o.batch_invariant) backend->SetKernelOption("skinny_wide", true);
   backend->SetGraphPolicy(o.cuda_graph_limit, o.cuda_graph_capture_after);
+  if (backend->device() == Device::kCuda) {
+    // The bound on graph memory (docs/DESIGN-NOTES.md, CUDA graphs): a fixed number of
+    // executables and one workspace sized by the largest captured batch (spans of at most 17
+    // tokens, at most --max-batch of them), plus a capped cache of freed blocks.
+    spdlog::info("CUDA graphs: at most {} kept (captured on the {}th sighting of a batch shape), one shared "
+                 "workspace for batches of at most {} tokens; /metrics has specd:cuda_graph_* and "
+                 "specd:device_pool_cached_bytes",
+                 o.cuda_graph_limit, o.cuda_graph_capture_after, int64_t{o.max_batch} * 17);
+  }
   SPECD_ASSIGN_OR_RETURN(auto target, LoadModel(plan.model_dir, backend.get(), 1));
   std::unique_ptr<Qwen35Model> draft;
   if (plan.drafter == "draft") {
