@@ -182,7 +182,7 @@ Status RunServe(const ServeOptions& o) {
     // The bound on graph memory (docs/DESIGN-NOTES.md, CUDA graphs): a fixed number of
     // executables and one workspace sized by the largest captured batch (spans of at most 17
     // tokens, at most --max-batch of them), plus a capped cache of freed blocks.
-    spdlog::info("CUDA graphs: at most {} kept (captured on the {}th sighting of a batch shape), one shared "
+    spdlog::info("CUDA graphs: at most {} kept (a batch shape is captured when seen {} times), one shared "
                  "workspace for batches of at most {} tokens; /metrics has specd:cuda_graph_* and "
                  "specd:device_pool_cached_bytes",
                  o.cuda_graph_limit, o.cuda_graph_capture_after, int64_t{o.max_batch} * 17);
