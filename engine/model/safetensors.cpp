@@ -385,7 +385,7 @@ StatusOr<std::vector<float>> Checkpoint::ReadF32(const std::string& name,
   switch (t->dtype) {
     case DType::kF32:
       out.resize(n);
-      std::memcpy(out.data(), t->data, t->nbytes);
+      if (n > 0) std::memcpy(out.data(), t->data, t->nbytes);  // a 0-element tensor has no data pointer
       return out;
     case DType::kBF16:
     case DType::kF16: {
