@@ -38,6 +38,7 @@ struct SoakArgs {
   double cancel_fraction = 0.03, deadline_fraction = 0.03;
   double memory_growth_pct = 1.0;    // device memory (and RSS, unless rss_growth_pct is given)
   double rss_growth_pct = std::numeric_limits<double>::quiet_NaN();  // NaN: = memory_growth_pct
+  bool no_rss_check = false;
   int64_t server_pid = 0;            // > 0: RSS from /proc/PID/status when /metrics has none
   int64_t request_timeout_s = 300;   // a request not back by then is lost
   double settle_s = 10;              // after a round: how long the load gauges may take to reach 0

@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
   soak->add_option("--deadline-fraction", sa.deadline_fraction, "Requests with a 5-200 ms deadline")->capture_default_str();
   soak->add_option("--memory-growth-pct", sa.memory_growth_pct, "Largest memory growth between the last two rounds")
       ->capture_default_str();
+  soak->add_flag("--no-rss-check", sa.no_rss_check,
+                 "Report the RSS criterion as not checked (sanitizer builds: ASan's quarantine grows RSS by design)");
   soak->add_option("--rss-growth-pct", sa.rss_growth_pct, "The same for the server's RSS (default: --memory-growth-pct)");
   soak->add_option("--request-timeout-s", sa.request_timeout_s, "A request not back by then is lost")->capture_default_str();
   soak->add_option("--settle-s", sa.settle_s, "Time for the load gauges to reach 0 after a round")->capture_default_str();

@@ -87,6 +87,9 @@ bool LoadChat(const std::string& path, v1::ChatPrompt* chat, std::string* error)
     if (j.contains("enable_thinking") && j["enable_thinking"].is_boolean()) {
       chat->set_enable_thinking(j["enable_thinking"].get<bool>());
     }
+    if (j.contains("special_tokens_in_content") && j["special_tokens_in_content"].is_boolean()) {
+      chat->set_special_tokens_in_content(j["special_tokens_in_content"].get<bool>());
+    }
   }
   if (!msgs->is_array()) {
     *error = path + ": messages must be a list";

@@ -30,7 +30,7 @@ class NoTokenizer final : public TextCodec {
     return InvalidArgument("{}", kNoTokenizer);
   }
   std::string Decode(const std::vector<int32_t>&, bool) const override { return {}; }
-  StatusOr<std::string> RenderChat(const std::vector<ChatTurn>&, bool, bool) const override {
+  StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>&, bool, bool, bool) const override {
     return InvalidArgument("{}", kNoTokenizer);
   }
   std::unique_ptr<TextStream> NewStream(TextStreamOptions) const override {
@@ -61,12 +61,15 @@ class RealTokenizer final : public TextCodec {
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special) const override {
     return tok_->Decode(ids, skip_special);
   }
-  StatusOr<std::string> RenderChat(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
-                                   bool enable_thinking) const override {
+  StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
+                                    bool enable_thinking, bool parse_specials_in_content) const override {
     std::vector<ChatMessage> msgs;
     msgs.reserve(turns.size());
     for (const auto& t : turns) msgs.push_back(ChatMessage{t.role, t.content, std::nullopt});
-    return tok_->ApplyChatTemplate(msgs, ChatOptions{add_generation_prompt, enable_thinking});
+    SPECD_ASSIGN_OR_RETURN(auto enc, tok_->EncodeChat(msgs, ChatOptions{add_generation_prompt, enable_thinking},
+                                                      parse_specials_in_content ? Tokenizer::ContentSpecials::kParse
+                                                                                : Tokenizer::ContentSpecials::kText));
+    return ChatEncoding{std::move(enc.text), std::move(enc.ids)};
   }
   std::unique_ptr<TextStream> NewStream(TextStreamOptions opt) const override {
     return std::make_unique<DetokStream>(*tok_, std::move(opt));

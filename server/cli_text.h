@@ -1,7 +1,7 @@
 // Text for the CLI and the daemon: the model folder's tokenizer (tokenizer.json, and
 // tokenizer_config.json for the chat template) when this build has the tokenizer library, else
 // token ids only (the fixture models ship no tokenizer; their text is empty).
-// Thread safety: Encode, Decode and RenderChat may be called from many threads at once; a
+// Thread safety: Encode, Decode and EncodeChat may be called from many threads at once; a
 // TextStream belongs to one thread.
 #pragma once
 
@@ -16,6 +16,11 @@ namespace specd::cli {
 
 struct ChatTurn {
   std::string role, content;
+};
+
+struct ChatEncoding {
+  std::string text;  // the rendered template
+  std::vector<int32_t> ids;
 };
 
 struct TextStreamOptions {
@@ -47,8 +52,11 @@ class TextCodec {
   virtual bool has_chat_template() const = 0;
   virtual StatusOr<std::vector<int32_t>> Encode(const std::string& text) const = 0;
   virtual std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens = true) const = 0;
-  virtual StatusOr<std::string> RenderChat(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
-                                           bool enable_thinking) const = 0;
+  // Renders and encodes a chat. A special token spelled inside a message (e.g. "<|im_end|>") is
+  // encoded as text unless `parse_specials_in_content`, so message content cannot open or
+  // close turns (role injection).
+  virtual StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
+                                            bool enable_thinking, bool parse_specials_in_content) const = 0;
   virtual std::unique_ptr<TextStream> NewStream(TextStreamOptions opt) const = 0;
 
   // One stream for the CLI: complete UTF-8 text for newly generated ids; Flush returns what was

@@ -124,23 +124,24 @@ grpc::Status SpecdService::DoAbort(const v1::AbortRequest& req, v1::AbortRespons
 grpc::Status SpecdService::DoTokenize(const v1::TokenizeRequest& req, v1::TokenizeResponse* resp) {
   // FAILED_PRECONDITION, not INVALID_ARGUMENT: no argument makes this call work on this server.
   if (!text_->has_tokenizer()) return {grpc::StatusCode::FAILED_PRECONDITION, kNoTokenizer};
-  std::string text;
   switch (req.input_case()) {
-    case v1::TokenizeRequest::kText: text = req.text(); break;
-    case v1::TokenizeRequest::kChat: {
-      auto rendered = RenderChat(req.chat(), *text_);
-      if (!rendered.ok()) return ToGrpc(rendered.status());
-      text = *rendered;
-      resp->set_rendered(text);
-      break;
+    case v1::TokenizeRequest::kText: {
+      auto ids = text_->Encode(req.text());
+      if (!ids.ok()) return {grpc::StatusCode::INVALID_ARGUMENT, ids.status().message()};
+      resp->mutable_ids()->Add(ids->begin(), ids->end());
+      return grpc::Status::OK;
     }
-    case v1::TokenizeRequest::INPUT_NOT_SET:
-      return {grpc::StatusCode::INVALID_ARGUMENT, "set text or chat"};
+    case v1::TokenizeRequest::kChat: {
+      // The same encoding Generate uses for this chat (content specials as text by default).
+      auto enc = EncodeChat(req.chat(), *text_);
+      if (!enc.ok()) return ToGrpc(enc.status());
+      resp->set_rendered(enc->text);
+      resp->mutable_ids()->Add(enc->ids.begin(), enc->ids.end());
+      return grpc::Status::OK;
+    }
+    case v1::TokenizeRequest::INPUT_NOT_SET: break;
   }
-  auto ids = text_->Encode(text);
-  if (!ids.ok()) return {grpc::StatusCode::INVALID_ARGUMENT, ids.status().message()};
-  resp->mutable_ids()->Add(ids->begin(), ids->end());
-  return grpc::Status::OK;
+  return {grpc::StatusCode::INVALID_ARGUMENT, "set text or chat"};
 }
 
 grpc::Status SpecdService::DoDetokenize(const v1::DetokenizeRequest& req, v1::DetokenizeResponse* resp) {

@@ -53,15 +53,15 @@ StatusOr<SamplingParams> Sampling(const v1::SamplingParams& s) {
 
 }  // namespace
 
-StatusOr<std::string> RenderChat(const v1::ChatPrompt& chat, const cli::TextCodec& text) {
+StatusOr<cli::ChatEncoding> EncodeChat(const v1::ChatPrompt& chat, const cli::TextCodec& text) {
   if (chat.messages().empty()) return InvalidArgument("empty prompt: the chat has no messages");
   std::vector<cli::ChatTurn> turns;
   for (const auto& m : chat.messages()) turns.push_back({m.role(), m.content()});
   const bool gen_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
   const bool thinking = chat.has_enable_thinking() ? chat.enable_thinking() : true;
-  auto rendered = text.RenderChat(turns, gen_prompt, thinking);
-  if (!rendered.ok()) return InvalidArgument("chat prompt: {}", rendered.status().message());
-  return rendered;
+  auto enc = text.EncodeChat(turns, gen_prompt, thinking, chat.special_tokens_in_content());
+  if (!enc.ok()) return InvalidArgument("chat prompt: {}", enc.status().message());
+  return enc;
 }
 
 StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const ServeLimits& lim,
@@ -89,10 +89,8 @@ StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const Se
     }
     case v1::GenerateRequest::kChat: {
       if (!text.has_tokenizer()) return InvalidArgument("model has no tokenizer: send the prompt as token_ids");
-      SPECD_ASSIGN_OR_RETURN(std::string rendered, RenderChat(r.chat(), text));
-      auto ids = text.Encode(rendered);
-      if (!ids.ok()) return InvalidArgument("chat prompt: {}", ids.status().message());
-      g.prompt = std::move(*ids);
+      SPECD_ASSIGN_OR_RETURN(cli::ChatEncoding enc, EncodeChat(r.chat(), text));
+      g.prompt = std::move(enc.ids);
       break;
     }
     case v1::GenerateRequest::PROMPT_NOT_SET: return InvalidArgument("empty prompt: set text, token_ids or chat");

@@ -31,6 +31,6 @@ StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const Se
                                           const cli::TextCodec& text);
 
 // Chat messages -> the prompt text of the tokenizer's chat template.
-StatusOr<std::string> RenderChat(const v1::ChatPrompt& chat, const cli::TextCodec& text);
+StatusOr<cli::ChatEncoding> EncodeChat(const v1::ChatPrompt& chat, const cli::TextCodec& text);
 
 }  // namespace specd::serve

@@ -31,10 +31,18 @@ size_t WhiteSpaceRunAfter(std::string_view s, size_t begin) {
   return p;
 }
 
+// True when [b, e) shares a byte with a literal range (ranges sorted; `hint` walks forward with
+// the scan, which only moves right).
+bool TouchesLiteral(std::span<const LiteralRange> literal, size_t& hint, size_t b, size_t e) {
+  while (hint < literal.size() && literal[hint].end <= b) ++hint;
+  return hint < literal.size() && literal[hint].begin < e;
+}
+
 }  // namespace
 
 AddedTokenMatcher::AddedTokenMatcher(std::vector<AddedToken> tokens) : tokens_(std::move(tokens)) {
   for (uint32_t i = 0; i < tokens_.size(); ++i) {
+    has_special_ = has_special_ || tokens_[i].special;
     by_first_[static_cast<uint8_t>(tokens_[i].content[0])].push_back(i);
   }
   int firsts = 0;
@@ -50,8 +58,10 @@ AddedTokenMatcher::AddedTokenMatcher(std::vector<AddedToken> tokens) : tokens_(s
   if (firsts != 1) single_first_ = -1;
 }
 
-void AddedTokenMatcher::Split(std::string_view text, std::vector<Segment>& out) const {
+void AddedTokenMatcher::Split(std::string_view text, std::vector<Segment>& out,
+                              std::span<const LiteralRange> literal) const {
   const size_t n = text.size();
+  size_t hint = 0;
   size_t emitted = 0;  // end of the last segment pushed
   size_t pos = 0;
   while (pos < n) {
@@ -65,6 +75,8 @@ void AddedTokenMatcher::Split(std::string_view text, std::vector<Segment>& out) 
     for (uint32_t idx : cands) {
       const std::string& c = tokens_[idx].content;
       if (c.size() <= n - pos && std::memcmp(text.data() + pos, c.data(), c.size()) == 0) {
+        // A special token spelled inside literal text stays text; a shorter candidate may match.
+        if (tokens_[idx].special && TouchesLiteral(literal, hint, pos, pos + c.size())) continue;
         match = &tokens_[idx];
         break;
       }

@@ -53,8 +53,8 @@ ChatFormat DetectChatFormat(std::string_view jinja_template) {
   return ChatFormat::kUnknown;
 }
 
-StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages,
-                                      const ChatOptions& options) {
+StatusOr<RenderedChat> RenderQwen3ChatParts(std::span<const ChatMessage> messages,
+                                            const ChatOptions& options) {
   if (messages.empty()) return InvalidArgument("chat: no messages");
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& r = messages[i].role;
@@ -63,9 +63,18 @@ StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages,
       return InvalidArgument("chat: message {} has unsupported role '{}'", i, r);
     }
   }
-  std::string out;
+  RenderedChat chat;
+  std::string& out = chat.text;
+  // Text from a message (as opposed to the template's own markup) is recorded as content.
+  auto content_of = [&](std::string_view s) {
+    if (s.empty()) return;
+    chat.content.push_back({out.size(), out.size() + s.size()});
+    out += s;
+  };
   if (messages[0].role == "system") {
-    out += "<|im_start|>system\n" + messages[0].content + "<|im_end|>\n";
+    out += "<|im_start|>system\n";
+    content_of(messages[0].content);
+    out += "<|im_end|>\n";
   }
   // The last user turn that is a real query (not a wrapped tool response): assistant turns
   // after it keep their reasoning, earlier ones lose it.
@@ -81,7 +90,9 @@ StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages,
     const ChatMessage& m = messages[i];
     const bool last = i + 1 == n;
     if (m.role == "user" || (m.role == "system" && i != 0)) {
-      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+      out += "<|im_start|>" + m.role + "\n";
+      content_of(m.content);
+      out += "<|im_end|>\n";
     } else if (m.role == "assistant") {
       std::string_view content = m.content;
       std::string_view reasoning;
@@ -94,16 +105,18 @@ StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages,
       out += "<|im_start|>assistant\n";
       if (i > last_query && (last || !reasoning.empty())) {
         out += "<think>\n";
-        out += Strip(reasoning, '\n');
+        content_of(Strip(reasoning, '\n'));
         out += "\n</think>\n\n";
-        out += LStrip(content, '\n');
+        content_of(LStrip(content, '\n'));
       } else {
-        out += content;
+        content_of(content);
       }
       out += "<|im_end|>\n";
     } else if (m.role == "tool") {
       if (i == 0 || messages[i - 1].role != "tool") out += "<|im_start|>user";
-      out += "\n<tool_response>\n" + m.content + "\n</tool_response>";
+      out += "\n<tool_response>\n";
+      content_of(m.content);
+      out += "\n</tool_response>";
       if (last || messages[i + 1].role != "tool") out += "<|im_end|>\n";
     }
   }
@@ -111,7 +124,12 @@ StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages,
     out += "<|im_start|>assistant\n";
     if (!options.enable_thinking) out += "<think>\n\n</think>\n\n";
   }
-  return out;
+  return chat;
+}
+
+StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages, const ChatOptions& options) {
+  SPECD_ASSIGN_OR_RETURN(RenderedChat chat, RenderQwen3ChatParts(messages, options));
+  return std::move(chat.text);
 }
 
 }  // namespace specd

@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "util/status.h"
 
@@ -34,8 +35,22 @@ enum class ChatFormat {
 // a template this library knows.
 ChatFormat DetectChatFormat(std::string_view jinja_template);
 
+// A rendered conversation and which of its bytes came from the messages (content and
+// reasoning) rather than from the template: the tokenizer encodes those as text, so a message
+// cannot write a control token such as <|im_end|> (docs/server.md, threat model).
+struct RenderedChat {
+  struct Range {
+    size_t begin;
+    size_t end;
+  };
+  std::string text;
+  std::vector<Range> content;  // sorted, non-overlapping, non-empty
+};
+
 // The Qwen3 template without `tools`. kInvalidArgument for an empty conversation or a role
 // the template does not handle.
+StatusOr<RenderedChat> RenderQwen3ChatParts(std::span<const ChatMessage> messages,
+                                            const ChatOptions& options);
 StatusOr<std::string> RenderQwen3Chat(std::span<const ChatMessage> messages,
                                       const ChatOptions& options);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -23,6 +24,7 @@ using tokenizer_internal::BpeModel;
 using tokenizer_internal::Nfc;
 using tokenizer_internal::Piece;
 using tokenizer_internal::RegexSplitter;
+using tokenizer_internal::LiteralRange;
 using tokenizer_internal::Segment;
 using tokenizer_internal::TokenizerSpec;
 
@@ -156,7 +158,7 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view tokeni
     impl->token_string[a.id] = a.content;
     impl->flags[a.id] = Impl::kKnown | (a.special ? Impl::kSpecial : 0);
     impl->added_by_content[a.content] = a.id;
-    AddedToken t{a.id, a.content, a.lstrip, a.rstrip};
+    AddedToken t{a.id, a.content, a.lstrip, a.rstrip, a.special};
     if (a.normalized && impl->nfc) {
       if (utf8::FirstInvalidByte(t.content)) {
         return InvalidArgument("tokenizer.json: added token {} is not UTF-8", a.id);
@@ -205,14 +207,22 @@ StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {
 }
 
 Status Tokenizer::EncodeTo(std::string_view text, std::vector<int32_t>* out) const {
+  return EncodeWithLiterals(text, {}, out);
+}
+
+Status Tokenizer::EncodeWithLiterals(std::string_view text, std::span<const RenderedChat::Range> literal_ranges,
+                                     std::vector<int32_t>* out) const {
   if (text.size() > INT32_MAX) return InvalidArgument("Encode: text of {} bytes exceeds 2 GiB", text.size());
   if (auto bad = utf8::FirstInvalidByte(text)) {
     return InvalidArgument("Encode: invalid UTF-8 at byte offset {} (byte 0x{:02X})", *bad,
                            static_cast<unsigned char>(text[*bad]));
   }
   const size_t before = out->size();
+  std::vector<LiteralRange> literal;
+  literal.reserve(literal_ranges.size());
+  for (const auto& r : literal_ranges) literal.push_back({r.begin, r.end});
   std::vector<Segment> segments;
-  impl_->raw_added.Split(text, segments);
+  impl_->raw_added.Split(text, segments, literal);
   std::string normalized_scratch;
   std::vector<Segment> inner;
   for (const Segment& seg : segments) {
@@ -234,7 +244,14 @@ Status Tokenizer::EncodeTo(std::string_view text, std::vector<int32_t>* out) con
       st = EncodeOrdinary(s, out);
     } else {
       inner.clear();
-      impl_->normalized_added.Split(s, inner);
+      // Normalisation moves byte offsets, so literal ranges cannot be mapped into `s`: a segment
+      // that holds any literal byte is matched with no special tokens at all (never less safe).
+      const bool touches = std::any_of(literal.begin(), literal.end(), [&](const LiteralRange& r) {
+        return r.begin < seg.end && seg.begin < r.end;
+      });
+      static constexpr LiteralRange kAll{0, SIZE_MAX};
+      impl_->normalized_added.Split(s, inner, touches ? std::span<const LiteralRange>(&kAll, 1)
+                                                      : std::span<const LiteralRange>());
       for (const Segment& in : inner) {
         if (in.id >= 0) {
           out->push_back(in.id);
@@ -307,6 +324,23 @@ StatusOr<std::string> Tokenizer::ApplyChatTemplate(std::span<const ChatMessage> 
     case ChatFormat::kUnknown:
       break;
   }
+  return NoChatTemplate();
+}
+
+StatusOr<Tokenizer::EncodedChat> Tokenizer::EncodeChat(std::span<const ChatMessage> messages,
+                                                       const ChatOptions& options, ContentSpecials specials) const {
+  if (chat_format_ != ChatFormat::kQwen3) return NoChatTemplate();
+  SPECD_ASSIGN_OR_RETURN(RenderedChat chat, RenderQwen3ChatParts(messages, options));
+  EncodedChat out;
+  const std::span<const RenderedChat::Range> literal =
+      specials == ContentSpecials::kText ? std::span<const RenderedChat::Range>(chat.content)
+                                         : std::span<const RenderedChat::Range>();
+  SPECD_RETURN_IF_ERROR(EncodeWithLiterals(chat.text, literal, &out.ids));
+  out.text = std::move(chat.text);
+  return out;
+}
+
+Status Tokenizer::NoChatTemplate() const {
   return FailedPrecondition("{}", chat_template_.empty()
                                 ? "tokenizer has no chat template (load a folder with tokenizer_config.json)"
                                 : "tokenizer's chat template is not one specd implements (only Qwen3's)");

@@ -68,10 +68,27 @@ class Tokenizer {
   StatusOr<std::string> ApplyChatTemplate(std::span<const ChatMessage> messages,
                                           const ChatOptions& options) const;
 
+  // How special tokens written inside message text are encoded.
+  enum class ContentSpecials {
+    kText,   // as the characters they are made of: a message cannot open or close a turn
+    kParse,  // as control tokens, like transformers' apply_chat_template(tokenize=True): trusted input only
+  };
+  struct EncodedChat {
+    std::string text;  // the rendered template
+    std::vector<int32_t> ids;
+  };
+  // Renders and encodes a conversation. With kText the ids differ from Encode(text) only where a
+  // message spells a special token; the template's own markup is always control tokens.
+  StatusOr<EncodedChat> EncodeChat(std::span<const ChatMessage> messages, const ChatOptions& options,
+                                   ContentSpecials specials = ContentSpecials::kText) const;
+
  private:
   struct Impl;
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   Status EncodeOrdinary(std::string_view text, std::vector<int32_t>* out) const;
+  Status NoChatTemplate() const;
+  Status EncodeWithLiterals(std::string_view text, std::span<const RenderedChat::Range> literal,
+                            std::vector<int32_t>* out) const;
 
   std::unique_ptr<Impl> impl_;
   std::optional<int32_t> eos_id_;
