@@ -1,4 +1,4 @@
-// CPU forward benchmark at Qwen3.5-0.8B shapes (qwen35-model.md §10) with random weights built in
+// CPU forward benchmark at Qwen3.5-0.8B shapes (docs/DESIGN-NOTES.md, the forward) with random weights built in
 // memory: the sgemm rate of this machine first, then prefill, decode and verify (kLog + commit)
 // timings of the fp32 CPU backend. Not a test; prints a table.
 //
@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "cache/model_cache.h"
-#include "model/config.h"
-#include "model/presets.h"
+#include "checkpoint/config.h"
+#include "checkpoint/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 
@@ -88,7 +88,7 @@ Options ParseArgs(int argc, char** argv) {
   return o;
 }
 
-// Qwen3.5-0.8B text model (qwen35-model.md §10), optionally with fewer layers.
+// Qwen3.5-0.8B text model (docs/DESIGN-NOTES.md, the forward), optionally with fewer layers.
 specd::ModelConfig Qwen35_0_8B(int layers) {
   specd::ModelConfig c = specd::ReleasedShapes("0.8B").value();
   c.num_hidden_layers = layers;

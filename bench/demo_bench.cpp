@@ -11,7 +11,7 @@
 #include "bench_util.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace specd;
@@ -58,8 +58,8 @@ int main(int argc, char** argv) {
     o.max_seqs = 1;
     o.max_ctx = 4096;
     o.default_k = k;
-    auto e = std::move(SpecEngine::Create(target.get(), std::move(d), o)).value();
-    SpecStats all;
+    auto e = std::move(SpeculativeEngine::Create(target.get(), std::move(d), o)).value();
+    SpeculativeStats all;
     double t = 0;
     for (size_t i = 0; i < prompts.size(); ++i) {
       GenerationRequest r;
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
     std::printf("temperature %.1f | draft model: acceptance / tokens per step | n-gram: acceptance / tokens per step\n", temp);
     std::printf("|k|draft acc|draft len|ngram acc|ngram len|\n|---|---|---|---|---|\n");
     for (int k = 1; k <= 8; ++k) {
-      const SpecStats a = run("draft", k, temp, nullptr), b = run("ngram", k, temp, nullptr);
+      const SpeculativeStats a = run("draft", k, temp, nullptr), b = run("ngram", k, temp, nullptr);
       std::printf("|%d|%.3f|%.2f|%.3f|%.2f|\n", k, a.acceptance_rate(), a.mean_acceptance_length(),
                   b.acceptance_rate(), b.mean_acceptance_length());
     }

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "model/presets.h"
+#include "checkpoint/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 #include "specd/kernels.h"

@@ -1,7 +1,7 @@
 // End-to-end speculative decoding on the GPU (issue "performance", end-to-end item), on
 // random-weight models with Qwen3.5-0.8B and 9B shapes:
 //   (a) plain greedy decode tokens/s through the engine (128 new tokens after a 128-token prompt);
-//   (b) greedy speculation with the acceptance-controlled drafter (engine/spec/acceptance_drafter.h)
+//   (b) greedy speculation with the acceptance-controlled drafter (engine/speculative/acceptance_drafter.h)
 //       at alpha = 0.8, k = 4, its references being run (a)'s outputs: tokens/s, measured
 //       per-draft acceptance, tokens per verify step;
 //   (c) the floor-based ideal: E = (1 - alpha^{k+1}) / (1 - alpha) tokens per step over the time
@@ -22,11 +22,11 @@
 #include <string>
 #include <vector>
 
-#include "model/presets.h"
+#include "checkpoint/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
-#include "spec/acceptance_drafter.h"
-#include "spec/engine.h"
+#include "speculative/acceptance_drafter.h"
+#include "speculative/engine.h"
 #include "gpu_bench_util.h"
 
 using namespace specd;
@@ -60,7 +60,7 @@ struct Run {
   double seconds = 0;   // decode phases: from every sequence's first token to the round's last token
   int64_t tokens = 0;   // tokens generated in those phases, all sequences
   int64_t steps = 0;    // engine steps in those phases
-  SpecStats stats;      // merged over sequences
+  SpeculativeStats stats;      // merged over sequences
   double alpha = 0;     // measured per-draft acceptance (acceptance drafter only)
   int64_t trials = 0;
   int diverged = 0;
@@ -91,9 +91,9 @@ Run RunBatch(Qwen35Model& m, int batch, const std::vector<std::vector<int32_t>>&
     drafter = d->get();
     owned = std::move(d).value();
   }
-  auto eo = SpecEngine::Create(&m, std::move(owned), o);
+  auto eo = SpeculativeEngine::Create(&m, std::move(owned), o);
   if (!eo.ok()) Die(eo.status().ToString());
-  SpecEngine& e = **eo;
+  SpeculativeEngine& e = **eo;
   const int rounds = static_cast<int>(prompts.size()) / batch;
   Run run;
   int64_t trials0 = 0, kept0 = 0;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The baseline a user would pick instead of specd: Hugging Face transformers, eager attention,
 bf16, on the GPU, greedy generate with its own cache. Random weights with the Qwen3.5-0.8B and 9B
-text shapes (the same numbers as engine/model/presets.cpp), so it runs without network or a
+text shapes (the same numbers as engine/checkpoint/presets.cpp), so it runs without network or a
 checkpoint and compares with bench/gpu_e2e_bench on the same shapes: 128-token prompt, 128 new
 tokens, batch 1 and 8.
 
@@ -21,7 +21,7 @@ import importlib.util
 import sys
 import time
 
-# Qwen3.5 dense text shapes (engine/model/presets.cpp): hidden, intermediate, layers, q heads,
+# Qwen3.5 dense text shapes (engine/checkpoint/presets.cpp): hidden, intermediate, layers, q heads,
 # kv heads, GDN value heads, tied embeddings. Shared by all: vocab 248320, head_dim 256, GDN key
 # heads 16, GDN head dims 128, conv kernel 4, every 4th layer full attention, rope theta 1e7,
 # partial rotary 0.25.

@@ -9,11 +9,11 @@
 #include <string>
 
 #include "bench_util.h"
-#include "model/safetensors.h"
-#include "model/presets.h"
+#include "checkpoint/safetensors.h"
+#include "checkpoint/presets.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 
 using namespace specd;
 using specd::bench::Now;
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
         o.max_seqs = 4;
         o.max_ctx = 512;
         o.default_k = k;
-        auto e = std::move(SpecEngine::Create(target.get(), std::move(d), o)).value();
+        auto e = std::move(SpeculativeEngine::Create(target.get(), std::move(d), o)).value();
         std::vector<int> ids;
         for (size_t i = 0; i < prompts.size(); ++i) {
           GenerationRequest r;
@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
             return 1;
           }
         }
-        SpecStats all;
+        SpeculativeStats all;
         for (int id : ids) all.Merge(e->Stats(id));
         std::printf("| %s | %d | %.1f | %.3f | %.2f |\n", dname.c_str(), k, temp, all.acceptance_rate(),
                     all.mean_acceptance_length());

@@ -50,7 +50,7 @@ RequestRecord RunOne(v1::Specd::Stub& stub, const v1::GenerateRequest& req, int6
     }
     if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
       finished = true;
-      const v1::SpecStats& s = msg.stats();
+      const v1::SpeculativeStats& s = msg.stats();
       r.draft_tokens = s.draft_tokens();
       r.accepted_tokens = s.accepted_tokens();
       r.verify_steps = s.verify_steps();

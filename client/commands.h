@@ -1,4 +1,4 @@
-// specd-client subcommands (DESIGN.md §7). Each returns the process exit code.
+// specd-client subcommands (docs/server.md). Each returns the process exit code.
 #pragma once
 
 #include <limits>

@@ -78,7 +78,7 @@ int RunGenerate(const GenerateArgs& a) {
     for (int32_t id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
     std::printf("ids: %s\n", s.c_str());
   }
-  const v1::SpecStats& stt = last.stats();
+  const v1::SpeculativeStats& stt = last.stats();
   std::fprintf(stderr, "[%s: %zu tokens, finish=%s%s%s, acceptance %.3f, mean accepted length %.2f]\n",
                last.request_id().c_str(), ids.size(), FinishReasonName(last.finish_reason()),
                last.stop_string().empty() ? "" : " at ", last.stop_string().c_str(), stt.acceptance_rate(),

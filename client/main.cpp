@@ -1,4 +1,4 @@
-// specd-client: talks to `specd serve` over gRPC — generate, bench, soak, health, info (DESIGN.md §7).
+// specd-client: talks to `specd serve` over gRPC — generate, bench, soak, health, info (docs/server.md).
 // Links the generated stubs only, never the engine.
 #include <CLI/CLI.hpp>
 

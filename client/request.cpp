@@ -119,7 +119,7 @@ const char* FinishReasonName(v1::FinishReason r) {
 }
 
 nlohmann::json ResultJson(const std::vector<int32_t>& ids, const std::string& text, v1::FinishReason reason,
-                          const v1::SpecStats& st) {
+                          const v1::SpeculativeStats& st) {
   nlohmann::json j;
   j["ids"] = ids;
   j["text"] = text;

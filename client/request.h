@@ -1,5 +1,5 @@
 // The generation flags shared by `generate` and `bench`, and the result JSON shape of
-// `specd generate --json` (DESIGN.md §7).
+// `specd generate --json` (docs/server.md).
 #pragma once
 
 #include <optional>
@@ -42,6 +42,6 @@ bool LoadChat(const std::string& path, v1::ChatPrompt* chat, std::string* error)
 const char* FinishReasonName(v1::FinishReason r);
 // {"ids", "text", "finish_reason", "stats": {...}}: exactly `specd generate --json`.
 nlohmann::json ResultJson(const std::vector<int32_t>& ids, const std::string& text, v1::FinishReason reason,
-                          const v1::SpecStats& stats);
+                          const v1::SpeculativeStats& stats);
 
 }  // namespace specd::client

@@ -1,7 +1,7 @@
 // Sampled token choice on the device: the processed distribution (temperature, top-k, top-p,
 // min-p), the draw (inverse CDF or coupled Gumbel argmax) and the rejection rule of a verify
 // row, so a sampled step copies two ints per row to the host instead of [rows, V] fp32 logits
-// and the host's fp64 softmax + full sort (spec/sampling.cpp ChooseRow is the reference).
+// and the host's fp64 softmax + full sort (speculative/sampling.cpp ChooseRow is the reference).
 //
 // Per row, with the row split over `used` chunks (grid used x R, as the argmax):
 //   1. ArgmaxRows: the row's maximum m (its argmax is a greedy row's token), saved aside

@@ -1,4 +1,4 @@
-// `specd generate`: offline generation with optional speculation (DESIGN.md §7).
+// `specd generate`: offline generation with optional speculation (docs/server.md).
 #include "server/cli_generate.h"
 
 #include <cstdio>
@@ -7,7 +7,7 @@
 
 #include "qwen35/model.h"
 #include "server/cli_text.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 
 namespace specd::cli {
 
@@ -15,9 +15,7 @@ Status RunGenerate(const GenerateArgs& a) {
   if (a.prompt.empty() == a.prompt_ids.empty()) return InvalidArgument("give exactly one of --prompt or --prompt-ids");
   std::string drafter = a.drafter;
   if (drafter.empty()) drafter = a.draft.empty() ? "none" : "draft";
-  if (drafter != "none" && drafter != "ngram" && drafter != "draft") {
-    return InvalidArgument("unknown drafter '{}' (expected none, ngram or draft)", drafter);
-  }
+  SPECD_RETURN_IF_ERROR(CheckDrafterName(drafter));
   if (drafter == "draft" && a.draft.empty()) return InvalidArgument("--drafter draft needs --draft DIR");
   SamplingParams sp;
   sp.temperature = a.temperature;
@@ -31,7 +29,7 @@ Status RunGenerate(const GenerateArgs& a) {
     return InvalidArgument("unknown sampling mode '{}' (expected rejection or coupled)", a.sampling_mode);
   }
   SPECD_RETURN_IF_ERROR(ValidateSampling(sp));
-  if (a.k < 0 || a.k > 16) return InvalidArgument("--k must be in [0, 16] (got {})", a.k);
+  if (a.k < 0 || a.k > kMaxDraftTokens) return InvalidArgument("--k must be in [0, {}] (got {})", kMaxDraftTokens, a.k);
 
   SPECD_ASSIGN_OR_RETURN(auto backend, MakeBackend(a.device));
   SPECD_ASSIGN_OR_RETURN(auto target, Qwen35Model::Load(a.model, backend.get()));
@@ -42,21 +40,18 @@ Status RunGenerate(const GenerateArgs& a) {
   } else {
     SPECD_ASSIGN_OR_RETURN(prompt, text->Encode(a.prompt));
   }
-  const int64_t max_ctx = static_cast<int64_t>(prompt.size()) + a.max_tokens + 17;
+  const int64_t max_ctx = static_cast<int64_t>(prompt.size()) + a.max_tokens + kMaxVerifySpan;
   std::unique_ptr<Qwen35Model> draft_model;
-  std::unique_ptr<Drafter> d;
-  if (drafter == "ngram") {
-    d = MakeNgramDrafter();
-  } else if (drafter == "draft") {
+  if (drafter == "draft") {
     SPECD_ASSIGN_OR_RETURN(draft_model, Qwen35Model::Load(a.draft, backend.get()));
-    SPECD_ASSIGN_OR_RETURN(d, MakeDraftModelDrafter(draft_model.get(), target->config().vocab_size, 1,
-                                                    max_ctx, a.k));
   }
+  SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d,
+                         MakeDrafter(drafter, draft_model.get(), target->config().vocab_size, 1, max_ctx, a.k));
   EngineOptions eo;
   eo.max_seqs = 1;
   eo.max_ctx = max_ctx;
   eo.default_k = d ? a.k : 0;
-  SPECD_ASSIGN_OR_RETURN(auto engine, SpecEngine::Create(target.get(), std::move(d), eo));
+  SPECD_ASSIGN_OR_RETURN(auto engine, SpeculativeEngine::Create(target.get(), std::move(d), eo));
   GenerationRequest req;
   req.prompt = prompt;
   req.sampling = sp;
@@ -79,7 +74,7 @@ Status RunGenerate(const GenerateArgs& a) {
     }
   }
   const auto& ids = engine->Generated(id);
-  const SpecStats& st = engine->Stats(id);
+  const SpeculativeStats& st = engine->Stats(id);
   if (a.json) {
     nlohmann::json j;
     j["ids"] = ids;

@@ -1,7 +1,7 @@
 // `specd logits`: logits of a prompt, optionally as prefill + ONE cached multi-token forward.
 #include "server/cli_logits.h"
 
-#include "model/safetensors.h"
+#include "checkpoint/safetensors.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 

@@ -1,4 +1,4 @@
-// `specd tokenize` (DESIGN.md §7): encode texts with a tokenizer.json and decode them back.
+// `specd tokenize` (docs/server.md): encode texts with a tokenizer.json and decode them back.
 #include "server/cli_tokenize.h"
 
 #include <cstdio>

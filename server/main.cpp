@@ -1,4 +1,4 @@
-// specd: the CLI entry point (DESIGN.md §7).
+// specd: the CLI entry point (docs/server.md).
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 

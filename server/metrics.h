@@ -1,5 +1,5 @@
 // Prometheus metrics of the daemon (text exposition format 0.0.4), with vLLM-compatible
-// speculative-decoding names under the `specd:` prefix (DESIGN.md §6). Updated by the
+// speculative-decoding names under the `specd:` prefix (docs/server.md). Updated by the
 // scheduler thread and the gRPC threads, rendered by the HTTP thread: one mutex, low traffic.
 #pragma once
 

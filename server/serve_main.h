@@ -1,5 +1,5 @@
-// `specd serve`: loads the models, starts the scheduler, the gRPC server and /metrics, and
-// runs until SIGTERM/SIGINT, then drains (DESIGN.md §6, §7).
+// `specd serve`: loads the models, starts the batcher, the gRPC server and /metrics, and
+// runs until SIGTERM/SIGINT, then drains (docs/server.md).
 #pragma once
 
 #include "server/serve_options.h"

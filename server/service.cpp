@@ -66,9 +66,10 @@ grpc::ServerUnaryReactor* SpecdService::Unary(grpc::CallbackServerContext* ctx, 
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* SpecdService::Generate(grpc::CallbackServerContext* ctx,
                                                                    const grpc::ByteBuffer* raw) {
-  Scheduler* sched = scheduler_;
-  auto* call = new GenerateCall(ctx, [sched] { sched->Wake(); });
-  CallRef ref(call);  // the service's reference, handed to the scheduler on success
+  Batcher* batcher = batcher_;
+  auto* call = new GenerateCall(ctx, [batcher] { batcher->Wake(); });
+  // The service's reference, handed to the batcher (inside the sink) on success.
+  std::unique_ptr<RequestSink> sink = std::make_unique<GrpcSink>(CallRef(call));
   v1::GenerateRequest req;
   grpc::Status st = Authorize(ctx);
   if (st.ok()) st = Parse(raw, &req);
@@ -78,7 +79,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* SpecdService::Generate(grpc::Callbac
     return call;
   }
   auto prepared = PrepareGenerate(req, limits_, *text_);
-  st = prepared.ok() ? scheduler_->Submit(std::move(*prepared), ref) : ToGrpc(prepared.status());
+  st = ToGrpc(prepared.ok() ? batcher_->Submit(std::move(*prepared), sink) : prepared.status());
   if (!st.ok()) {
     metrics_->RequestFailed(GrpcCodeName(st.error_code()));
     spdlog::info("request {} rejected: {} ({})", req.request_id().empty() ? "-" : req.request_id(),
@@ -117,7 +118,7 @@ grpc::ServerUnaryReactor* SpecdService::GetModelInfo(grpc::CallbackServerContext
 
 grpc::Status SpecdService::DoAbort(const v1::AbortRequest& req, v1::AbortResponse* resp) {
   if (req.request_id().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty"};
-  resp->set_found(scheduler_->Abort(req.request_id()));
+  resp->set_found(batcher_->Abort(req.request_id()));
   return grpc::Status::OK;
 }
 

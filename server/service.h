@@ -1,11 +1,12 @@
 // The specd.v1.Specd service on gRPC's callback API: no thread per request. Generate validates
-// on the receiving thread and hands the stream to the scheduler; the small unary calls answer
+// on the receiving thread and hands the stream to the batcher; the small unary calls answer
 // inline.
 #pragma once
 
+#include "server/batcher.h"
 #include "server/cli_text.h"
+#include "server/grpc_sink.h"
 #include "server/metrics.h"
-#include "server/scheduler.h"
 #include "server/validate.h"
 #include "specd/v1/specd.grpc.pb.h"
 
@@ -22,9 +23,9 @@ class SpecdService final : public RawSpecdService {
  public:
   // api_key: empty = no authentication; else every RPC of this service must carry the metadata
   // `authorization: Bearer <api_key>` (UNAUTHENTICATED otherwise).
-  SpecdService(Scheduler* scheduler, const cli::TextCodec* text, Metrics* metrics, ServeLimits limits,
+  SpecdService(Batcher* batcher, const cli::TextCodec* text, Metrics* metrics, ServeLimits limits,
                v1::ModelInfo info, std::string api_key = {})
-      : scheduler_(scheduler),
+      : batcher_(batcher),
         text_(text),
         metrics_(metrics),
         limits_(std::move(limits)),
@@ -53,7 +54,7 @@ class SpecdService final : public RawSpecdService {
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw,
                                   grpc::ByteBuffer* out, F handle);
 
-  Scheduler* scheduler_;
+  Batcher* batcher_;
   const cli::TextCodec* text_;
   Metrics* metrics_;
   const ServeLimits limits_;

@@ -138,9 +138,7 @@ StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const Se
   const v1::SpeculationParams& sp = r.speculation();
   if (sp.has_drafter()) {
     const std::string& d = sp.drafter();
-    if (d != "none" && d != "ngram" && d != "draft") {
-      return InvalidArgument("unknown drafter '{}' (expected none, ngram or draft)", d);
-    }
+    SPECD_RETURN_IF_ERROR(CheckDrafterName(d));
     if (d != "none" && d != lim.drafter) {
       return InvalidArgument("this server runs drafter '{}'; a request may ask for '{}' or 'none'", lim.drafter,
                              lim.drafter);

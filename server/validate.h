@@ -7,7 +7,8 @@
 #include <string>
 
 #include "server/cli_text.h"
-#include "spec/engine.h"
+#include "server/prepared_request.h"
+#include "speculative/engine.h"
 #include "specd/v1/specd.pb.h"
 
 namespace specd::serve {
@@ -17,12 +18,6 @@ struct ServeLimits {
   int64_t max_context = 0;  // prompt + max_tokens must fit
   int max_k = 16;
   std::string drafter;  // the server's: none | ngram | draft
-};
-
-struct PreparedRequest {
-  std::string request_id;  // as sent; the service assigns one when empty
-  GenerationRequest gen;
-  cli::TextStreamOptions text;
 };
 
 // Defaults when a field is unset (proto3 optional): max_tokens 16, temperature 0 (greedy),

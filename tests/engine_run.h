@@ -1,4 +1,4 @@
-// Runs a SpecEngine over requests to completion, with the backend's token choice or the host path:
+// Runs a SpeculativeEngine over requests to completion, with the backend's token choice or the host path:
 // shared by the CPU and GPU token-choice tests, which compare the two.
 #pragma once
 
@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "qwen35/model.h"
-#include "spec/drafter.h"
-#include "spec/engine.h"
+#include "speculative/drafter.h"
+#include "speculative/engine.h"
 
 namespace specd::testing {
 
@@ -32,7 +32,7 @@ inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_t
   std::unique_ptr<Drafter> d;
   if (drafter == "ngram") d = MakeNgramDrafter();
   if (drafter == "near") d = std::move(MakeDraftModelDrafter(near, 512, 8, 512, 16)).value();
-  auto e = std::move(SpecEngine::Create(target, std::move(d), o)).value();
+  auto e = std::move(SpeculativeEngine::Create(target, std::move(d), o)).value();
   std::vector<int> ids;
   for (const auto& r : reqs) ids.push_back(*e->Add(r));
   while (e->HasWork()) {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "model/safetensors.h"
+#include "checkpoint/safetensors.h"
 #include "qwen35/model.h"
 
 namespace specd::testing {

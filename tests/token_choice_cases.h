@@ -1,4 +1,4 @@
-// Logits rows that exercise every rule of the host argmax (spec/sampling.cpp ArgmaxF), shared
+// Logits rows that exercise every rule of the host argmax (speculative/sampling.cpp ArgmaxF), shared
 // by the CPU unit tests and the GPU tests of the token-choice ops.
 #pragma once
 

@@ -480,7 +480,7 @@ class ModelDrafter:
 
 
 class NgramDrafter:
-    """Prompt lookup exactly as engine/spec/ngram_drafter.cpp (max_n 4, min_n 1); one-hot proposals."""
+    """Prompt lookup exactly as engine/speculative/ngram_drafter.cpp (max_n 4, min_n 1); one-hot proposals."""
 
     def __init__(self, max_n=4, min_n=1):
         self.max_n, self.min_n = max_n, min_n
@@ -513,7 +513,7 @@ def pad_batch(seqs, device):
 def spec_decode(target, drafter, prompts, new_tokens, k, temp, seed, device):
     """The standard speculative loop (greedy: accept while the target's argmax agrees; sampling:
     accept with min(1, p/q), resample the residual on rejection, bonus token when all pass), with
-    full re-forwards. Per step k_eff = min(k, remaining - 1) as engine/spec/engine.cpp does."""
+    full re-forwards. Per step k_eff = min(k, remaining - 1) as engine/speculative/engine.cpp does."""
     gen = torch.Generator().manual_seed(seed)
     ctxs = [list(p) for p in prompts]
     ends = [len(p) + new_tokens for p in prompts]

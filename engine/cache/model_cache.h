@@ -1,7 +1,7 @@
 // Per-sequence cache slots of one model: KV rows for attention layers, conv window + recurrent
 // state for GDN layers, and the speculative scratch (verify log, rollback checkpoint).
 //
-// Rollback design (DESIGN.md §3, "replay"): a verify forward (StateMode::kLog) reads the slot's
+// Rollback design (docs/DESIGN-NOTES.md, "Verify and rollback"): a verify forward (StateMode::kLog) reads the slot's
 // state but writes none of it; it logs, per token and GDN layer, the raw conv row and the
 // (k, v, g, beta) of the delta rule. Commit(slot, keep) then replays exactly the accepted prefix
 // onto the untouched state with the same step decode uses. Drafts advance their state
@@ -13,8 +13,9 @@
 #include <utility>
 #include <vector>
 
-#include "model/config.h"
+#include "checkpoint/config.h"
 #include "runtime/backend.h"
+#include "specd/limits.h"
 
 namespace specd {
 
@@ -25,7 +26,7 @@ struct CacheOptions {
   // each attention layer. 0 blocks = enough for every slot at max_ctx (no slot ever waits).
   int kv_block_size = 16;
   int64_t kv_blocks = 0;
-  int log_capacity = 17;     // tokens one speculation step may log per slot (k + 1 for k <= 16)
+  int log_capacity = kMaxVerifySpan;  // tokens one speculation step may log per slot (k + 1)
   bool checkpoints = false;  // keep a rollback checkpoint per slot (draft models)
 };
 

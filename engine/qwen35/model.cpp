@@ -3,7 +3,7 @@
 #include <atomic>
 #include <utility>
 
-#include "model/safetensors.h"
+#include "checkpoint/safetensors.h"
 #include "qwen35/graph_padding.h"
 
 namespace specd {
@@ -112,7 +112,7 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
     SPECD_ASSIGN_OR_RETURN(out.logits, RunGraphOrOps(b, ids, logit_rows, cache, graphable));
   } catch (const std::bad_alloc&) {
     // Ops already issued may have changed the slots' state: the step's sequences are lost
-    // (SpecEngine fails them), the model and the other slots are fine.
+    // (SpeculativeEngine fails them), the model and the other slots are fine.
     be.ReleaseCachedMemory();
     return ResourceExhausted("{} memory exhausted during a forward of {} tokens", be.name(), b.num_tokens);
   }

@@ -9,10 +9,11 @@
 #include <vector>
 
 #include "cache/model_cache.h"
-#include "model/config.h"
+#include "checkpoint/config.h"
 #include "qwen35/graph_padding.h"
 #include "qwen35/weights.h"
 #include "runtime/backend.h"
+#include "specd/limits.h"
 
 namespace specd {
 
@@ -61,7 +62,7 @@ class Qwen35Model {
  private:
   Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be);
   // Spans of at most this many tokens (decode, verify, draft steps) run as captured graphs.
-  static constexpr int64_t kMaxGraphTokens = 17;
+  static constexpr int64_t kMaxGraphTokens = kMaxVerifySpan;
   std::string GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const;
   void AddDummySpans(const GraphPadding& plan, const ModelCache& cache, BatchInfo& b, std::vector<int32_t>& ids,
                      std::vector<int64_t>& logit_rows) const;

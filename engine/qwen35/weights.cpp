@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "model/safetensors.h"
+#include "checkpoint/safetensors.h"
 
 namespace specd {
 namespace {
@@ -24,7 +24,7 @@ class Loader {
     bytes_ += static_cast<int64_t>(t.nbytes());
     return t;
   }
-  // Fp32 parameters that stay fp32 on every backend (gate math is fp32, qwen35-model.md §13).
+  // Fp32 parameters that stay fp32 on every backend (gate math is fp32, docs/DESIGN-NOTES.md, the forward).
   StatusOr<Tensor> GetF32(const std::string& name, std::vector<int64_t> shape) {
     SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(prefix_ + name, shape));
     Tensor t = be_->Upload(v.data(), DType::kF32, shape, DType::kF32);

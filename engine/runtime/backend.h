@@ -191,7 +191,7 @@ class Backend {
   virtual void ReleaseCachedMemory() {}
   // Allocation failures so far (real and injected). An allocation that cannot be served throws
   // std::bad_alloc inside the backend; the engine turns it into ResourceExhausted at its
-  // boundary (Qwen35Model::Forward, SpecEngine, ModelCache::Create): no exception leaves it.
+  // boundary (Qwen35Model::Forward, SpeculativeEngine, ModelCache::Create): no exception leaves it.
   int64_t alloc_failures() const { return alloc_failures_; }
   // Testing: allocation number `after` + 1 from now on, and the `count` - 1 after it, fail as if
   // the device were full (--debug-fail-alloc).
@@ -271,7 +271,7 @@ class Backend {
   }
 
   // ---- token choice (so a step copies ids to the host, not [rows, V] logits) ----
-  // ids[r] = ArgmaxF(logits[r, :]) exactly (spec/sampling.h: the lowest id of the row's maximum;
+  // ids[r] = ArgmaxF(logits[r, :]) exactly (speculative/sampling.h: the lowest id of the row's maximum;
   // NaN never wins, except that a NaN at id 0 gives 0). logits fp32 [R, V]; ids I32 [R].
   virtual void ArgmaxRows(const Tensor& logits, Tensor& ids) = 0;
   // logits[r, ban[r, j]] = -inf for each ban[r, j] in [0, V), in place (the min_tokens mask);
@@ -280,7 +280,7 @@ class Backend {
   // Copies an I32 tensor to the host.
   virtual std::vector<int32_t> DownloadI32(const Tensor& t) = 0;
   // Token choice for every row of logits fp32 [R, V] per rows[r] (runtime/token_choice.h; the
-  // rule is spec/sampling.h ChooseRow): out I32 [R, 2] = (token, accept). The logits of sampled
+  // rule is speculative/sampling.h ChooseRow): out I32 [R, 2] = (token, accept). The logits of sampled
   // rows are replaced by their processed distribution p (greedy rows are left as they are).
   // q fp32 [Q, V]: the draft distributions that rows' q_row index (undefined when none does).
   virtual void ChooseTokens(Tensor& logits, const std::vector<TokenRowSpec>& rows, const Tensor& q,

@@ -7,7 +7,7 @@
 
 namespace specd {
 
-// What a span does to its slot's state (DESIGN.md §3, replay design):
+// What a span does to its slot's state (docs/DESIGN-NOTES.md, replay design):
 enum class StateMode : uint8_t {
   // Consume the tokens: conv window, recurrent state and KV length all advance.
   kUpdate,

@@ -5,7 +5,7 @@
 #include <stdexcept>
 
 #include "runtime/cpu_backend.h"
-#include "spec/sampling.h"
+#include "speculative/sampling.h"
 
 namespace specd {
 

@@ -1,4 +1,4 @@
-// What a backend's ChooseTokens does with one row of logits. The rule (spec/sampling.h,
+// What a backend's ChooseTokens does with one row of logits. The rule (speculative/sampling.h,
 // ChooseRow) is the host's: p = the processed distribution (temperature, top-k, top-p, min-p),
 // then one draw from p, or, for a verify row, the accept test of a draft and the draw that
 // replaces it. Draws come from the counter RNG (specd/counter_rng.h), so the CPU reference and

@@ -17,6 +17,7 @@ enum class StatusCode {
   kInvalidArgument = 3,
   kDeadlineExceeded = 4,
   kNotFound = 5,
+  kAlreadyExists = 6,
   kResourceExhausted = 8,
   kFailedPrecondition = 9,
   kOutOfRange = 11,
@@ -46,6 +47,14 @@ class [[nodiscard]] Status {
 template <typename... Args>
 Status InvalidArgument(fmt::format_string<Args...> f, Args&&... a) {
   return Status(StatusCode::kInvalidArgument, fmt::format(f, std::forward<Args>(a)...));
+}
+template <typename... Args>
+Status AlreadyExists(fmt::format_string<Args...> f, Args&&... a) {
+  return Status(StatusCode::kAlreadyExists, fmt::format(f, std::forward<Args>(a)...));
+}
+template <typename... Args>
+Status Unavailable(fmt::format_string<Args...> f, Args&&... a) {
+  return Status(StatusCode::kUnavailable, fmt::format(f, std::forward<Args>(a)...));
 }
 template <typename... Args>
 Status NotFound(fmt::format_string<Args...> f, Args&&... a) {

@@ -1,4 +1,4 @@
-"""CLI contract checks for `specd tokenize`, `specd generate` and `specd logits` (DESIGN.md §7).
+"""CLI contract checks for `specd tokenize`, `specd generate` and `specd logits` (docs/server.md).
 
 Usage: cli_test.py SPECD_BINARY SOURCE_DIR. Prints 'N passed, N failed' and exits non-zero on
 any failure. A build without the tokenizer fails the tokenize checks with a clear message.

@@ -8,7 +8,7 @@
 #include <random>
 
 #include "gpu_test_util.h"
-#include "model/presets.h"
+#include "checkpoint/presets.h"
 #include "runtime/backend.h"
 
 namespace specd::testing {

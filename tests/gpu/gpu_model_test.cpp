@@ -4,13 +4,13 @@
 #include <gtest/gtest.h>
 
 #include "gpu_test_util.h"
-#include "model/presets.h"
+#include "checkpoint/presets.h"
 #include <algorithm>
 #include <filesystem>
 #include <map>
 
-#include "model/safetensors.h"
-#include "spec/engine.h"
+#include "checkpoint/safetensors.h"
+#include "speculative/engine.h"
 
 namespace specd::testing {
 namespace {
@@ -196,7 +196,7 @@ std::vector<std::vector<int32_t>> RunEngine(const std::string& drafter, int k,
   o.max_seqs = 8;
   o.max_ctx = 512;
   o.default_k = k;
-  auto e = std::move(SpecEngine::Create(G().target.get(), std::move(d), o)).value();
+  auto e = std::move(SpeculativeEngine::Create(G().target.get(), std::move(d), o)).value();
   std::vector<int> ids;
   for (const auto& p : prompts) {
     GenerationRequest r;

@@ -1,5 +1,5 @@
 // Sampled token choice on the GPU (kernels/token_choice.cu) against the host rule
-// (spec/sampling.cpp ChooseRow, which the CPU backend's ChooseTokens runs):
+// (speculative/sampling.cpp ChooseRow, which the CPU backend's ChooseTokens runs):
 // - the processed distribution: the same support, entry for entry, and values to fp32 rounding,
 //   at the real vocabulary and small ones, with every filter and ties cut by the filters;
 // - the draws: the same (token, accept) as the host on thousands of rows (both use the same
@@ -13,8 +13,8 @@
 #include <cmath>
 
 #include "gpu_test_util.h"
-#include "spec/rng.h"
-#include "spec/sampling.h"
+#include "speculative/rng.h"
+#include "speculative/sampling.h"
 
 namespace specd::testing {
 namespace {

@@ -6,7 +6,7 @@
 
 #include "engine_run.h"
 #include "gpu_test_util.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 #include "token_choice_cases.h"
 
 namespace specd::testing {

@@ -11,7 +11,7 @@
 
 namespace specd::testing {
 
-// bf16 activations against the fp32 reference (DESIGN.md §4).
+// bf16 activations against the fp32 reference (docs/DESIGN-NOTES.md, numerics).
 constexpr double kBf16Tol = 2e-2;
 
 // The CUDA backend, or nullptr with the reason in *why.

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "runtime/backend.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 #include "test_util.h"
 
 namespace specd::testing {
@@ -60,14 +60,14 @@ TEST(DemoPair, GreedyIdsMatchTransformers) {
 
 TEST(DemoPair, GreedySpeculationWithTheDemoDraftEqualsPlainGreedy) {
   auto prompt = D().refs.Ids("prompt_ids");
-  auto run = [&](int k, bool draft, SpecStats* stats) {
+  auto run = [&](int k, bool draft, SpeculativeStats* stats) {
     EngineOptions o;
     o.max_seqs = 1;
     o.max_ctx = 512;
     o.default_k = k;
     std::unique_ptr<Drafter> d;
     if (draft) d = std::move(MakeDraftModelDrafter(D().draft.get(), D().target->config().vocab_size, 1, 512, 16)).value();
-    auto e = std::move(SpecEngine::Create(D().target.get(), std::move(d), o)).value();
+    auto e = std::move(SpeculativeEngine::Create(D().target.get(), std::move(d), o)).value();
     GenerationRequest r;
     r.prompt = prompt;
     r.max_tokens = 48;
@@ -81,7 +81,7 @@ TEST(DemoPair, GreedySpeculationWithTheDemoDraftEqualsPlainGreedy) {
   auto want = D().refs.Ids("greedy_ids");
   EXPECT_EQ(std::vector<int32_t>(plain.begin(), plain.begin() + want.size()), want);
   for (int k : {1, 2, 4, 8}) {
-    SpecStats st;
+    SpeculativeStats st;
     EXPECT_EQ(run(k, true, &st), plain) << "k=" << k;
     // A trained draft agrees with its target a good part of the time (the random fixture
     // drafts do not): the figures the README quotes come from here and bench/demo_bench.py.

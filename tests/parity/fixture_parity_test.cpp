@@ -1,4 +1,4 @@
-// Every fixture case against HF transformers' logits (qwen35-model.md; DESIGN.md §4): uncached,
+// Every fixture case against HF transformers' logits (docs/DESIGN-NOTES.md, numerics): uncached,
 // prefill + ONE cached multi-token forward, token-by-token decode, the long prompt crossing GDN
 // chunks, greedy ids, and the KV cache contents. Tolerance: relative L2 error per row <= 1e-4.
 #include <gtest/gtest.h>

@@ -51,7 +51,7 @@ TEST(Qwen35, FullVocabularyMatchesHf) {
   const auto ref = testing::ReadJson(std::string(dir) + "/ref.json");
   ASSERT_TRUE(ref["full"].get<bool>());
   CheckAgainstReference(**tok, ref);
-  // Ids as published for Qwen3.5 (docs: qwen35-model.md §10).
+  // Ids as published for Qwen3.5 (HF config of Qwen3.5).
   EXPECT_EQ((*tok)->vocab_size(), 248077);
   EXPECT_EQ((*tok)->TokenToId("<|endoftext|>"), 248044);
   EXPECT_EQ((*tok)->TokenToId("<|im_start|>"), 248045);

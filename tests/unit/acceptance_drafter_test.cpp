@@ -6,9 +6,9 @@
 
 #include <cmath>
 
-#include "spec/acceptance_drafter.h"
-#include "spec/engine.h"
-#include "spec/rng.h"
+#include "speculative/acceptance_drafter.h"
+#include "speculative/engine.h"
+#include "speculative/rng.h"
 #include "test_util.h"
 
 namespace specd::testing {
@@ -24,7 +24,7 @@ std::unique_ptr<AcceptanceDrafter> Make(std::vector<std::vector<int32_t>> refs, 
 // Greedy verification against a known continuation, without a model: keep the leading drafts
 // that equal the reference, then append the reference's next token (correction or bonus).
 struct Sim {
-  SpecStats stats;
+  SpeculativeStats stats;
   int64_t trials = 0, successes = 0;  // drafts the verifier looked at, and kept
 };
 
@@ -174,7 +174,7 @@ std::vector<int32_t> PlainGreedy(const std::vector<int32_t>& prompt, int n) {
 
 struct EngineRun {
   std::vector<std::vector<int32_t>> outputs;
-  SpecStats stats;
+  SpeculativeStats stats;
   int64_t trials = 0;
   double alpha = 0;
   int diverged = 0;
@@ -194,7 +194,7 @@ EngineRun RunEngine(const std::vector<std::vector<int32_t>>& prompts, const std:
   o.max_seqs = static_cast<int>(prompts.size());
   o.max_ctx = 512;
   o.default_k = k;
-  auto e = std::move(SpecEngine::Create(T().m.get(), std::move(d), o)).value();
+  auto e = std::move(SpeculativeEngine::Create(T().m.get(), std::move(d), o)).value();
   std::vector<int> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerationRequest r;

@@ -1,7 +1,7 @@
-// ModelConfig parsing (qwen35-model.md §1): both layouts of the fixture configs, rope_parameters
+// ModelConfig parsing (docs/DESIGN-NOTES.md, the forward): both layouts of the fixture configs, rope_parameters
 // precedence, derived layer_types, tied embeddings at the top level of the nested layout, eos as
 // int or list, MoE keys, defaults, and one clear InvalidArgument per unsupported input.
-#include "model/config.h"
+#include "checkpoint/config.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-// Gated DeltaNet ops on the CPU (qwen35-model.md §5, §6): the chunked form against the recurrence,
+// Gated DeltaNet ops on the CPU (docs/DESIGN-NOTES.md, the forward): the chunked form against the recurrence,
 // the backend op over a variable-length batch with value-head grouping, the conv window
 // invariant, and the verify log + commit. References are computed here in double precision
 // from the formulas of the spec, not with the code under test.

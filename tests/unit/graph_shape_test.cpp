@@ -6,7 +6,7 @@
 #include <algorithm>
 
 #include "runtime/backend.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 #include "test_util.h"
 
 namespace specd::testing {
@@ -121,10 +121,10 @@ TEST(AllocationFailure, EngineStepFailsWithResourceExhaustedAndANewEngineGenerat
     o.max_seqs = 4;
     o.max_ctx = 256;
     o.default_k = 3;
-    return std::move(SpecEngine::Create(m.get(), std::move(MakeDraftModelDrafter(draft.get(), 512, 4, 256, 16)).value(), o))
+    return std::move(SpeculativeEngine::Create(m.get(), std::move(MakeDraftModelDrafter(draft.get(), 512, 4, 256, 16)).value(), o))
         .value();
   };
-  auto run = [&](SpecEngine& e) {
+  auto run = [&](SpeculativeEngine& e) {
     std::vector<int> ids;
     for (int q = 0; q < 3; ++q) {
       GenerationRequest r;

@@ -1,7 +1,7 @@
 // Safetensors reader/writer: round trips, the real fixtures, sharded checkpoints, and one
 // deliberately broken file per validation rule. Broken files are built byte by byte here (not with
 // SaveSafetensors), so the reader is not only checked against its own writer.
-#include "model/safetensors.h"
+#include "checkpoint/safetensors.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>

@@ -7,8 +7,8 @@
 
 #include "engine_run.h"
 #include "runtime/backend.h"
-#include "spec/engine.h"
-#include "spec/verifier.h"
+#include "speculative/engine.h"
+#include "speculative/verifier.h"
 #include "test_util.h"
 #include "token_choice_cases.h"
 

@@ -1,4 +1,4 @@
-// Checkpoint → weights (qwen35-model.md §8): fused and per-expert MoE tensors, sharded checkpoints,
+// Checkpoint → weights (docs/DESIGN-NOTES.md, the forward): fused and per-expert MoE tensors, sharded checkpoints,
 // errors naming a missing or mis-shaped tensor, ignored mtp.* / model.visual.* tensors and tied
 // embeddings. Each variant is a rewritten copy of a fixture checkpoint made here, and must give
 // the logits of the original.
@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/safetensors.h"
+#include "checkpoint/safetensors.h"
 #include "runtime/backend.h"
 #include "test_util.h"
 

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "specd/limits.h"
+
 namespace specd::kernels {
 
 using bf16 = __nv_bfloat16;
@@ -173,6 +175,7 @@ cudaError_t GdnChunked(const float* q, const float* k, const float* v, const flo
 // Decode and verify spans (at most kGdnFusedMaxLen tokens each, none chunked) in one kernel:
 // GdnPrep + GdnLogWrite + GdnRecurrent, bitwise equal to running the three.
 constexpr int kGdnFusedMaxLen = 17;
+static_assert(kGdnFusedMaxLen >= kMaxVerifySpan, "a verify span must fit the fused GDN kernel");
 cudaError_t GdnFusedStep(const bf16* y, const bf16* braw, const bf16* araw, const float* a_log, const float* dt_bias,
                          const SeqMeta* seqs, int nseq, int max_len, int hk, int hv, int dk, int dv, float* state,
                          bf16* o, int64_t log_cap, float* log_k, float* log_v, float* log_g, float* log_beta,
@@ -243,7 +246,7 @@ cudaError_t MoeCombine(const int32_t* ids, const float* weights, const int32_t* 
                        const bf16* shared, const bf16* gate_logit, int64_t n, int k, int experts, int64_t h, bf16* out,
                        cudaStream_t s);
 
-// ---- token choice (sampling.cu) ----
+// ---- token choice (argmax_mask.cu) ----
 // ids[r] = the host's ArgmaxF of logits[r, 0..V) (lowest id of the maximum; NaN never wins
 // unless at id 0, then 0). scratch: R * ArgmaxSplits(R, V) uint64. R <= 65535, V < 2^31.
 int ArgmaxSplits(int64_t R, int64_t V);

@@ -2,7 +2,7 @@
 // the context and propose the tokens that followed its most recent earlier occurrence.
 #include <algorithm>
 
-#include "spec/drafter.h"
+#include "speculative/drafter.h"
 
 namespace specd {
 namespace {

@@ -13,7 +13,7 @@
 #include <memory>
 #include <vector>
 
-#include "spec/drafter.h"
+#include "speculative/drafter.h"
 
 namespace specd {
 

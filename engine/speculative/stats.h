@@ -6,7 +6,7 @@
 
 namespace specd {
 
-struct SpecStats {
+struct SpeculativeStats {
   int64_t draft_tokens = 0;     // drafts proposed
   int64_t accepted_tokens = 0;  // drafts kept by the verifier
   int64_t verify_steps = 0;     // target decode/verify forwards
@@ -38,7 +38,7 @@ struct SpecStats {
     }
     return r;
   }
-  void Merge(const SpecStats& o) {
+  void Merge(const SpeculativeStats& o) {
     draft_tokens += o.draft_tokens;
     accepted_tokens += o.accepted_tokens;
     verify_steps += o.verify_steps;

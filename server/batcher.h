@@ -1,7 +1,9 @@
-// The scheduler: one thread owns the SpecEngine and loops — take cancellations and aborts, admit
-// queued requests into free slots, run one batched speculative Step(), stream the new tokens.
-// Requests join and leave between steps (continuous batching); a cancelled or aborted request
-// is released before the next step, so its slot is free within one step.
+// The batcher: one thread owns the SpeculativeEngine and loops — take cancellations and aborts,
+// admit queued requests into free slots, run one batched speculative Step(), hand the new tokens
+// to each request's sink. Requests join and leave between steps (continuous batching); a
+// cancelled or aborted request is released before the next step, so its slot is free within
+// one step. No transport here: requests come with a RequestSink (server/request_sink.h), so the
+// gRPC service, the HTTP API and the unit tests drive the same code.
 #pragma once
 
 #include <condition_variable>
@@ -17,16 +19,16 @@
 #include <unordered_set>
 
 #include "server/cli_text.h"
-#include "server/generate_call.h"
 #include "server/metrics.h"
-#include "server/validate.h"
-#include "spec/engine.h"
+#include "server/prepared_request.h"
+#include "server/request_sink.h"
+#include "speculative/engine.h"
 
 namespace specd::serve {
 
-using EngineFactory = std::function<StatusOr<std::unique_ptr<SpecEngine>>()>;
+using EngineFactory = std::function<StatusOr<std::unique_ptr<SpeculativeEngine>>()>;
 
-struct SchedulerOptions {
+struct BatcherOptions {
   int max_batch = 16;
   int max_queue = 256;
   std::string drafter;  // for logs
@@ -36,19 +38,20 @@ struct SchedulerOptions {
   int64_t debug_fail_step = 0;
 };
 
-class Scheduler {
+class Batcher {
  public:
-  Scheduler(EngineFactory factory, const cli::TextCodec* text, Metrics* metrics, SchedulerOptions opt);
-  ~Scheduler();
+  Batcher(EngineFactory factory, const cli::TextCodec* text, Metrics* metrics, BatcherOptions opt);
+  ~Batcher();
 
   // Builds the engine and starts the thread.
   Status Start();
 
-  // From gRPC threads. OK: the scheduler took `call` and will close it. Otherwise the
-  // caller closes it with the returned status (UNAVAILABLE while draining, RESOURCE_EXHAUSTED
-  // when max_batch + max_queue requests are already in, ALREADY_EXISTS for a request_id that
-  // is in flight). An empty request_id is replaced by a server-assigned one.
-  grpc::Status Submit(PreparedRequest req, CallRef& call);
+  // From any thread. OK: the batcher took `sink` and will end the request through it.
+  // Otherwise `sink` stays with the caller, who reports the returned status (kUnavailable
+  // while draining, kResourceExhausted when max_batch + max_queue requests are already in,
+  // kAlreadyExists for a request_id that is in flight). An empty request_id is replaced by a
+  // server-assigned one (128 random bits).
+  Status Submit(PreparedRequest req, std::unique_ptr<RequestSink>& sink);
   // True if a queued or running request had this id; it ends with FINISH_REASON_ABORT.
   bool Abort(const std::string& request_id);
   // Wakes the loop (a call was cancelled).
@@ -56,14 +59,14 @@ class Scheduler {
 
   // Shutdown: refuse new requests; later cancel what is left; then stop the thread.
   void BeginDrain();
-  void CancelAll(const grpc::Status& status);
+  void CancelAll(const Status& status);
   bool Idle() const;
   void Stop();
 
  private:
   struct Entry {
     PreparedRequest req;
-    CallRef call;
+    std::unique_ptr<RequestSink> sink;
     size_t prompt_tokens = 0;
     bool admitted = false;  // left the queue: counts in running_
     int engine_id = -1;
@@ -71,7 +74,7 @@ class Scheduler {
     std::unique_ptr<cli::TextStream> text;
     std::chrono::steady_clock::time_point last_chunk;
     bool first_token_sent = false;
-    SpecStats last_stats;  // to turn the per-request stats into metric deltas
+    SpeculativeStats last_stats;  // to turn the per-request stats into metric deltas
   };
 
   std::string NewRequestId();  // under mu_
@@ -81,12 +84,11 @@ class Scheduler {
   void Admit();
   void RunStep();
   void Emit();
-  // The request ends with a final message (its last tokens, finish reason, usage, stats) and OK.
-  // Releases the engine sequence.
-  void EndWithMessage(Entry& e, v1::FinishReason reason, const std::string& stop_string,
-                      v1::GenerateResponse last);
+  // The request ends normally: its last tokens, then the outcome. Releases the engine sequence.
+  void EndWithOutcome(Entry& e, FinishReason reason, const std::string& stop_string, std::vector<int32_t> ids,
+                      std::string text);
   // The request ends with an error status. Releases the engine sequence, if any.
-  void EndWithStatus(Entry& e, const grpc::Status& st);
+  void EndWithStatus(Entry& e, const Status& st);
   void RecordSpecDelta(Entry& e);
   void Forget(const Entry& e);
   void PublishGauges();
@@ -94,10 +96,10 @@ class Scheduler {
   EngineFactory factory_;
   const cli::TextCodec* text_;
   Metrics* metrics_;
-  SchedulerOptions opt_;
+  BatcherOptions opt_;
 
-  std::unique_ptr<SpecEngine> engine_;  // scheduler thread only
-  std::vector<std::unique_ptr<Entry>> active_;  // scheduler thread only
+  std::unique_ptr<SpeculativeEngine> engine_;  // batcher thread only
+  std::vector<std::unique_ptr<Entry>> active_;  // batcher thread only
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -106,12 +108,12 @@ class Scheduler {
   std::unordered_set<std::string> aborts_;
   bool draining_ = false, stop_ = false, wake_ = false;
   bool cancel_all_ = false;
-  grpc::Status cancel_status_;
+  Status cancel_status_;
   int running_ = 0;  // requests out of the queue and not yet ended
   std::random_device random_;  // under mu_: server-assigned request ids
-  int64_t steps_ = 0;  // scheduler thread only
+  int64_t steps_ = 0;  // batcher thread only
   std::chrono::steady_clock::time_point last_memory_{};  // memory gauges last published
-  bool idle_ = true;  // scheduler thread only: nothing running or queued at the last publish
+  bool idle_ = true;  // batcher thread only: nothing running or queued at the last publish
   std::thread thread_;
 };
 

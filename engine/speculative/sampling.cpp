@@ -1,10 +1,10 @@
-#include "spec/sampling.h"
+#include "speculative/sampling.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
-#include "spec/rng.h"
+#include "speculative/rng.h"
 
 namespace specd {
 

@@ -1,4 +1,4 @@
-#include "model/config.h"
+#include "checkpoint/config.h"
 
 #include <filesystem>
 #include <fstream>
@@ -151,7 +151,7 @@ Status Validate(ModelConfig& c) {
   if (!(c.rope_theta > 0.0)) return InvalidArgument("rope_theta must be positive");
   if (!(c.rms_norm_eps > 0.0)) return InvalidArgument("rms_norm_eps must be positive");
   // Text-only positions make interleaved mRoPE identical to 1-D RoPE, whatever the sections are
-  // (qwen35-model.md §4), so mrope_section needs no further check here.
+  // (docs/DESIGN-NOTES.md, the forward), so mrope_section needs no further check here.
   if (c.is_moe) {
     SPECD_RETURN_IF_ERROR(pos(c.num_experts, "num_experts"));
     SPECD_RETURN_IF_ERROR(pos(c.num_experts_per_tok, "num_experts_per_tok"));

@@ -1,6 +1,6 @@
 // Token choice on the device, so a speculative step copies ids, not [rows, V] fp32 logits.
 //
-// Row argmax with the host rule exactly (spec/sampling.cpp ArgmaxF: a left-to-right scan with a
+// Row argmax with the host rule exactly (speculative/sampling.cpp ArgmaxF: a left-to-right scan with a
 // strict `>`): the lowest id of the row's maximum; NaN never wins, except that a NaN at id 0
 // makes every comparison false and ArgmaxF returns 0. Comparisons run on integer keys of the
 // float bits, not on floats: this file is built with --use_fast_math (flush-to-zero compares

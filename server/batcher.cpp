@@ -1,4 +1,4 @@
-#include "server/scheduler.h"
+#include "server/batcher.h"
 
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -8,8 +8,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "server/status_map.h"
-
 namespace specd::serve {
 namespace {
 
@@ -17,63 +15,31 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-v1::FinishReason ToProto(FinishReason r) {
-  switch (r) {
-    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kEos: return v1::FINISH_REASON_EOS;
-    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case FinishReason::kAborted: return v1::FINISH_REASON_ABORT;
-    case FinishReason::kNone: break;
-  }
-  return v1::FINISH_REASON_UNSPECIFIED;
-}
-
-const char* ReasonName(v1::FinishReason r) {
-  switch (r) {
-    case v1::FINISH_REASON_LENGTH: return "length";
-    case v1::FINISH_REASON_EOS: return "eos";
-    case v1::FINISH_REASON_STOP: return "stop";
-    case v1::FINISH_REASON_ABORT: return "abort";
-    default: return "none";
-  }
-}
-
-void FillStats(const SpecStats& s, v1::SpecStats* p) {
-  p->set_draft_tokens(static_cast<uint64_t>(s.draft_tokens));
-  p->set_accepted_tokens(static_cast<uint64_t>(s.accepted_tokens));
-  p->set_verify_steps(static_cast<uint64_t>(s.verify_steps));
-  p->set_acceptance_rate(s.acceptance_rate());
-  p->set_mean_acceptance_length(s.mean_acceptance_length());
-  for (double a : s.per_position_acceptance()) p->add_per_position_acceptance(a);
-  for (int64_t n : s.drafted_at) p->add_drafted_per_pos(static_cast<uint64_t>(n));
-  for (int64_t n : s.accepted_at) p->add_accepted_per_pos(static_cast<uint64_t>(n));
-}
-
 }  // namespace
 
-Scheduler::Scheduler(EngineFactory factory, const cli::TextCodec* text, Metrics* metrics, SchedulerOptions opt)
+Batcher::Batcher(EngineFactory factory, const cli::TextCodec* text, Metrics* metrics, BatcherOptions opt)
     : factory_(std::move(factory)), text_(text), metrics_(metrics), opt_(std::move(opt)) {}
 
-Scheduler::~Scheduler() { Stop(); }
+Batcher::~Batcher() { Stop(); }
 
-Status Scheduler::Start() {
+Status Batcher::Start() {
   SPECD_ASSIGN_OR_RETURN(engine_, factory_());
   thread_ = std::thread([this] { Loop(); });
   return Status::Ok();
 }
 
-std::string Scheduler::NewRequestId() {
+std::string Batcher::NewRequestId() {
   // std::random_device reads the kernel's CSPRNG (getrandom / /dev/urandom) on Linux.
   std::string id = "specd-";
   for (int i = 0; i < 4; ++i) id += fmt::format("{:08x}", static_cast<uint32_t>(random_()));
   return id;
 }
 
-grpc::Status Scheduler::Submit(PreparedRequest req, CallRef& call) {
+Status Batcher::Submit(PreparedRequest req, std::unique_ptr<RequestSink>& sink) {
   auto e = std::make_unique<Entry>();
   {
     std::lock_guard lk(mu_);
-    if (draining_ || stop_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
+    if (draining_ || stop_) return Unavailable("server is shutting down");
     if (req.request_id.empty()) {
       // Unguessable (128 random bits): a server-assigned id is what Abort takes, so another
       // client must not be able to name it. Sequential ids let anyone abort anyone's request.
@@ -81,27 +47,24 @@ grpc::Status Scheduler::Submit(PreparedRequest req, CallRef& call) {
         req.request_id = NewRequestId();
       } while (live_ids_.count(req.request_id));
     } else if (live_ids_.count(req.request_id)) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "request_id '" + req.request_id + "' is in flight");
+      return AlreadyExists("request_id '{}' is in flight", req.request_id);
     }
     const size_t capacity = static_cast<size_t>(opt_.max_batch) + static_cast<size_t>(opt_.max_queue);
     if (queue_.size() + static_cast<size_t>(running_) >= capacity) {
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "server is full: " + std::to_string(running_) + " running, " +
-                              std::to_string(queue_.size()) + " queued (--max-batch " +
-                              std::to_string(opt_.max_batch) + ", --max-queue " + std::to_string(opt_.max_queue) +
-                              ")");
+      return ResourceExhausted("server is full: {} running, {} queued (--max-batch {}, --max-queue {})", running_,
+                               queue_.size(), opt_.max_batch, opt_.max_queue);
     }
     live_ids_.insert(req.request_id);
     e->prompt_tokens = req.gen.prompt.size();
     e->req = std::move(req);
-    e->call = std::move(call);
+    e->sink = std::move(sink);
     queue_.push_back(std::move(e));
   }
   cv_.notify_one();
-  return grpc::Status::OK;
+  return Status::Ok();
 }
 
-bool Scheduler::Abort(const std::string& request_id) {
+bool Batcher::Abort(const std::string& request_id) {
   {
     std::lock_guard lk(mu_);
     if (!live_ids_.count(request_id)) return false;
@@ -111,7 +74,7 @@ bool Scheduler::Abort(const std::string& request_id) {
   return true;
 }
 
-void Scheduler::Wake() {
+void Batcher::Wake() {
   {
     std::lock_guard lk(mu_);
     wake_ = true;
@@ -119,12 +82,12 @@ void Scheduler::Wake() {
   cv_.notify_one();
 }
 
-void Scheduler::BeginDrain() {
+void Batcher::BeginDrain() {
   std::lock_guard lk(mu_);
   draining_ = true;
 }
 
-void Scheduler::CancelAll(const grpc::Status& status) {
+void Batcher::CancelAll(const Status& status) {
   {
     std::lock_guard lk(mu_);
     cancel_all_ = true;
@@ -133,30 +96,37 @@ void Scheduler::CancelAll(const grpc::Status& status) {
   cv_.notify_one();
 }
 
-bool Scheduler::Idle() const {
+bool Batcher::Idle() const {
   std::lock_guard lk(mu_);
   return queue_.empty() && running_ == 0;
 }
 
-void Scheduler::Stop() {
+void Batcher::Stop() {
   {
     std::lock_guard lk(mu_);
-    if (stop_ && !thread_.joinable()) return;
     stop_ = true;
     draining_ = true;
   }
   cv_.notify_one();
   if (thread_.joinable()) thread_.join();
+  // The loop ends what it holds before it exits; a batcher that never started (Start failed or
+  // was not called) still answers what was queued.
+  std::deque<std::unique_ptr<Entry>> left;
+  {
+    std::lock_guard lk(mu_);
+    left.swap(queue_);
+  }
+  for (auto& e : left) EndWithStatus(*e, Unavailable("server is shutting down"));
 }
 
-void Scheduler::Forget(const Entry& e) {
+void Batcher::Forget(const Entry& e) {
   std::lock_guard lk(mu_);
   live_ids_.erase(e.req.request_id);
   aborts_.erase(e.req.request_id);
   if (e.admitted) --running_;
 }
 
-void Scheduler::Loop() {
+void Batcher::Loop() {
   for (;;) {
     std::unordered_set<std::string> aborts;
     bool cancel_all = false, stopping = false;
@@ -174,7 +144,7 @@ void Scheduler::Loop() {
     if (stopping) {
       {
         std::lock_guard lk(mu_);
-        if (!cancel_all_) cancel_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
+        if (!cancel_all_) cancel_status_ = Unavailable("server is shutting down");
       }
       cancel_all = true;
     }
@@ -197,14 +167,14 @@ void Scheduler::Loop() {
 
 // Queued requests that were cancelled, aborted or swept by CancelAll leave the queue now, so
 // their streams close without waiting for a slot.
-void Scheduler::DropQueued(const std::unordered_set<std::string>& aborts, bool cancel_all) {
+void Batcher::DropQueued(const std::unordered_set<std::string>& aborts, bool cancel_all) {
   std::vector<std::unique_ptr<Entry>> gone;
-  grpc::Status cancel_status;
+  Status cancel_status;
   {
     std::lock_guard lk(mu_);
     cancel_status = cancel_status_;
     for (auto it = queue_.begin(); it != queue_.end();) {
-      if (cancel_all || (*it)->call->cancelled() || aborts.count((*it)->req.request_id)) {
+      if (cancel_all || (*it)->sink->Cancelled() || aborts.count((*it)->req.request_id)) {
         gone.push_back(std::move(*it));
         it = queue_.erase(it);
       } else {
@@ -215,16 +185,16 @@ void Scheduler::DropQueued(const std::unordered_set<std::string>& aborts, bool c
   for (auto& e : gone) {
     if (cancel_all) {
       EndWithStatus(*e, cancel_status);
-    } else if (e->call->cancelled()) {
-      EndWithStatus(*e, e->call->CancelStatus());
+    } else if (auto c = e->sink->Cancelled()) {
+      EndWithStatus(*e, *c);
     } else {
-      EndWithMessage(*e, v1::FINISH_REASON_ABORT, "", {});
+      EndWithOutcome(*e, FinishReason::kAborted, "", {}, {});
     }
   }
 }
 
-void Scheduler::DropActive(const std::unordered_set<std::string>& aborts, bool cancel_all) {
-  grpc::Status cancel_status;
+void Batcher::DropActive(const std::unordered_set<std::string>& aborts, bool cancel_all) {
+  Status cancel_status;
   {
     std::lock_guard lk(mu_);
     cancel_status = cancel_status_;
@@ -233,10 +203,10 @@ void Scheduler::DropActive(const std::unordered_set<std::string>& aborts, bool c
     Entry& e = *active_[i];
     if (cancel_all) {
       EndWithStatus(e, cancel_status);
-    } else if (e.call->cancelled()) {
-      EndWithStatus(e, e.call->CancelStatus());
+    } else if (auto c = e.sink->Cancelled()) {
+      EndWithStatus(e, *c);
     } else if (aborts.count(e.req.request_id)) {
-      EndWithMessage(e, v1::FINISH_REASON_ABORT, "", {});
+      EndWithOutcome(e, FinishReason::kAborted, "", {}, {});
     } else {
       ++i;
       continue;
@@ -245,7 +215,7 @@ void Scheduler::DropActive(const std::unordered_set<std::string>& aborts, bool c
   }
 }
 
-void Scheduler::Admit() {
+void Batcher::Admit() {
   while (static_cast<int>(active_.size()) < opt_.max_batch) {
     std::unique_ptr<Entry> e;
     {
@@ -256,15 +226,15 @@ void Scheduler::Admit() {
       ++running_;  // counted as running from here on, so Submit's capacity check stays exact
     }
     e->admitted = true;
-    if (e->call->cancelled()) {
-      EndWithStatus(*e, e->call->CancelStatus());
+    if (auto c = e->sink->Cancelled()) {
+      EndWithStatus(*e, *c);
       continue;
     }
     if (!engine_) {  // a failed step could not rebuild the engine: try again now
       auto ne = factory_();
       if (!ne.ok()) {
         spdlog::error("engine unavailable: {}", ne.status().ToString());
-        EndWithStatus(*e, grpc::Status(grpc::StatusCode::UNAVAILABLE, "engine unavailable: " + ne.status().message()));
+        EndWithStatus(*e, Unavailable("engine unavailable: {}", ne.status().message()));
         continue;
       }
       engine_ = std::move(*ne);
@@ -280,7 +250,7 @@ void Scheduler::Admit() {
       break;
     }
     if (!id.ok()) {
-      EndWithStatus(*e, ToGrpc(id.status()));
+      EndWithStatus(*e, id.status());
       continue;
     }
     e->engine_id = *id;
@@ -291,7 +261,7 @@ void Scheduler::Admit() {
   }
 }
 
-void Scheduler::RunStep() {
+void Batcher::RunStep() {
   if (!engine_ || !engine_->HasWork()) return;
   const auto t0 = Clock::now();
   ++steps_;
@@ -319,8 +289,8 @@ void Scheduler::RunStep() {
                 active_.size());
   metrics_->StepFailed();
   const bool oom = st.code() == StatusCode::kResourceExhausted;
-  const grpc::Status failed(oom ? grpc::StatusCode::RESOURCE_EXHAUSTED : grpc::StatusCode::INTERNAL,
-                            "engine step failed: " + st.message());
+  const Status failed(oom ? StatusCode::kResourceExhausted : StatusCode::kInternal,
+                      "engine step failed: " + st.message());
   for (auto& e : active_) {
     e->engine_id = -1;  // not released: the engine is discarded whole
     EndWithStatus(*e, failed);
@@ -335,9 +305,9 @@ void Scheduler::RunStep() {
   }
 }
 
-void Scheduler::RecordSpecDelta(Entry& e) {
-  const SpecStats& cur = engine_->Stats(e.engine_id);
-  const SpecStats& last = e.last_stats;
+void Batcher::RecordSpecDelta(Entry& e) {
+  const SpeculativeStats& cur = engine_->Stats(e.engine_id);
+  const SpeculativeStats& last = e.last_stats;
   if (cur.verify_steps == last.verify_steps) return;
   auto at = [](const std::vector<int64_t>& v, size_t i) { return i < v.size() ? v[i] : 0; };
   std::vector<int64_t> per_pos(cur.accepted_at.size());
@@ -347,28 +317,27 @@ void Scheduler::RecordSpecDelta(Entry& e) {
   e.last_stats = cur;
 }
 
-void Scheduler::Emit() {
+void Batcher::Emit() {
   if (!engine_) return;
   const auto now = Clock::now();
   for (size_t i = 0; i < active_.size();) {
     Entry& e = *active_[i];
     const std::vector<int32_t>& gen = engine_->Generated(e.engine_id);
-    v1::GenerateResponse delta;
-    size_t n = 0;
+    std::vector<int32_t> ids;
     bool stopped = false;
     std::string text;
-    for (size_t j = e.sent; j < gen.size() && !stopped; ++j, ++n) {
-      delta.add_token_ids(gen[j]);
+    for (size_t j = e.sent; j < gen.size() && !stopped; ++j) {
+      ids.push_back(gen[j]);
       text += e.text->Feed(gen[j]);
       stopped = e.text->stopped();
     }
-    delta.set_text(std::move(text));
+    const size_t n = ids.size();
     e.sent += n;
     RecordSpecDelta(e);
     if (n > 0) {
       metrics_->AddGenerationTokens(static_cast<int64_t>(n));
       if (!e.first_token_sent) {
-        metrics_->ObserveTtft(Seconds(now - e.call->arrival()));
+        metrics_->ObserveTtft(Seconds(now - e.sink->arrival()));
         e.first_token_sent = true;
       } else {
         metrics_->ObserveItl(Seconds(now - e.last_chunk), static_cast<int64_t>(n));
@@ -377,15 +346,12 @@ void Scheduler::Emit() {
     }
     if (stopped) {
       const size_t idx = e.text->stop_index().value_or(0);
-      EndWithMessage(e, v1::FINISH_REASON_STOP, e.req.text.stop_strings.at(idx), std::move(delta));
+      EndWithOutcome(e, FinishReason::kStop, e.req.text.stop_strings.at(idx), std::move(ids), std::move(text));
     } else if (engine_->Finished(e.engine_id)) {
-      delta.mutable_text()->append(e.text->Finish());
-      EndWithMessage(e, ToProto(engine_->Reason(e.engine_id)), "", std::move(delta));
+      text += e.text->Finish();
+      EndWithOutcome(e, engine_->Reason(e.engine_id), "", std::move(ids), std::move(text));
     } else {
-      if (n > 0) {
-        delta.set_request_id(e.req.request_id);
-        e.call->Write(delta);
-      }
+      if (n > 0) e.sink->OnTokens(e.req.request_id, ids, std::move(text));
       ++i;
       continue;
     }
@@ -393,50 +359,48 @@ void Scheduler::Emit() {
   }
 }
 
-void Scheduler::EndWithMessage(Entry& e, v1::FinishReason reason, const std::string& stop_string,
-                               v1::GenerateResponse last) {
-  last.set_request_id(e.req.request_id);
-  last.set_finish_reason(reason);
-  last.set_stop_string(stop_string);
-  last.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(e.prompt_tokens));
-  last.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(e.sent));
-  SpecStats stats;
+void Batcher::EndWithOutcome(Entry& e, FinishReason reason, const std::string& stop_string,
+                             std::vector<int32_t> ids, std::string text) {
+  RequestOutcome out;
+  out.request_id = e.req.request_id;
+  out.reason = reason;
+  out.stop_string = stop_string;
+  out.prompt_tokens = e.prompt_tokens;
+  out.completion_tokens = e.sent;
   if (e.engine_id >= 0 && engine_) {
     RecordSpecDelta(e);
-    stats = engine_->Stats(e.engine_id);
+    out.stats = engine_->Stats(e.engine_id);
     engine_->Release(e.engine_id);
     e.engine_id = -1;
   }
-  FillStats(stats, last.mutable_stats());
   // Counted before the client can see the end, so that a scrape after it includes this request.
-  const double e2e = Seconds(Clock::now() - e.call->arrival());
-  metrics_->RequestFinished(ReasonName(reason), e2e);
-  e.call->Write(last);
-  e.call->Close(grpc::Status::OK);
+  const double e2e = Seconds(Clock::now() - e.sink->arrival());
+  metrics_->RequestFinished(FinishReasonName(reason), e2e);
+  e.sink->OnFinished(ids, std::move(text), out);
   spdlog::info("request {} finished: reason={} prompt_tokens={} completion_tokens={} acceptance={:.3f} "
                "mean_acceptance_length={:.2f} latency_ms={:.1f}",
-               e.req.request_id, ReasonName(reason), e.prompt_tokens, e.sent, stats.acceptance_rate(),
-               stats.mean_acceptance_length(), e2e * 1e3);
+               e.req.request_id, FinishReasonName(reason), e.prompt_tokens, e.sent, out.stats.acceptance_rate(),
+               out.stats.mean_acceptance_length(), e2e * 1e3);
   Forget(e);
-  e.call.reset();
+  e.sink.reset();
 }
 
-void Scheduler::EndWithStatus(Entry& e, const grpc::Status& st) {
+void Batcher::EndWithStatus(Entry& e, const Status& st) {
   if (e.engine_id >= 0 && engine_) {
     RecordSpecDelta(e);
     engine_->Release(e.engine_id);
     e.engine_id = -1;
   }
-  metrics_->RequestFailed(GrpcCodeName(st.error_code()));
-  e.call->Close(st);
+  metrics_->RequestFailed(StatusCodeName(st.code()));
+  e.sink->OnFailed(st);
   spdlog::info("request {} failed: {} ({}) prompt_tokens={} completion_tokens={} latency_ms={:.1f}",
-               e.req.request_id, GrpcCodeName(st.error_code()), st.error_message(), e.prompt_tokens, e.sent,
-               Seconds(Clock::now() - e.call->arrival()) * 1e3);
+               e.req.request_id, StatusCodeName(st.code()), st.message(), e.prompt_tokens, e.sent,
+               Seconds(Clock::now() - e.sink->arrival()) * 1e3);
   Forget(e);
-  e.call.reset();
+  e.sink.reset();
 }
 
-void Scheduler::PublishGauges() {
+void Batcher::PublishGauges() {
   const int64_t running = static_cast<int64_t>(active_.size());
   const int64_t slots = engine_ ? engine_->slots_in_use() : 0;
   int64_t waiting;

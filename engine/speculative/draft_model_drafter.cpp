@@ -6,8 +6,8 @@
 #include <map>
 
 #include "qwen35/model.h"
-#include "spec/drafter.h"
-#include "spec/rng.h"
+#include "speculative/drafter.h"
+#include "speculative/rng.h"
 
 namespace specd {
 namespace {

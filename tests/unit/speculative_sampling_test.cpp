@@ -1,4 +1,4 @@
-// Speculative sampling is exact in distribution (DESIGN.md §3 invariant 3), and seeded output is
+// Speculative sampling is exact in distribution (docs/DESIGN-NOTES.md, "Verification and randomness"), and seeded output is
 // reproducible: coupled mode gives the plain-sampling output for every k, drafter and batch;
 // rejection mode is independent of batch composition.
 #include <gtest/gtest.h>
@@ -9,7 +9,7 @@
 #include <numeric>
 
 #include "runtime/backend.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 #include "test_util.h"
 
 namespace specd::testing {
@@ -80,7 +80,7 @@ SampleRun Sample(const std::vector<int32_t>& prompt, const std::string& drafter,
   std::unique_ptr<Drafter> d;
   if (drafter == "near") d = std::move(MakeDraftModelDrafter(F().near.get(), 512, 100, 64, 16)).value();
   if (drafter == "ngram") d = MakeNgramDrafter();
-  auto e = std::move(SpecEngine::Create(target, std::move(d), o)).value();
+  auto e = std::move(SpeculativeEngine::Create(target, std::move(d), o)).value();
   SampleRun r;
   for (int base = 0; base < n; base += 100) {
     std::vector<int> ids;
@@ -196,7 +196,7 @@ std::vector<int32_t> RunOne(const std::string& drafter, int k, SamplingMode mode
   std::unique_ptr<Drafter> d;
   if (drafter == "near") d = std::move(MakeDraftModelDrafter(F().near.get(), 512, 8, 256, 16)).value();
   if (drafter == "ngram") d = MakeNgramDrafter();
-  auto e = std::move(SpecEngine::Create(F().target.get(), std::move(d), o)).value();
+  auto e = std::move(SpeculativeEngine::Create(F().target.get(), std::move(d), o)).value();
   auto refs = LoadRefs("dense");
   auto lp = refs.Ids("long_prompt_ids");
   // Companions of different lengths and their own seeds, added before and after.
@@ -269,7 +269,7 @@ TEST(SeededOutput, RejectionModeCopiesInOneBatchEqualTheRequestAlone) {
     o.default_k = 7;
     const int64_t V = target->config().vocab_size;
     auto d = std::move(MakeDraftModelDrafter(draft.get(), V, 8, 256, 16)).value();
-    auto e = std::move(SpecEngine::Create(target.get(), std::move(d), o)).value();
+    auto e = std::move(SpeculativeEngine::Create(target.get(), std::move(d), o)).value();
     const std::vector<int32_t> p{300, 301, 302, 10, 45, 46};
     std::vector<int> ids;
     for (int c = 0; c < copies; ++c) {

@@ -1,4 +1,4 @@
-#include "model/presets.h"
+#include "checkpoint/presets.h"
 
 namespace specd {
 

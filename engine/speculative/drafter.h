@@ -4,9 +4,10 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
-#include "spec/sampling.h"
+#include "speculative/sampling.h"
 #include "util/status.h"
 
 namespace specd {
@@ -61,5 +62,12 @@ std::unique_ptr<Drafter> MakeNgramDrafter(const NgramOptions& opt = {});
 // A draft model with its own cache slots; vocab must equal the target's.
 StatusOr<std::unique_ptr<Drafter>> MakeDraftModelDrafter(Qwen35Model* draft, int64_t target_vocab,
                                                          int max_seqs, int64_t max_ctx, int max_k);
+
+// The drafters the daemon and the CLI offer, by name, in one place: "none" (plain decoding:
+// returns nullptr), "ngram" (prompt lookup), "draft" (the draft model `draft`, required).
+// kInvalidArgument for any other name.
+Status CheckDrafterName(std::string_view name);
+StatusOr<std::unique_ptr<Drafter>> MakeDrafter(std::string_view name, Qwen35Model* draft, int64_t target_vocab,
+                                               int max_seqs, int64_t max_ctx, int max_k);
 
 }  // namespace specd

@@ -1,4 +1,4 @@
-#include "spec/verifier.h"
+#include "speculative/verifier.h"
 
 namespace specd {
 
@@ -24,7 +24,7 @@ VerifyResult Verify(const VerifyInput& in) {
       }
       continue;
     }
-    // Rejection rule (spec/sampling.h): keep d_i or replace it with a residual draw.
+    // Rejection rule (speculative/sampling.h): keep d_i or replace it with a residual draw.
     const float* q = one_hot ? nullptr : (*in.draft_probs)[i].data();
     if (AcceptDraft(p, q, di, sp.seed, pos, i + 1)) continue;
     r.accepted = i;

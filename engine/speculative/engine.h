@@ -1,4 +1,4 @@
-// SpecEngine: continuous batching over the speculative step. Each Step() runs ONE target forward
+// SpeculativeEngine: continuous batching over the speculative step. Each Step() runs ONE target forward
 // over every active sequence — prefill chunks of new ones, and [t0, d1..dk] verify spans of
 // running ones — then verifies, commits the accepted prefix and rolls back the drafter.
 #pragma once
@@ -10,9 +10,10 @@
 
 #include "cache/model_cache.h"
 #include "qwen35/model.h"
-#include "spec/drafter.h"
-#include "spec/sampling.h"
-#include "spec/stats.h"
+#include "specd/limits.h"
+#include "speculative/drafter.h"
+#include "speculative/sampling.h"
+#include "speculative/stats.h"
 
 namespace specd {
 
@@ -34,7 +35,7 @@ struct EngineOptions {
   int max_seqs = 8;
   int64_t max_ctx = 4096;
   int default_k = 4;
-  int max_k = 16;
+  int max_k = kMaxDraftTokens;
   int64_t prefill_chunk = 512;        // prompt tokens per sequence per step
   int64_t max_prefill_tokens = 2048;  // prompt tokens per step, all sequences together
   // KV rows the target's paged pool holds for all sequences together (0: max_seqs x max_ctx,
@@ -51,10 +52,10 @@ struct EngineOptions {
   bool device_token_choice = true;
 };
 
-class SpecEngine {
+class SpeculativeEngine {
  public:
   // `drafter` may be null (plain decoding).
-  static StatusOr<std::unique_ptr<SpecEngine>> Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
+  static StatusOr<std::unique_ptr<SpeculativeEngine>> Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
                                                       const EngineOptions& opt);
 
   // Validates and queues a request; it starts prefilling at the next Step().
@@ -67,7 +68,7 @@ class SpecEngine {
   bool Finished(int id) const;
   FinishReason Reason(int id) const;
   const std::vector<int32_t>& Generated(int id) const;
-  const SpecStats& Stats(int id) const;
+  const SpeculativeStats& Stats(int id) const;
   // Forgets the sequence (aborting it if it still runs) and frees its slots.
   void Release(int id);
 
@@ -93,7 +94,7 @@ class SpecEngine {
     int64_t prefilled = 0;
     bool decoding = false;
     FinishReason reason = FinishReason::kNone;
-    SpecStats stats;
+    SpeculativeStats stats;
     double alpha = 0.6;  // running per-draft acceptance, for adaptive k
     int probe = 0;
     int64_t kv_reserved = 0;  // KV blocks reserved at admission, returned when it finishes
@@ -107,7 +108,7 @@ class SpecEngine {
     std::vector<float> all;           // every row, on the host path
     float* Row(size_t input, int64_t j, int64_t V) { return all.data() + (first[input] + j) * V; }
   };
-  SpecEngine() = default;
+  SpeculativeEngine() = default;
   Status RunStep();
   StatusOr<TokenRows> FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
                                      const std::vector<int64_t>& chunk_len, const std::vector<int>& decode_ids,

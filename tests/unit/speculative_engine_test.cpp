@@ -1,9 +1,9 @@
-// The speculative engine's invariants (DESIGN.md §3): greedy speculation == plain greedy for every
+// The speculative engine's invariants (docs/DESIGN-NOTES.md): greedy speculation == plain greedy for every
 // drafter and k, single and batched; stop handling; adaptive k; bad inputs.
 #include <gtest/gtest.h>
 
 #include "runtime/backend.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 #include "test_util.h"
 
 namespace specd::testing {
@@ -31,12 +31,12 @@ std::unique_ptr<Drafter> MakeDrafter(const std::string& kind, int max_seqs, int 
   return std::move(MakeDraftModelDrafter(d, 512, max_seqs, 512, max_k)).value();
 }
 
-std::unique_ptr<SpecEngine> MakeEngine(const std::string& drafter, int k, int max_seqs = 8) {
+std::unique_ptr<SpeculativeEngine> MakeEngine(const std::string& drafter, int k, int max_seqs = 8) {
   EngineOptions o;
   o.max_seqs = max_seqs;
   o.max_ctx = 512;
   o.default_k = k;
-  auto e = SpecEngine::Create(M().target.get(), MakeDrafter(drafter, max_seqs, 16), o);
+  auto e = SpeculativeEngine::Create(M().target.get(), MakeDrafter(drafter, max_seqs, 16), o);
   EXPECT_TRUE(e.ok()) << e.status().ToString();
   return std::move(e).value();
 }
@@ -56,7 +56,7 @@ std::vector<int32_t> ReferenceGreedy(const std::vector<int32_t>& prompt, int n) 
   return out;
 }
 
-std::vector<int32_t> RunToEnd(SpecEngine& e, int id) {
+std::vector<int32_t> RunToEnd(SpeculativeEngine& e, int id) {
   while (!e.Finished(id)) {
     auto st = e.Step();
     EXPECT_TRUE(st.ok()) << st.ToString();
@@ -115,7 +115,7 @@ INSTANTIATE_TEST_SUITE_P(DraftersAndK, GreedySpec,
                            return std::get<0>(info.param) + "_k" + std::to_string(std::get<1>(info.param));
                          });
 
-TEST(SpecEngine, PrefillTokenBudgetPerStepKeepsOutputsExact) {
+TEST(SpeculativeEngine, PrefillTokenBudgetPerStepKeepsOutputsExact) {
   // Prompts longer than the per-step budget are fed over several steps, several sequences
   // share the budget, and decoding sequences keep going meanwhile.
   auto refs = LoadRefs("dense");
@@ -125,7 +125,7 @@ TEST(SpecEngine, PrefillTokenBudgetPerStepKeepsOutputsExact) {
   o.default_k = 3;
   o.prefill_chunk = 5;
   o.max_prefill_tokens = 7;
-  auto e = std::move(SpecEngine::Create(M().target.get(), MakeDrafter("near", 8, 16), o)).value();
+  auto e = std::move(SpeculativeEngine::Create(M().target.get(), MakeDrafter("near", 8, 16), o)).value();
   const std::vector<std::vector<int32_t>> prompts = {p, {lp.begin(), lp.begin() + 23}, {p[0]}};
   std::vector<int> ids;
   for (const auto& pr : prompts) ids.push_back(*e->Add(Greedy(pr, 10)));
@@ -148,10 +148,10 @@ TEST(SpecEngine, PrefillTokenBudgetPerStepKeepsOutputsExact) {
   EXPECT_EQ(max_step, 7);  // the budget was the binding limit (chunks alone allow 5 + 5 + 1)
   for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(e->Generated(ids[i]), ReferenceGreedy(prompts[i], 10)) << i;
   o.max_prefill_tokens = 0;
-  EXPECT_EQ(SpecEngine::Create(M().target.get(), nullptr, o).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(SpeculativeEngine::Create(M().target.get(), nullptr, o).status().code(), StatusCode::kInvalidArgument);
 }
 
-TEST(SpecEngine, NearDraftIsOftenAcceptedSmallDraftRarely) {
+TEST(SpeculativeEngine, NearDraftIsOftenAcceptedSmallDraftRarely) {
   auto refs = LoadRefs("dense");
   auto run = [&](const std::string& d) {
     auto e = MakeEngine(d, 4);
@@ -164,7 +164,7 @@ TEST(SpecEngine, NearDraftIsOftenAcceptedSmallDraftRarely) {
   EXPECT_LT(small, near);
 }
 
-TEST(SpecEngine, StopTokenEosAndLength) {
+TEST(SpeculativeEngine, StopTokenEosAndLength) {
   auto refs = LoadRefs("dense");
   auto greedy = refs.Ids("greedy_ids");
   auto prompt = refs.Ids("prompt_ids");
@@ -183,7 +183,7 @@ TEST(SpecEngine, StopTokenEosAndLength) {
     o.max_ctx = 512;
     o.default_k = 3;
     o.eos_ids = {greedy[3]};
-    auto e = std::move(SpecEngine::Create(M().target.get(), MakeDrafter("near", 8, 16), o)).value();
+    auto e = std::move(SpeculativeEngine::Create(M().target.get(), MakeDrafter("near", 8, 16), o)).value();
     auto r = Greedy(prompt, 40);
     r.ignore_eos = false;
     const int id = *e->Add(r);
@@ -210,7 +210,7 @@ TEST(SpecEngine, StopTokenEosAndLength) {
   }
 }
 
-TEST(SpecEngine, AdaptiveKBacksOffWithAPoorDrafterAndStaysExact) {
+TEST(SpeculativeEngine, AdaptiveKBacksOffWithAPoorDrafterAndStaysExact) {
   auto refs = LoadRefs("dense");
   auto e = MakeEngine("small", 8);
   auto r = Greedy(refs.Ids("prompt_ids"), 40);
@@ -226,15 +226,15 @@ TEST(SpecEngine, AdaptiveKBacksOffWithAPoorDrafterAndStaysExact) {
 // max_tokens + k + 1) fit beside the admitted ones, otherwise Add says Unavailable and changes
 // nothing; finished requests return their blocks, which the next request reuses; a request that
 // could never fit is InvalidArgument. Outputs over the reused, scattered blocks equal plain greedy.
-TEST(SpecEngine, KvPoolAdmissionWaitsForBlocksAndReusesThem) {
+TEST(SpeculativeEngine, KvPoolAdmissionWaitsForBlocksAndReusesThem) {
   EngineOptions o;
   o.max_seqs = 4;
   o.max_ctx = 512;
   o.default_k = 3;
   o.kv_cache_tokens = 128;  // 8 blocks of 16 rows
-  auto made = SpecEngine::Create(M().target.get(), MakeDrafter("near", 4, 16), o);
+  auto made = SpeculativeEngine::Create(M().target.get(), MakeDrafter("near", 4, 16), o);
   ASSERT_TRUE(made.ok()) << made.status().ToString();
-  SpecEngine& e = **made;
+  SpeculativeEngine& e = **made;
   EXPECT_EQ(e.kv_blocks_total(), 8);
   auto ids = LoadRefs("dense").Ids("prompt_ids");
   auto req = [&](size_t from, int max_tokens) {
@@ -272,10 +272,10 @@ TEST(SpecEngine, KvPoolAdmissionWaitsForBlocksAndReusesThem) {
   EXPECT_EQ(out_c, ReferenceGreedy(prompt(10), 40));
   EXPECT_EQ(e.target_cache().kv_blocks_free(), 8);
   o.kv_cache_tokens = -1;
-  EXPECT_FALSE(SpecEngine::Create(M().target.get(), nullptr, o).ok());
+  EXPECT_FALSE(SpeculativeEngine::Create(M().target.get(), nullptr, o).ok());
 }
 
-TEST(SpecEngine, BadInputsGiveClearErrors) {
+TEST(SpeculativeEngine, BadInputsGiveClearErrors) {
   auto e = MakeEngine("ngram", 4);
   auto r = Greedy({}, 4);
   auto s = e->Add(r);
@@ -302,7 +302,7 @@ TEST(SpecEngine, BadInputsGiveClearErrors) {
 
   EngineOptions o;
   o.default_k = 20;
-  EXPECT_EQ(SpecEngine::Create(M().target.get(), nullptr, o).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(SpeculativeEngine::Create(M().target.get(), nullptr, o).status().code(), StatusCode::kInvalidArgument);
 
   // A draft model with another vocabulary is refused.
   ModelConfig c = M().small->config();

@@ -1,8 +1,8 @@
-#include "spec/acceptance_drafter.h"
+#include "speculative/acceptance_drafter.h"
 
 #include <algorithm>
 
-#include "spec/rng.h"
+#include "speculative/rng.h"
 
 namespace specd {
 

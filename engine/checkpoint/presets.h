@@ -1,10 +1,10 @@
-// Qwen3.5 text-model shapes of released checkpoints (qwen35-model.md §10), for benchmarks that
+// Qwen3.5 text-model shapes of released checkpoints (docs/DESIGN-NOTES.md, the forward), for benchmarks that
 // build random-weight models of real size without a checkpoint.
 #pragma once
 
 #include <string>
 
-#include "model/config.h"
+#include "checkpoint/config.h"
 
 namespace specd {
 

@@ -1,11 +1,11 @@
-// Rollback exactness (DESIGN.md §3 invariant 2): after every verify step the slot's GDN conv
+// Rollback exactness (docs/DESIGN-NOTES.md, "Verify and rollback"): after every verify step the slot's GDN conv
 // windows, recurrent states and KV rows equal those of a reference slot fed the accepted tokens
 // one at a time — for zero drafts, all rejected, all accepted and mixed steps; for the target and
 // for the draft model's own slot.
 #include <gtest/gtest.h>
 
 #include "runtime/backend.h"
-#include "spec/engine.h"
+#include "speculative/engine.h"
 #include "test_util.h"
 
 namespace specd::testing {
@@ -96,7 +96,7 @@ TEST(Rollback, EngineTargetAndDraftSlotsEqualTokenByTokenReferenceAfterEveryStep
   o.max_seqs = 1;
   o.max_ctx = 128;
   o.default_k = 4;
-  auto engine = std::move(SpecEngine::Create(
+  auto engine = std::move(SpeculativeEngine::Create(
       target.get(), std::move(MakeDraftModelDrafter(draft.get(), 512, 1, 128, 16)).value(), o)).value();
   GenerationRequest r;
   r.prompt = prompt;

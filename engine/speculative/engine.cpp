@@ -1,9 +1,9 @@
-#include "spec/engine.h"
+#include "speculative/engine.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "spec/verifier.h"
+#include "speculative/verifier.h"
 
 namespace specd {
 
@@ -18,15 +18,17 @@ const char* FinishReasonName(FinishReason r) {
   return "none";
 }
 
-StatusOr<std::unique_ptr<SpecEngine>> SpecEngine::Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
+StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
                                                          const EngineOptions& opt) {
-  if (opt.max_k < 0 || opt.max_k > 16) return InvalidArgument("max_k must be in [0, 16] (got {})", opt.max_k);
+  if (opt.max_k < 0 || opt.max_k > kMaxDraftTokens) {
+    return InvalidArgument("max_k must be in [0, {}] (got {})", kMaxDraftTokens, opt.max_k);
+  }
   if (opt.default_k < 0 || opt.default_k > opt.max_k) {
     return InvalidArgument("k must be in [0, {}] (got {})", opt.max_k, opt.default_k);
   }
   if (opt.prefill_chunk <= 0) return InvalidArgument("prefill chunk must be positive");
   if (opt.max_prefill_tokens <= 0) return InvalidArgument("max prefill tokens per step must be positive");
-  auto e = std::unique_ptr<SpecEngine>(new SpecEngine());
+  auto e = std::unique_ptr<SpeculativeEngine>(new SpeculativeEngine());
   e->target_ = target;
   e->drafter_ = std::move(drafter);
   e->opt_ = opt;
@@ -41,7 +43,7 @@ StatusOr<std::unique_ptr<SpecEngine>> SpecEngine::Create(Qwen35Model* target, st
   return e;
 }
 
-StatusOr<int> SpecEngine::Add(GenerationRequest req) {
+StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   const int64_t V = target_->config().vocab_size;
   if (req.prompt.empty()) return InvalidArgument("empty prompt");
   for (int32_t t : req.prompt) {
@@ -95,25 +97,25 @@ StatusOr<int> SpecEngine::Add(GenerationRequest req) {
   return id;
 }
 
-bool SpecEngine::HasWork() const {
+bool SpeculativeEngine::HasWork() const {
   for (const auto& [id, s] : seqs_) {
     if (s.reason == FinishReason::kNone) return true;
   }
   return false;
 }
 
-int SpecEngine::active() const {
+int SpeculativeEngine::active() const {
   int n = 0;
   for (const auto& [id, s] : seqs_) n += s.reason == FinishReason::kNone;
   return n;
 }
 
-bool SpecEngine::Finished(int id) const { return seqs_.at(id).reason != FinishReason::kNone; }
-FinishReason SpecEngine::Reason(int id) const { return seqs_.at(id).reason; }
-const std::vector<int32_t>& SpecEngine::Generated(int id) const { return seqs_.at(id).generated; }
-const SpecStats& SpecEngine::Stats(int id) const { return seqs_.at(id).stats; }
+bool SpeculativeEngine::Finished(int id) const { return seqs_.at(id).reason != FinishReason::kNone; }
+FinishReason SpeculativeEngine::Reason(int id) const { return seqs_.at(id).reason; }
+const std::vector<int32_t>& SpeculativeEngine::Generated(int id) const { return seqs_.at(id).generated; }
+const SpeculativeStats& SpeculativeEngine::Stats(int id) const { return seqs_.at(id).stats; }
 
-void SpecEngine::Finish(int id, Seq& s, FinishReason r) {
+void SpeculativeEngine::Finish(int id, Seq& s, FinishReason r) {
   s.reason = r;
   kv_reserved_ -= s.kv_reserved;
   s.kv_reserved = 0;
@@ -122,14 +124,14 @@ void SpecEngine::Finish(int id, Seq& s, FinishReason r) {
   if (drafter_) drafter_->RemoveSequence(id);
 }
 
-void SpecEngine::Release(int id) {
+void SpeculativeEngine::Release(int id) {
   auto it = seqs_.find(id);
   if (it == seqs_.end()) return;
   if (it->second.reason == FinishReason::kNone) Finish(id, it->second, FinishReason::kAborted);
   seqs_.erase(it);
 }
 
-int SpecEngine::ChooseK(Seq& s) const {
+int SpeculativeEngine::ChooseK(Seq& s) const {
   const int remaining = s.req.max_tokens - static_cast<int>(s.generated.size());
   // Never draft past the last token the request may emit, nor past the context.
   const int64_t room = opt_.max_ctx - static_cast<int64_t>(s.context.size());
@@ -152,7 +154,7 @@ int SpecEngine::ChooseK(Seq& s) const {
   return best;
 }
 
-std::vector<int32_t> SpecEngine::MaskedIds(const Seq& s, int64_t gen_index) const {
+std::vector<int32_t> SpeculativeEngine::MaskedIds(const Seq& s, int64_t gen_index) const {
   std::vector<int32_t> ids;
   if (gen_index >= s.req.min_tokens) return ids;
   if (!s.req.ignore_eos) {
@@ -164,11 +166,11 @@ std::vector<int32_t> SpecEngine::MaskedIds(const Seq& s, int64_t gen_index) cons
   return ids;
 }
 
-void SpecEngine::MaskForMinTokens(const Seq& s, int64_t gen_index, float* logits) const {
+void SpeculativeEngine::MaskForMinTokens(const Seq& s, int64_t gen_index, float* logits) const {
   for (int32_t e : MaskedIds(s, gen_index)) logits[e] = -INFINITY;
 }
 
-bool SpecEngine::Emit(Seq& s, int32_t tok) {
+bool SpeculativeEngine::Emit(Seq& s, int32_t tok) {
   s.generated.push_back(tok);
   s.context.push_back(tok);
   const int64_t n = static_cast<int64_t>(s.generated.size());
@@ -182,7 +184,7 @@ bool SpecEngine::Emit(Seq& s, int32_t tok) {
   return s.reason != FinishReason::kNone;
 }
 
-StatusOr<SpecEngine::TokenRows> SpecEngine::FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
+StatusOr<SpeculativeEngine::TokenRows> SpeculativeEngine::FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
                                                            const std::vector<int64_t>& chunk_len,
                                                            const std::vector<int>& decode_ids,
                                                            const std::vector<DraftProposal>& props) {
@@ -258,7 +260,7 @@ StatusOr<SpecEngine::TokenRows> SpecEngine::FetchTokenRows(ForwardOutput& fo, co
   return tr;
 }
 
-Status SpecEngine::Step() {
+Status SpeculativeEngine::Step() {
   // Backends signal a full device with std::bad_alloc; it ends here, as a status. What the step
   // had issued may have changed its sequences' state, so the caller fails them (the scheduler
   // rebuilds the engine); the backend has already given its cached memory back.
@@ -271,7 +273,7 @@ Status SpecEngine::Step() {
   }
 }
 
-Status SpecEngine::RunStep() {
+Status SpeculativeEngine::RunStep() {
   const int64_t V = target_->config().vocab_size;
   std::vector<int> prefill_ids, decode_ids;
   for (auto& [id, s] : seqs_) {

@@ -1,6 +1,6 @@
 // ModelConfig: the Qwen3.5 text-model hyper-parameters, parsed from a HF config.json in either
 // the text-only layout (qwen3_5_text / qwen3_5_moe_text) or the nested multimodal layout
-// (qwen3_5 / qwen3_5_moe with text_config). See docs/qwen35-model.md §1.
+// (qwen3_5 / qwen3_5_moe with text_config). See docs/DESIGN-NOTES.md, the forward.
 #pragma once
 
 #include <cstdint>

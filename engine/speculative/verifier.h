@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "spec/sampling.h"
+#include "speculative/sampling.h"
 
 namespace specd {
 
