@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/build.sh
+# The daemon and the client only: tests and benchmarks are test.sh's business.
+TARGETS="specd specd-client" bash scripts/build.sh
 
 work=$(mktemp -d)
 ./build/server/specd serve --host 127.0.0.1 --port 0 --metrics-port 0 --port-file "$work/ports.json" \
