@@ -1,7 +1,7 @@
 // Gated DeltaNet rule on the GPU at Qwen3.5-9B heads (Hk 16, Hv 32, dk = dv = 128), batch 1:
 //  (a) prefill: Backend::GatedDeltaRule over one T-token update span from a populated state
 //      (T = 512, the server's prefill chunk, and 8192), chunked vs token by token
-//      (SPECD_GDN_CHUNKED=0), median ms per call;
+//      (BackendOptions::gdn_chunked off), median ms per call;
 //  (b) decode / verify: the op's kernels (prep + log + recurrence, and the recurrence alone) at
 //      T = 9 (kLog) and T = 1 (kUpdate), per layer in µs: a CUDA graph of 50 calls, median over
 //      replays divided by 50, so launch gaps do not count.
@@ -231,10 +231,10 @@ int main() {
     std::fprintf(stderr, "%s\n", chunked.status().message().c_str());
     return 1;
   }
-  // The token-by-token path for comparison: the backend reads the switch when it is built.
-  setenv("SPECD_GDN_CHUNKED", "0", 1);
-  auto recurrent = MakeBackend("cuda");
-  unsetenv("SPECD_GDN_CHUNKED");
+  // The token-by-token path for comparison.
+  BackendOptions token_by_token;
+  token_by_token.gdn_chunked = false;
+  auto recurrent = MakeBackend("cuda", token_by_token);
   if (!recurrent.ok()) return 1;
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);

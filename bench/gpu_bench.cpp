@@ -108,11 +108,11 @@ std::string GemvTable(Backend& be, double copy_bw) {
       Tensor xr = be.Random(DType::kBF16, {rows, sh.k}, 1.f, 0.f, 97);
       Tensor yr = be.Alloc(f32 ? DType::kF32 : DType::kBF16, {rows, sh.m});
       for (int lt = 0; lt < 2; ++lt) {
-        be.SetKernelOption("skinny_wide", lt == 0);
+        ChangeOptions(be, [&](BackendOptions& o) { o.skinny_wide = lt == 0; });
         wide[i][lt] = GraphTimePerCall(be, fmt::format("gemm{}_{}_{}", rows, sh.m * sh.k, lt), 4 * copies,
                                        [&](int j) { be.Gemm(xr, ws[j % copies], yr); });
       }
-      be.SetKernelOption("skinny_wide", false);
+      ChangeOptions(be, [&](BackendOptions& o) { o.skinny_wide = false; });
     }
     t += fmt::format("| {} [{}x{}] | {:.1f} | {:.2f} | {:.0f} | {:.2f} |", sh.what, sh.m, sh.k, mb / 1e6, per[0] * 1e6,
                      mb / per[0] / 1e9, mb / per[0] / copy_bw);
@@ -272,9 +272,9 @@ std::string MoeTable(Backend& be, double copy_bw) {
       return Median(ts) * 1e6;
     };
     const double dev_us = op_by_op();
-    be.SetKernelOption("moe_device", false);
+    ChangeOptions(be, [&](BackendOptions& o) { o.moe_device = false; });
     const double host_us = op_by_op();
-    be.SetKernelOption("moe_device", true);
+    ChangeOptions(be, [&](BackendOptions& o) { o.moe_device = true; });
     t += fmt::format("| | {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.2f} |\n", N, experts, bytes / 1e6,
                      floor_us, graph_us, dev_us, host_us, graph_us / floor_us);
   }
@@ -291,7 +291,7 @@ int main() {
     return 1;
   }
   Backend& be = **bo;
-  be.SetGraphPolicy(128, 1);  // the timed graphs are captured where they are built
+  ChangeOptions(be, [&](BackendOptions& o) { o.graph_limit = 128; o.graph_capture_after = 1; });  // the timed graphs are captured where they are built
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const double bw = CopyBandwidth();
@@ -339,7 +339,7 @@ int main() {
     }
     const double d = Median(dec);
     // The same decode op by op (no graph), to show what the graph saves.
-    be.SetGraphsEnabled(false);
+    ChangeOptions(be, [&](BackendOptions& o) { o.cuda_graphs = false; });
     std::vector<double> dec_nograph;
     for (int i = 0; i < 20; ++i) {
       const double t0 = Now();
@@ -347,7 +347,7 @@ int main() {
       be.Synchronize();
       if (i >= 3) dec_nograph.push_back(Now() - t0);
     }
-    be.SetGraphsEnabled(true);
+    ChangeOptions(be, [&](BackendOptions& o) { o.cuda_graphs = true; });
     // And with graphs but without programmatic dependent launch of the projections.
     kernels::SetProgrammaticLaunch(false);
     be.DropGraphs(":");
@@ -403,7 +403,7 @@ int main() {
     profiles.push_back(fmt::format("### Qwen3.5-{} shapes: 10 decode steps, op by op\n\n{}", nine ? "9B" : "0.8B",
                                    be.ProfileReport()));
     be.SetProfiling(false);
-    be.SetGraphsEnabled(true);
+    ChangeOptions(be, [&](BackendOptions& o) { o.cuda_graphs = true; });
   }
   std::printf("\n");
   for (const auto& p : no_graph) std::printf("%s\n", p.c_str());

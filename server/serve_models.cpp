@@ -66,9 +66,11 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
                  "Python source and its 0.95M draft: plausible-looking Python, not a real model)",
                  m.model_dir);
   }
-  SPECD_ASSIGN_OR_RETURN(m.backend, MakeBackend(o.device));
-  if (o.batch_invariant) m.backend->SetKernelOption("skinny_wide", true);
-  m.backend->SetGraphPolicy(o.cuda_graph_limit, o.cuda_graph_capture_after);
+  BackendOptions bo;
+  bo.skinny_wide = o.batch_invariant;
+  bo.graph_limit = o.cuda_graph_limit;
+  bo.graph_capture_after = o.cuda_graph_capture_after;
+  SPECD_ASSIGN_OR_RETURN(m.backend, MakeBackend(o.device, bo));
   if (m.backend->device() == Device::kCuda) {
     // The bound on graph memory (docs/DESIGN-NOTES.md, CUDA graphs): a fixed number of
     // executables and one workspace sized by the largest captured batch (spans of at most

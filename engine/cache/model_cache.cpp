@@ -156,6 +156,9 @@ Status ModelCache::Commit(int slot, int keep) {
   const bool nothing_to_undo = m.has_checkpoint && keep == m.log_count;
   if (!nothing_to_undo) {
     if (!gdn_.empty()) backend_->GdnCommitLayers(gdn_, gdn_dims_, slot, keep, m.has_checkpoint);
+    // The replay is the rollback: if the backend failed it, the slot's state is not the
+    // accepted prefix's, and the step must fail rather than go on from a wrong state.
+    SPECD_RETURN_IF_ERROR(backend_->TakeError());
   }
   m.length = m.base_length + keep;
   // The rejected tail's rows had blocks of their own; those past the kept length go back.

@@ -15,11 +15,18 @@ int CudaDeviceCount() {
 #endif
 }
 
-StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device) {
-  if (device == "cpu") return MakeCpuBackend();
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, const BackendOptions& options) {
+  std::unique_ptr<Backend> be;
+  if (device == "cpu") {
+    be = MakeCpuBackend();
+    be->SetOptions(options);
+    return be;
+  }
   if (device == "cuda") {
 #ifdef SPECD_HAVE_CUDA
-    return MakeCudaBackend();
+    SPECD_ASSIGN_OR_RETURN(be, MakeCudaBackend());
+    be->SetOptions(options);
+    return be;
 #else
     return Unimplemented("this build of specd has no CUDA backend (configure with -DSPECD_CUDA=ON)");
 #endif

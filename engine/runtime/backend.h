@@ -74,6 +74,22 @@ struct MoeTensors {
   int top_k = 0;
 };
 
+// How a backend runs: one typed set of choices, given at creation (MakeBackend) and changed
+// only through SetOptions (A/B benchmarks, tests). No environment variables, no string names.
+// The CPU backend has no choices to make and ignores all of them.
+struct BackendOptions {
+  // CUDA graphs for decode / verify / draft forwards.
+  bool cuda_graphs = true;
+  int graph_limit = 128;        // executables kept at most, least recently replayed dropped first; 0 = none
+  int graph_capture_after = 2;  // a batch shape is captured once it has been seen this many times
+  // Kernel choices.
+  bool gdn_fused = true;            // decode/verify GDN spans in one kernel
+  bool gdn_chunked = true;          // chunked GDN prefill (off: token by token, for bisecting)
+  bool moe_device = true;           // MoE grouping and experts on the device (off: host lists)
+  bool skinny_wide = false;         // 17-64 row projections on the row-invariant form (off: cuBLASLt)
+  bool programmatic_launch = true;  // projections start before the kernel ahead of them ends
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -168,10 +184,6 @@ class Backend {
   virtual void AbortGraphCapture() {}
   // Forgets every graph whose key contains `needle` (a model or cache going away).
   virtual void DropGraphs(const std::string& needle) {}
-  virtual void SetGraphsEnabled(bool on) {}
-  // Graphs kept at most (least recently replayed dropped first; 0 = no graphs) and how many
-  // times a shape is seen before it is captured (1 = at once).
-  virtual void SetGraphPolicy(int limit, int capture_after) {}
   // Whether forwards should be padded to a few graph shapes (Qwen35Model::Forward): only where
   // graphs are captured; elsewhere padding is wasted work.
   virtual bool CapturesGraphs() const { return false; }
@@ -200,13 +212,13 @@ class Backend {
     inject_count_ = count;
   }
 
-  // Kernel choices a device backend offers for A/B runs and tests (no-ops elsewhere):
-  // "gdn_fused" (decode/verify GDN in one kernel), "gdn_chunked" (chunked prefill),
-  // "programmatic_launch" (projections start before the kernel ahead of them ends),
-  // "moe_device" (MoE grouping and experts on the device; off: per-expert lists on the host),
-  // "skinny_wide" (17-64 row projections on the row-invariant tensor-core form; off, the default:
-  // cuBLASLt).
-  virtual void SetKernelOption(const std::string& name, bool on) {}
+  // The options in force, and a change of them (lowering graph_limit drops the graphs kept;
+  // turning cuda_graphs off keeps them unused).
+  const BackendOptions& options() const { return options_; }
+  void SetOptions(const BackendOptions& o) {
+    options_ = o;
+    ApplyOptions();
+  }
   // Per-op device time (benchmarks): on = time every op with events (and run op by op);
   // the report lists total ms and calls per op, largest first, and resets the counters.
   virtual void SetProfiling(bool on) {}
@@ -302,6 +314,8 @@ class Backend {
   int64_t graph_replays() const { return graph_stats().replays; }
 
  protected:
+  // Makes options() take effect (a device backend's graph keeper and kernel choices).
+  virtual void ApplyOptions() {}
   // Every allocation of a backend goes through this first: an injected failure throws here.
   void CountAllocation() {
     if (inject_count_ <= 0) return;
@@ -322,15 +336,25 @@ class Backend {
   std::vector<std::vector<int32_t>>* moe_record_ = nullptr;
 
  private:
+  BackendOptions options_;
   const std::vector<std::vector<int32_t>>* moe_force_ = nullptr;
   size_t moe_force_next_ = 0;
   int64_t alloc_failures_ = 0;
   int64_t inject_after_ = 0, inject_count_ = 0;
 };
 
+// Changes some options and keeps the others:
+//   ChangeOptions(be, [](BackendOptions& o) { o.gdn_fused = false; });
+template <typename F>
+void ChangeOptions(Backend& be, F&& change) {
+  BackendOptions o = be.options();
+  change(o);
+  be.SetOptions(o);
+}
+
 std::unique_ptr<Backend> MakeCpuBackend();
 // Returns an error when the build has no CUDA or no device is present.
-StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device);
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, const BackendOptions& options = {});
 // CUDA devices visible to this process (0 in a build without CUDA): tests skip only when this
 // is 0, so a broken CUDA backend on a GPU machine fails instead of skipping.
 int CudaDeviceCount();

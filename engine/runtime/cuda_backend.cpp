@@ -166,13 +166,7 @@ class CudaBackend final : public Backend {
     cudaMalloc(&blas_ws_, kBlasWorkspace);
     lt_ = std::make_unique<LtGemm>(blas_ws_, kBlasWorkspace);
     cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming);
-    const char* g = std::getenv("SPECD_CUDA_GRAPHS");
-    graphs_enabled_ = g == nullptr || std::string(g) != "0";
-    // SPECD_GDN_CHUNKED=0 runs prefill spans token by token too (for comparison and bisecting).
-    const char* c = std::getenv("SPECD_GDN_CHUNKED");
-    gdn_chunked_ = c == nullptr || std::string(c) != "0";
-    const char* f = std::getenv("SPECD_GDN_FUSED");
-    gdn_fused_ = f == nullptr || std::string(f) != "0";
+    ApplyOptions();
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -434,12 +428,19 @@ class CudaBackend final : public Backend {
     ++replays_;
     return true;
   }
-  void SetKernelOption(const std::string& name, bool on) override {
-    if (name == "gdn_fused") gdn_fused_ = on;
-    if (name == "gdn_chunked") gdn_chunked_ = on;
-    if (name == "moe_device") moe_device_ = on;
-    if (name == "skinny_wide") K::SetSkinnyWide(on);
-    if (name == "programmatic_launch") K::SetProgrammaticLaunch(on);
+  void ApplyOptions() override {
+    const BackendOptions& o = options();
+    gdn_fused_ = o.gdn_fused;
+    gdn_chunked_ = o.gdn_chunked;
+    moe_device_ = o.moe_device;
+    // These two are settings of the kernel library, shared by every CUDA backend of the process
+    // (one per process in practice); the backend is the only caller.
+    K::SetSkinnyWide(o.skinny_wide);
+    K::SetProgrammaticLaunch(o.programmatic_launch);
+    graphs_enabled_ = o.cuda_graphs && !profiling_;
+    keeper_.set_capture_after(std::max(1, o.graph_capture_after));
+    if (o.graph_limit < keeper_.limit()) DropGraphs("");  // turned off, graphs are kept but not replayed
+    keeper_.set_limit(std::max(0, o.graph_limit));
   }
   bool BeginGraphCapture(const std::string& key) override {
     if (!CapturesGraphs() || failed_keys_.count(key) || !keeper_.ShouldCapture(key)) return false;
@@ -518,11 +519,6 @@ class CudaBackend final : public Backend {
       it = DestroyGraph(it);
     }
   }
-  void SetGraphPolicy(int limit, int capture_after) override {
-    keeper_.set_capture_after(std::max(1, capture_after));
-    if (limit < keeper_.limit()) DropGraphs("");
-    keeper_.set_limit(std::max(0, limit));
-  }
   bool CapturesGraphs() const override { return graphs_enabled_ && !profiling_ && keeper_.limit() > 0; }
   GraphStats graph_stats() const override {
     GraphStats st;
@@ -558,10 +554,9 @@ class CudaBackend final : public Backend {
     }
     pool_->Trim();
   }
-  void SetGraphsEnabled(bool on) override { graphs_enabled_ = on; }
   void SetProfiling(bool on) override {
     profiling_ = on;
-    if (on) graphs_enabled_ = false;
+    graphs_enabled_ = options().cuda_graphs && !on;  // profiling times ops one by one
   }
   std::string ProfileReport() override {
     cudaStreamSynchronize(stream_);

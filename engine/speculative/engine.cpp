@@ -261,15 +261,24 @@ StatusOr<SpeculativeEngine::TokenRows> SpeculativeEngine::FetchTokenRows(Forward
 }
 
 Status SpeculativeEngine::Step() {
-  // Backends signal a full device with std::bad_alloc; it ends here, as a status. What the step
-  // had issued may have changed its sequences' state, so the caller fails them (the scheduler
-  // rebuilds the engine); the backend has already given its cached memory back.
+  // The error model (engine/util/status.h): the runtime's ops throw, the engine answers with a
+  // status, here. A full device (std::bad_alloc) is kResourceExhausted; anything else thrown
+  // under a step (an op whose contract was broken, a drafter's exception) is a bug, kInternal.
+  // Either way what the step had issued may have changed its sequences' state, so the caller
+  // fails them and rebuilds the engine (the batcher does).
+  Backend* be = target_->backend();
   try {
-    return RunStep();
+    Status st = RunStep();
+    // An asynchronous backend error left behind by a path that returned early is this step's.
+    Status sticky = be->TakeError();
+    return st.ok() ? sticky : st;
   } catch (const std::bad_alloc&) {
-    Backend* be = target_->backend();
     be->ReleaseCachedMemory();
+    (void)be->TakeError();
     return ResourceExhausted("{} memory exhausted during a step of {} sequences", be->name(), active());
+  } catch (const std::exception& e) {
+    (void)be->TakeError();
+    return Internal("a step of {} sequences failed: {}", active(), e.what());
   }
 }
 

@@ -1,5 +1,16 @@
 // Errors as values: a small Status / StatusOr<T>, so that no exception crosses the engine or
 // the gRPC boundary. Codes mirror the gRPC ones the server maps them to.
+//
+// The error model, in one place:
+// - Everything the engine offers (loading, Create, Add, Step, Commit, ...) returns a Status.
+// - The runtime's Backend ops are void and deep inside a forward, so they throw instead:
+//   std::bad_alloc when memory runs out, std::invalid_argument / std::out_of_range when a caller
+//   broke an op's contract (a bug). Asynchronous device errors are kept by the backend and
+//   collected with Backend::TakeError() where a forward or a rollback ends.
+// - The engine's entry points turn those into a status: SpeculativeEngine::Step (kResourceExhausted
+//   for memory, kInternal for anything else), Qwen35Model::Forward and ModelCache::Create (memory).
+// - The server treats a failed step as the loss of that step's requests: it fails them, builds a
+//   new engine and goes on (server/batcher.cpp); it also catches anything thrown as a last line.
 #pragma once
 
 #include <optional>

@@ -16,10 +16,10 @@ namespace {
 
 // Restores the tests' graph policy (capture at first sighting, 128 graphs) at scope end.
 struct GraphPolicy {
-  GraphPolicy(int limit, int after) { Gpu()->SetGraphPolicy(limit, after); }
+  GraphPolicy(int limit, int after) { ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.graph_limit = limit; o.graph_capture_after = after; }); }
   ~GraphPolicy() {
-    Gpu()->SetGraphPolicy(128, 1);
-    Gpu()->SetGraphsEnabled(true);
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.graph_limit = 128; o.graph_capture_after = 1; });
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = true; });
   }
 };
 
@@ -41,7 +41,7 @@ TEST(GpuGraphMemory, OneGraphServesAnySlotsOfItsShape) {
   int64_t captures[2] = {0, 0}, replays[2] = {0, 0};
   for (int graphs = 0; graphs < 2; ++graphs) {
     GraphPolicy policy(128, 1);
-    Gpu()->SetGraphsEnabled(graphs == 1);
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = graphs == 1; });
     CacheOptions o;
     o.num_slots = 8;
     o.max_ctx = 128;
@@ -153,7 +153,7 @@ TEST(GpuGraphMemory, AllocationFailureIsAStatusAndCaptureFallsBack) {
   o.max_ctx = 64;
   const auto p = Prompt(1, 20);
   auto run = [&](int64_t fail_after, bool graphs, Status* st) {
-    Gpu()->SetGraphsEnabled(graphs);
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = graphs; });
     auto c = std::move(m->NewCache(o)).value();
     const int s = *c->AllocSlot();
     std::vector<float> out = RunForward(*m, *c, s, {p.begin(), p.begin() + 10}, false);

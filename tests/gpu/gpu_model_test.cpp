@@ -300,7 +300,7 @@ TEST(GpuBatchInvariance, VerifyRowsEqualDecodeStepsBitwise) {
     std::vector<int32_t> ids(60);
     for (int i = 0; i < 60; ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % std::min<int64_t>(V, 4000));
     for (int graphs = 0; graphs < 2; ++graphs) {
-      Gpu()->SetGraphsEnabled(graphs == 1);
+      ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = graphs == 1; });
       for (int T : {2, 5, 9, 16}) {
         CacheOptions o;
         o.max_ctx = 256;
@@ -329,11 +329,11 @@ TEST(GpuBatchInvariance, VerifyRowsEqualDecodeStepsBitwise) {
             << name << ", graphs " << graphs << ", T=" << T << ": next decode step after the commit";
       }
     }
-    Gpu()->SetGraphsEnabled(true);
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = true; });
     // Batched: 3, 8 and 12 sequences verify 5 tokens each in one call (15, 40, 60 rows: the
     // projections' 16-row and wide tensor-core forms, the latter opt-in: --batch-invariant); each
     // one's rows equal its own decode steps.
-    const KernelOptionOn wide("skinny_wide");
+    const KernelOptionOn wide(&BackendOptions::skinny_wide);
     for (int nseq : {3, 8, 12}) {
       CacheOptions o;
       o.max_ctx = 256;
@@ -376,7 +376,7 @@ TEST_P(GpuGraphsModel, CapturedDecodeAndVerifyStepsEqualOpByOp) {
   std::vector<float> out[2];
   int64_t replays[2] = {0, 0};
   for (int graphs = 0; graphs < 2; ++graphs) {
-    Gpu()->SetGraphsEnabled(graphs == 1);
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = graphs == 1; });
     const int64_t replays0 = Gpu()->graph_replays();
     CacheOptions o;
     o.max_ctx = 256;
@@ -395,7 +395,7 @@ TEST_P(GpuGraphsModel, CapturedDecodeAndVerifyStepsEqualOpByOp) {
     }
     replays[graphs] = Gpu()->graph_replays() - replays0;
   }
-  Gpu()->SetGraphsEnabled(true);
+  ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = true; });
   // Every decode and verify forward (2 x (6 + 2)) ran as a graph replay; none without graphs.
   EXPECT_EQ(replays[0], 0);
   EXPECT_EQ(replays[1], 16);
@@ -437,7 +437,7 @@ TEST(GpuGraphs, ScatteredPagedSlotEqualsContiguousWhileGraphsReplay) {
   auto ids = LoadRefs("dense").Ids("prompt_ids");
   ASSERT_GE(ids.size(), 45u);
   auto run = [&](bool scatter, bool graphs) {
-    Gpu()->SetGraphsEnabled(graphs);
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = graphs; });
     CacheOptions o;
     o.num_slots = 3;
     o.max_ctx = 128;
@@ -482,7 +482,7 @@ TEST(GpuGraphs, ScatteredPagedSlotEqualsContiguousWhileGraphsReplay) {
     ASSERT_EQ(got.size(), want.size());
     EXPECT_EQ(got, want) << "graphs " << graphs;  // same kernels, same rows: bitwise equal
   }
-  Gpu()->SetGraphsEnabled(true);
+  ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.cuda_graphs = true; });
 }
 
 }  // namespace

@@ -374,11 +374,11 @@ TEST(GpuGdnFused, EqualsUnfusedBitwiseAndBatchedCommitEqualsPerLayer) {
       Tensor r = Gpu()->Upload(rec0.data(), DType::kF32, st[fused].rec.shape, DType::kF32);
       Gpu()->CopyRows(r, st[fused].rec);
       Tensor out = Gpu()->Alloc(DType::kBF16, {N, Vd});
-      Gpu()->SetKernelOption("gdn_fused", fused == 1);
+      ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.gdn_fused = fused == 1; });
       Gpu()->GatedDeltaRule(y, br, ar, a_log, dt_bias, d, st[fused], b, out);
       o[fused] = Gpu()->DownloadF32(out);
     }
-    Gpu()->SetKernelOption("gdn_fused", true);
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.gdn_fused = true; });
     ASSERT_TRUE(Gpu()->TakeError().ok());
     EXPECT_EQ(o[0], o[1]) << sh.name << ": o";
     EXPECT_EQ(Gpu()->DownloadF32(st[0].rec), Gpu()->DownloadF32(st[1].rec)) << sh.name << ": state";
@@ -822,7 +822,7 @@ TEST(GpuGemm, CublasLtOnMisalignedSlicesMatchesCpu) {
 TEST(GpuGemm, WideRowsEqualNarrowRowsBitwise) {
   SPECD_REQUIRE_GPU();
   CpuBackend cpu;
-  const KernelOptionOn wide("skinny_wide");  // opt-in (--batch-invariant)
+  const KernelOptionOn wide(&BackendOptions::skinny_wide);  // opt-in (--batch-invariant)
   struct Case {
     int64_t M, K;
   };

@@ -18,11 +18,12 @@ constexpr double kBf16Tol = 2e-2;
 inline Backend* Gpu(std::string* why = nullptr) {
   static std::string error;
   static std::unique_ptr<Backend> be = [] {
-    auto b = MakeBackend("cuda");
-    if (!b.ok()) error = b.status().ToString();
     // Tests count replays: a shape is captured the first time it runs (the daemon waits for the
     // second sighting; gpu_graph_memory_test.cpp tests that policy).
-    if (b.ok()) b.value()->SetGraphPolicy(128, 1);
+    BackendOptions o;
+    o.graph_capture_after = 1;
+    auto b = MakeBackend("cuda", o);
+    if (!b.ok()) error = b.status().ToString();
     return b.ok() ? std::move(b).value() : nullptr;
   }();
   if (why != nullptr) *why = error;
@@ -40,9 +41,13 @@ inline Backend* Gpu(std::string* why = nullptr) {
 
 // A CUDA kernel option on for a scope (off again even when an assertion leaves the test early).
 struct KernelOptionOn {
-  explicit KernelOptionOn(std::string name) : name_(std::move(name)) { Gpu()->SetKernelOption(name_, true); }
-  ~KernelOptionOn() { Gpu()->SetKernelOption(name_, false); }
-  std::string name_;
+  explicit KernelOptionOn(bool BackendOptions::*option) : option_(option) {
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.*option_ = true; });
+  }
+  ~KernelOptionOn() {
+    ChangeOptions(*Gpu(), [&](BackendOptions& o) { o.*option_ = false; });
+  }
+  bool BackendOptions::*option_;
 };
 
 // The same host values on both backends (the GPU copy rounded to its dtype).

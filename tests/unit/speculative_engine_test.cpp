@@ -313,5 +313,37 @@ TEST(SpeculativeEngine, BadInputsGiveClearErrors) {
   EXPECT_NE(d.status().message().find("vocab"), std::string::npos);
 }
 
+// A drafter with a bug: its proposal throws.
+class ThrowingDrafter final : public Drafter {
+ public:
+  std::string name() const override { return "throwing"; }
+  Status AddSequence(int) override { return Status::Ok(); }
+  void RemoveSequence(int) override {}
+  Status Propose(const std::vector<DraftRequest>&, std::vector<DraftProposal>&) override {
+    throw std::logic_error("drafter bug");
+  }
+  Status Accept(const std::vector<DraftOutcome>&) override { return Status::Ok(); }
+};
+
+// The error model (util/status.h): whatever is thrown under a step comes back from Step() as a
+// status (kInternal), never as an exception across the engine boundary.
+TEST(SpeculativeEngine, ExceptionUnderAStepIsAnInternalStatus) {
+  EngineOptions o;
+  o.max_seqs = 1;
+  o.max_ctx = 128;
+  o.default_k = 2;
+  auto e = std::move(SpeculativeEngine::Create(M().target.get(), std::make_unique<ThrowingDrafter>(), o)).value();
+  GenerationRequest r;
+  r.prompt = {1, 2, 3};
+  r.max_tokens = 8;
+  ASSERT_TRUE(e->Add(r).ok());
+  Status st = Status::Ok();
+  for (int i = 0; i < 4 && st.ok() && e->HasWork(); ++i) {
+    EXPECT_NO_THROW(st = e->Step());
+  }
+  EXPECT_EQ(st.code(), StatusCode::kInternal) << st.ToString();
+  EXPECT_NE(st.message().find("drafter bug"), std::string::npos) << st.message();
+}
+
 }  // namespace
 }  // namespace specd::testing
