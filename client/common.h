@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "grpc_code_name.h"
+#include "util/id_list.h"  // ParseIdList: the one id-list parser of specd and specd-client
 
 namespace specd::client {
 
@@ -25,8 +26,5 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
 
 // "INVALID_ARGUMENT: message" on stderr, the shape scripts and tests look for.
 void PrintStatus(const grpc::Status& s);
-
-// "1,2,3" (spaces allowed) -> ids; nullopt (and a message in *error) when malformed.
-std::optional<std::vector<int32_t>> ParseIds(const std::string& s, std::string* error);
 
 }  // namespace specd::client

@@ -20,7 +20,7 @@ int RunGenerate(const GenerateArgs& a) {
   if (!a.prompt.empty()) {
     req.set_text(a.prompt);
   } else if (!a.prompt_ids.empty()) {
-    auto ids = ParseIds(a.prompt_ids, &err);
+    auto ids = ParseIdList(a.prompt_ids, &err);
     if (!ids) {
       std::fprintf(stderr, "%s\n", err.c_str());
       return 2;

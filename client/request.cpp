@@ -41,7 +41,7 @@ bool ApplySamplingFlags(const SamplingFlags& f, v1::GenerateRequest* req, std::s
   if (f.ignore_eos) s->set_ignore_eos(true);
   for (const auto& st : f.stop) s->add_stop(st);
   if (!f.stop_ids.empty()) {
-    auto ids = ParseIds(f.stop_ids, error);
+    auto ids = ParseIdList(f.stop_ids, error);
     if (!ids) return false;
     for (int32_t id : *ids) s->add_stop_token_ids(id);
   }

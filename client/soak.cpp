@@ -51,13 +51,9 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 // "1,8,16" -> {1, 8, 16}; false on anything else (empty, junk, negative).
 bool ParseList(const std::string& s, std::vector<int64_t>* out) {
   std::string err;
-  auto ids = ParseIds(s, &err);
-  if (!ids || ids->empty()) return false;
-  out->clear();
-  for (int32_t v : *ids) {
-    if (v < 0) return false;
-    out->push_back(v);
-  }
+  auto ids = ParseIdList(s, &err);
+  if (!ids) return false;
+  out->assign(ids->begin(), ids->end());
   return true;
 }
 

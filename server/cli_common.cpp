@@ -1,28 +1,14 @@
 #include "server/cli_common.h"
 
-#include <charconv>
-#include <cstdint>
+#include "util/id_list.h"
 
 namespace specd::cli {
 
 StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
-  std::vector<int32_t> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    while (i < s.size() && (s[i] == ' ' || s[i] == ',')) ++i;
-    if (i >= s.size()) break;
-    size_t j = i;
-    while (j < s.size() && s[j] != ',' && s[j] != ' ') ++j;
-    int64_t v = 0;
-    auto [p, ec] = std::from_chars(s.data() + i, s.data() + j, v);
-    if (ec != std::errc() || p != s.data() + j || v < 0 || v > INT32_MAX) {
-      return InvalidArgument("bad token id '{}' in id list", s.substr(i, j - i));
-    }
-    out.push_back(static_cast<int32_t>(v));
-    i = j;
-  }
-  if (out.empty()) return InvalidArgument("empty id list");
-  return out;
+  std::string error;
+  auto ids = ParseIdList(s, &error);
+  if (!ids) return InvalidArgument("{}", error);
+  return std::move(*ids);
 }
 
 }  // namespace specd::cli

@@ -5,22 +5,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "specd/state_mode.h"
+
 namespace specd {
 
 // What a span does to its slot's state (docs/DESIGN-NOTES.md, replay design):
-enum class StateMode : uint8_t {
-  // Consume the tokens: conv window, recurrent state and KV length all advance.
-  kUpdate,
-  // Verify: read the state but write none of it; log each token's (raw conv row, k, v, g, beta)
-  // so a later commit can replay exactly the accepted prefix. KV rows are written past the
-  // slot's length and become visible only through the commit.
-  kLog,
-  // Draft steps: advance the state AND log, so a rollback (checkpoint + replay) can undo them.
-  kUpdateLog,
-};
-
-inline bool WritesState(StateMode m) { return m != StateMode::kLog; }
-inline bool WritesLog(StateMode m) { return m != StateMode::kUpdate; }
+// StateMode (kUpdate, kLog, kUpdateLog) and WritesState / WritesLog: specd/state_mode.h, the
+// header the kernels read the same values from.
 
 struct SeqSpan {
   int slot = 0;

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "specd/limits.h"
+#include "specd/state_mode.h"
 
 namespace specd::kernels {
 
@@ -21,7 +22,7 @@ struct SeqMeta {
   int32_t offset;
   int32_t len;
   int32_t n_past;
-  int32_t mode;        // 0 update, 1 log (verify: state read-only), 2 update + log
+  int32_t mode;        // a StateMode (specd/state_mode.h): 0 update, 1 log (state read-only), 2 both
   int32_t log_offset;
 };
 #ifdef __CUDACC__
@@ -29,8 +30,8 @@ struct SeqMeta {
 #else
 #define SPECD_HD
 #endif
-SPECD_HD inline bool MetaWritesState(int mode) { return mode != 1; }
-SPECD_HD inline bool MetaWritesLog(int mode) { return mode != 0; }
+SPECD_HD inline bool MetaWritesState(int mode) { return mode != static_cast<int>(StateMode::kLog); }
+SPECD_HD inline bool MetaWritesLog(int mode) { return mode != static_cast<int>(StateMode::kUpdate); }
 
 // ---- conversions and fills ----
 cudaError_t F32ToBf16(const float* in, bf16* out, int64_t n, cudaStream_t s);
