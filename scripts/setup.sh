@@ -31,4 +31,11 @@ if [ "$want_server" = 1 ] && ! python3 -c "import grpc, grpc_tools" 2>/dev/null;
   fi
   python3 -c "import grpc, grpc_tools" || { echo "setup: python3 cannot import grpc/grpc_tools" >&2; exit 1; }
 fi
+# The OpenAI-compatible API's test (tests/integration/openai_client_test.py) uses the official
+# `openai` client from PyPI (Debian does not package it).
+if [ "$want_server" = 1 ] && ! python3 -c "import openai" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "openai==1.99.9" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "openai==1.99.9"
+  python3 -c "import openai" || { echo "setup: python3 cannot import openai" >&2; exit 1; }
+fi
 echo "setup: all packages present"

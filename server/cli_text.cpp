@@ -30,7 +30,7 @@ class NoTokenizer final : public TextCodec {
     return InvalidArgument("{}", kNoTokenizer);
   }
   std::string Decode(const std::vector<int32_t>&, bool) const override { return {}; }
-  StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>&, bool, bool, bool) const override {
+  StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>&, const ChatRequestOptions&) const override {
     return InvalidArgument("{}", kNoTokenizer);
   }
   std::unique_ptr<TextStream> NewStream(TextStreamOptions) const override {
@@ -61,15 +61,26 @@ class RealTokenizer final : public TextCodec {
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special) const override {
     return tok_->Decode(ids, skip_special);
   }
-  StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
-                                    bool enable_thinking, bool parse_specials_in_content) const override {
+  StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>& turns, const ChatRequestOptions& o) const override {
     std::vector<ChatMessage> msgs;
     msgs.reserve(turns.size());
-    for (const auto& t : turns) msgs.push_back(ChatMessage{t.role, t.content, std::nullopt});
-    SPECD_ASSIGN_OR_RETURN(auto enc, tok_->EncodeChat(msgs, ChatOptions{add_generation_prompt, enable_thinking},
-                                                      parse_specials_in_content ? Tokenizer::ContentSpecials::kParse
-                                                                                : Tokenizer::ContentSpecials::kText));
-    return ChatEncoding{std::move(enc.text), std::move(enc.ids)};
+    for (const auto& t : turns) {
+      ChatMessage m;
+      m.role = t.role;
+      m.content = t.content;
+      m.reasoning_content = t.reasoning;
+      for (const auto& c : t.tool_calls) m.tool_calls.push_back(specd::ChatToolCall{c.name, c.arguments_json});
+      msgs.push_back(std::move(m));
+    }
+    ChatOptions opt;
+    opt.add_generation_prompt = o.add_generation_prompt;
+    opt.enable_thinking = o.enable_thinking;
+    opt.tools_json = o.tools_json;
+    SPECD_ASSIGN_OR_RETURN(auto enc, tok_->EncodeChat(msgs, opt,
+                                                      o.parse_specials_in_content ? Tokenizer::ContentSpecials::kParse
+                                                                                  : Tokenizer::ContentSpecials::kText));
+    const bool in_reasoning = enc.text.ends_with("<think>\n");
+    return ChatEncoding{std::move(enc.text), std::move(enc.ids), in_reasoning};
   }
   std::unique_ptr<TextStream> NewStream(TextStreamOptions opt) const override {
     return std::make_unique<DetokStream>(*tok_, std::move(opt));

@@ -14,13 +14,33 @@
 
 namespace specd::cli {
 
+struct ChatToolCall {
+  std::string name;
+  std::string arguments_json;  // a JSON object
+};
+
+// One message of a conversation (OpenAI's roles: system, user, assistant, tool).
 struct ChatTurn {
   std::string role, content;
+  std::optional<std::string> reasoning;  // an assistant turn's reasoning_content
+  std::vector<ChatToolCall> tool_calls;  // an assistant turn's tool calls
+};
+
+struct ChatRequestOptions {
+  bool add_generation_prompt = true;
+  bool enable_thinking = true;
+  // Special tokens spelled inside messages are parsed as control tokens (trusted input only);
+  // by default they are text, so message content cannot open or close turns (role injection).
+  bool parse_specials_in_content = false;
+  std::vector<std::string> tools_json;  // OpenAI tool definitions, each a JSON object
 };
 
 struct ChatEncoding {
   std::string text;  // the rendered template
   std::vector<int32_t> ids;
+  // The prompt ends inside an open "<think>" block (Qwen3.5 with thinking on): the completion
+  // starts with reasoning.
+  bool ends_in_reasoning = false;
 };
 
 struct TextStreamOptions {
@@ -52,11 +72,10 @@ class TextCodec {
   virtual bool has_chat_template() const = 0;
   virtual StatusOr<std::vector<int32_t>> Encode(const std::string& text) const = 0;
   virtual std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens = true) const = 0;
-  // Renders and encodes a chat. A special token spelled inside a message (e.g. "<|im_end|>") is
-  // encoded as text unless `parse_specials_in_content`, so message content cannot open or
-  // close turns (role injection).
-  virtual StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
-                                            bool enable_thinking, bool parse_specials_in_content) const = 0;
+  // Renders and encodes a chat with the tokenizer's chat template (ChatRequestOptions says how
+  // special tokens inside messages are treated).
+  virtual StatusOr<ChatEncoding> EncodeChat(const std::vector<ChatTurn>& turns,
+                                            const ChatRequestOptions& options) const = 0;
   virtual std::unique_ptr<TextStream> NewStream(TextStreamOptions opt) const = 0;
 
   // One stream for the CLI: complete UTF-8 text for newly generated ids; Flush returns what was

@@ -10,14 +10,16 @@ void GenerateCall::Unref() {
 }
 
 bool GenerateCall::Empty(const v1::GenerateResponse& m) {
-  return m.token_ids_size() == 0 && m.text().empty() && m.finish_reason() == v1::FINISH_REASON_UNSPECIFIED &&
-         m.request_id().empty();
+  return m.token_ids_size() == 0 && m.text().empty() && m.reasoning_text().empty() && m.tool_calls_size() == 0 &&
+         m.finish_reason() == v1::FINISH_REASON_UNSPECIFIED && m.request_id().empty();
 }
 
 void GenerateCall::Merge(v1::GenerateResponse& into, const v1::GenerateResponse& d) {
   if (!d.request_id().empty()) into.set_request_id(d.request_id());
   into.mutable_token_ids()->Add(d.token_ids().begin(), d.token_ids().end());
   into.mutable_text()->append(d.text());
+  into.mutable_reasoning_text()->append(d.reasoning_text());
+  into.mutable_tool_calls()->MergeFrom(d.tool_calls());
   if (d.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
     into.set_finish_reason(d.finish_reason());
     *into.mutable_usage() = d.usage();

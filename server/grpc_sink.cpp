@@ -29,11 +29,32 @@ v1::FinishReason ToProto(FinishReason r) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
+void GrpcSink::FillText(std::string_view text, bool final, v1::GenerateResponse* msg) {
+  if (!parser_) {
+    msg->set_text(std::string(text));
+    return;
+  }
+  ChatOutputDelta d = parser_->Feed(text);
+  if (final) {
+    ChatOutputDelta rest = parser_->Finish();
+    d.reasoning += rest.reasoning;
+    d.content += rest.content;
+    for (auto& c : rest.tool_calls) d.tool_calls.push_back(std::move(c));
+  }
+  msg->set_text(std::move(d.content));
+  msg->set_reasoning_text(std::move(d.reasoning));
+  for (auto& c : d.tool_calls) {
+    v1::ToolCall* t = msg->add_tool_calls();
+    t->set_name(std::move(c.name));
+    t->set_arguments_json(std::move(c.arguments_json));
+  }
+}
+
 void GrpcSink::OnTokens(const std::string& request_id, std::span<const int32_t> ids, std::string text) {
   v1::GenerateResponse delta;
   delta.set_request_id(request_id);
   delta.mutable_token_ids()->Add(ids.begin(), ids.end());
-  delta.set_text(std::move(text));
+  FillText(text, /*final=*/false, &delta);
   call_->Write(delta);
 }
 
@@ -41,7 +62,7 @@ void GrpcSink::OnFinished(std::span<const int32_t> ids, std::string text, const 
   v1::GenerateResponse last;
   last.set_request_id(o.request_id);
   last.mutable_token_ids()->Add(ids.begin(), ids.end());
-  last.set_text(std::move(text));
+  FillText(text, /*final=*/true, &last);
   last.set_finish_reason(ToProto(o.reason));
   last.set_stop_string(o.stop_string);
   last.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(o.prompt_tokens));

@@ -2,14 +2,19 @@
 // GenerateResponse messages on one GenerateCall stream.
 #pragma once
 
+#include <optional>
+
 #include "server/generate_call.h"
 #include "server/request_sink.h"
+#include "tokenizer/chat_output_parser.h"
 
 namespace specd::serve {
 
 class GrpcSink final : public RequestSink {
  public:
   explicit GrpcSink(CallRef call) : call_(std::move(call)) {}
+  // A chat request's output is split into text / reasoning_text / tool_calls by this parser.
+  void SetOutputParser(ChatOutputParser parser) { parser_.emplace(std::move(parser)); }
 
   void OnTokens(const std::string& request_id, std::span<const int32_t> ids, std::string text) override;
   void OnFinished(std::span<const int32_t> ids, std::string text, const RequestOutcome& outcome) override;
@@ -18,7 +23,11 @@ class GrpcSink final : public RequestSink {
   Clock::time_point arrival() const override { return call_->arrival(); }
 
  private:
+  // `text` through the parser (when there is one) into `msg`'s text, reasoning and tool calls.
+  void FillText(std::string_view text, bool final, v1::GenerateResponse* msg);
+
   CallRef call_;
+  std::optional<ChatOutputParser> parser_;  // batcher thread only, after Submit
 };
 
 v1::FinishReason ToProto(FinishReason r);

@@ -19,6 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "server/batcher.h"
+#include "server/http/api_server.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/serve_models.h"
@@ -39,11 +40,11 @@ std::string HostPort(const std::string& host, int port) {
   return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
-Status WritePortFile(const std::string& path, int port, int metrics_port) {
+Status WritePortFile(const std::string& path, int port, int metrics_port, int http_port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp);
-    f << nlohmann::json{{"port", port}, {"metrics_port", metrics_port}}.dump() << "\n";
+    f << nlohmann::json{{"port", port}, {"metrics_port", metrics_port}, {"http_port", http_port}}.dump() << "\n";
     if (!f) return Internal("cannot write {}", tmp);
   }
   std::error_code ec;
@@ -73,6 +74,15 @@ v1::ModelInfo DescribeModel(const ServeOptions& o, const ServingModels& m) {
   info.set_max_k(static_cast<uint32_t>(o.max_k));
   info.set_max_queue(static_cast<uint32_t>(o.max_queue));
   return info;
+}
+
+// The model's name on the HTTP API: --served-model-name, else the model folder's name.
+std::string ServedModelName(const ServeOptions& o, const ServingModels& m) {
+  if (!o.served_model_name.empty()) return o.served_model_name;
+  if (m.embedded) return "specd-demo";
+  std::filesystem::path p(m.model_dir);
+  if (!p.has_filename()) p = p.parent_path();  // "models/x/" names x
+  return p.filename().string();
 }
 
 // Waits up to `timeout` for SIGINT/SIGTERM (blocked in every thread); returns it, or 0.
@@ -135,22 +145,49 @@ Status RunServe(const ServeOptions& o) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
 
-  MetricsHttpServer http;
+  MetricsHttpServer metrics_http;
   if (o.metrics_port > 0) {
-    Status st = http.Start(o.host, o.metrics_port, &metrics);
+    Status st = metrics_http.Start(o.host, o.metrics_port, &metrics);
     if (!st.ok()) {
       server->Shutdown();
       batcher.Stop();
       return st;
     }
   }
-  if (!o.port_file.empty()) SPECD_RETURN_IF_ERROR(WritePortFile(o.port_file, bound_port, o.metrics_port));
+  http::ApiServer api(&batcher, &metrics,
+                      http::ApiContext{limits, models.text.get(), ServedModelName(o, models)});
+  if (o.http_port >= 0) {
+    http::ApiServerOptions ho;
+    ho.host = o.host;
+    ho.port = o.http_port;
+    ho.tls_cert = o.tls_cert;
+    ho.tls_key = o.tls_key;
+    ho.api_key = security.api_key;
+    ho.max_body_bytes = static_cast<size_t>(o.max_message_bytes);
+    // A streaming response holds a worker: room for every running and queued request, and more.
+    ho.workers = o.max_batch + o.max_queue + 64;
+    ho.max_context = models.max_context;
+    Status st = api.Start(ho);
+    if (!st.ok()) {
+      server->Shutdown();
+      batcher.Stop();
+      metrics_http.Stop();
+      return st;
+    }
+  }
+  if (!o.port_file.empty()) {
+    SPECD_RETURN_IF_ERROR(WritePortFile(o.port_file, bound_port, o.metrics_port, o.http_port >= 0 ? api.port() : -1));
+  }
   spdlog::info("specd {} serving on {} (model {}, drafter {}, k {}, max-batch {}, max-queue {}, context {}, "
                "device {}, tokenizer {}){}",
                SPECD_VERSION, HostPort(o.host, bound_port), models.model_dir, drafter, models.engine.default_k,
                o.max_batch, o.max_queue, models.max_context, o.device, models.text->has_tokenizer() ? "yes" : "none",
                o.metrics_port > 0 ? fmt::format("; metrics on http://{}/metrics", HostPort(o.host, o.metrics_port))
                                   : std::string());
+  if (o.http_port >= 0) {
+    spdlog::info("OpenAI-compatible API on {}://{}/v1 (model name '{}')", o.tls_cert.empty() ? "http" : "https",
+                 HostPort(o.host, api.port()), ServedModelName(o, models));
+  }
 
   int sig = 0;
   while (sig == 0) sig = WaitSignal(sigs, std::chrono::milliseconds(1000));
@@ -159,6 +196,7 @@ Status RunServe(const ServeOptions& o) {
   spdlog::info("{}: draining (health NOT_SERVING, new requests refused, grace {} s)", strsignal(sig),
                o.grace_seconds);
   health->SetServingStatus(false);
+  api.SetDraining();
   batcher.BeginDrain();
   const auto grace_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                             std::chrono::duration<double>(o.grace_seconds));
@@ -175,8 +213,9 @@ Status RunServe(const ServeOptions& o) {
     while (!batcher.Idle() && Clock::now() < hard_end) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  api.Stop();  // before the batcher: its streams wake the batcher when they end
   batcher.Stop();
-  http.Stop();
+  metrics_http.Stop();
   spdlog::info("stopped");
   return Status::Ok();
 }

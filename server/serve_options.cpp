@@ -43,6 +43,12 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
   s->add_option("--host", o->host, "Address to listen on");
   s->add_option("--port", o->port, "gRPC port (0 = any free port)")->check(CLI::Range(0, 65535));
   s->add_option("--metrics-port", o->metrics_port, "Prometheus /metrics port (0 = off)")->check(CLI::Range(0, 65535));
+  s->add_option("--http-port", o->http_port,
+                "OpenAI-compatible HTTP API port (/v1/chat/completions, /v1/completions, /v1/models, /health); "
+                "-1 = off, 0 = any free port")
+      ->check(CLI::Range(-1, 65535));
+  s->add_option("--served-model-name", o->served_model_name,
+                "The model's name on the HTTP API (default: the model folder's name)");
   s->add_option("--device", o->device, "cpu or cuda");
   s->add_option("--max-batch", o->max_batch, "Sequences decoded together (cache slots)")->check(CLI::Range(1, 4096));
   s->add_option("--max-queue", o->max_queue, "Requests waiting for a slot before RESOURCE_EXHAUSTED")
@@ -62,7 +68,7 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
               "verify then runs at about a third of the speed)");
   s->add_option("--grace-seconds", o->grace_seconds, "On SIGTERM: time to finish in-flight requests")
       ->check(CLI::NonNegativeNumber);
-  s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\"} here once serving");
+  s->add_option("--port-file", o->port_file, "Write {\"port\",\"metrics_port\",\"http_port\"} here once serving");
   s->add_option("--log-level", o->log_level, "trace | debug | info | warn | error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   s->add_option("--tls-cert", o->tls_cert, "PEM certificate (chain): serve gRPC over TLS (with --tls-key)");

@@ -26,6 +26,8 @@ struct ServeOptions {
   std::string host = "0.0.0.0";
   int port = 50051;          // 0 = any free port (see port_file)
   int metrics_port = 9400;   // 0 = no metrics endpoint
+  int http_port = -1;        // OpenAI-compatible HTTP API: -1 = off, 0 = any free port
+  std::string served_model_name;  // the model's name on the HTTP API; empty = the model folder's name
   int k = 4;                 // default drafts per step
   int max_k = 16;            // largest k a request may ask for (sizes the verify log)
   int max_batch = 16;        // sequences in the engine at once (cache slots)

@@ -69,7 +69,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* SpecdService::Generate(grpc::Callbac
   Batcher* batcher = batcher_;
   auto* call = new GenerateCall(ctx, [batcher] { batcher->Wake(); });
   // The service's reference, handed to the batcher (inside the sink) on success.
-  std::unique_ptr<RequestSink> sink = std::make_unique<GrpcSink>(CallRef(call));
+  auto grpc_sink = std::make_unique<GrpcSink>(CallRef(call));
   v1::GenerateRequest req;
   grpc::Status st = Authorize(ctx);
   if (st.ok()) st = Parse(raw, &req);
@@ -78,7 +78,18 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* SpecdService::Generate(grpc::Callbac
     call->Close(st);
     return call;
   }
-  auto prepared = PrepareGenerate(req, limits_, *text_);
+  StatusOr<PreparedRequest> prepared = PrepareGenerate(req, limits_, *text_);
+  if (prepared.ok() && prepared->chat_output.parse) {
+    // Chat output is split into text, reasoning_text and tool_calls (Qwen3.5's format).
+    const ChatOutputSpec& co = prepared->chat_output;
+    auto parser = ChatOutputParser::Create({co.starts_in_reasoning, co.parse_tool_calls, co.tools_json});
+    if (parser.ok()) {
+      grpc_sink->SetOutputParser(std::move(*parser));
+    } else {
+      prepared = parser.status();
+    }
+  }
+  std::unique_ptr<RequestSink> sink = std::move(grpc_sink);
   st = ToGrpc(prepared.ok() ? batcher_->Submit(std::move(*prepared), sink) : prepared.status());
   if (!st.ok()) {
     metrics_->RequestFailed(GrpcCodeName(st.error_code()));

@@ -1,5 +1,6 @@
 #include "server/validate.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace specd::serve {
@@ -10,6 +11,7 @@ constexpr int kMaxStopStrings = 16;
 constexpr size_t kMaxStopStringBytes = 256;
 constexpr int kMaxStopIds = 64;
 constexpr size_t kMaxRequestIdBytes = 256;
+constexpr int kMaxTools = 128;
 
 Status CheckIds(const google::protobuf::RepeatedField<int32_t>& ids, int64_t vocab, const char* what) {
   for (int i = 0; i < ids.size(); ++i) {
@@ -56,16 +58,25 @@ StatusOr<SamplingParams> Sampling(const v1::SamplingParams& s) {
 StatusOr<cli::ChatEncoding> EncodeChat(const v1::ChatPrompt& chat, const cli::TextCodec& text) {
   if (chat.messages().empty()) return InvalidArgument("empty prompt: the chat has no messages");
   std::vector<cli::ChatTurn> turns;
-  for (const auto& m : chat.messages()) turns.push_back({m.role(), m.content()});
-  const bool gen_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
-  const bool thinking = chat.has_enable_thinking() ? chat.enable_thinking() : true;
-  auto enc = text.EncodeChat(turns, gen_prompt, thinking, chat.special_tokens_in_content());
+  for (const auto& m : chat.messages()) {
+    cli::ChatTurn t{m.role(), m.content(), std::nullopt, {}};
+    if (m.has_reasoning_content()) t.reasoning = m.reasoning_content();
+    for (const auto& c : m.tool_calls()) t.tool_calls.push_back({c.name(), c.arguments_json()});
+    turns.push_back(std::move(t));
+  }
+  cli::ChatRequestOptions opt;
+  opt.add_generation_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
+  opt.enable_thinking = chat.has_enable_thinking() ? chat.enable_thinking() : true;
+  opt.parse_specials_in_content = chat.special_tokens_in_content();
+  if (chat.tools_json_size() > kMaxTools) return InvalidArgument("at most {} tools", kMaxTools);
+  opt.tools_json.assign(chat.tools_json().begin(), chat.tools_json().end());
+  auto enc = text.EncodeChat(turns, opt);
   if (!enc.ok()) return InvalidArgument("chat prompt: {}", enc.status().message());
   return enc;
 }
 
 StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const ServeLimits& lim,
-                                          const cli::TextCodec& text) {
+                                          const cli::TextCodec& text, const PrepareDefaults& defaults) {
   PreparedRequest out;
   if (r.request_id().size() > kMaxRequestIdBytes) {
     return InvalidArgument("request_id is longer than {} bytes", kMaxRequestIdBytes);
@@ -91,6 +102,11 @@ StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const Se
       if (!text.has_tokenizer()) return InvalidArgument("model has no tokenizer: send the prompt as token_ids");
       SPECD_ASSIGN_OR_RETURN(cli::ChatEncoding enc, EncodeChat(r.chat(), text));
       g.prompt = std::move(enc.ids);
+      ChatOutputSpec& co = out.chat_output;
+      co.parse = r.chat().has_parse_output() ? r.chat().parse_output() : true;
+      co.starts_in_reasoning = enc.ends_in_reasoning;
+      co.parse_tool_calls = r.chat().tools_json_size() > 0;
+      co.tools_json.assign(r.chat().tools_json().begin(), r.chat().tools_json().end());
       break;
     }
     case v1::GenerateRequest::PROMPT_NOT_SET: return InvalidArgument("empty prompt: set text, token_ids or chat");
@@ -105,7 +121,15 @@ StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const Se
   // ---- sampling and stopping ----
   const v1::SamplingParams& s = r.sampling();
   SPECD_ASSIGN_OR_RETURN(g.sampling, Sampling(s));
-  const uint32_t max_tokens = s.has_max_tokens() ? s.max_tokens() : kDefaultMaxTokens;
+  uint32_t max_tokens = s.has_max_tokens() ? s.max_tokens() : kDefaultMaxTokens;
+  if (!s.has_max_tokens() && defaults.max_tokens_fill_context) {
+    const int64_t room = lim.max_context - static_cast<int64_t>(g.prompt.size());
+    if (room < 1) {
+      return InvalidArgument("the prompt ({} tokens) leaves no room in the context length {}", g.prompt.size(),
+                             lim.max_context);
+    }
+    max_tokens = static_cast<uint32_t>(std::min<int64_t>(room, UINT32_MAX));
+  }
   if (max_tokens < 1) return InvalidArgument("max_tokens must be >= 1 (got {})", max_tokens);
   const int64_t need = static_cast<int64_t>(g.prompt.size()) + max_tokens;
   if (need > lim.max_context) {

@@ -20,10 +20,15 @@ struct ServeLimits {
   std::string drafter;  // the server's: none | ngram | draft
 };
 
+struct PrepareDefaults {
+  // An unset max_tokens means "what the context has room for" (OpenAI chat completions), not 16.
+  bool max_tokens_fill_context = false;
+};
+
 // Defaults when a field is unset (proto3 optional): max_tokens 16, temperature 0 (greedy),
 // top_p 1, top_k 0, min_p 0, seed 0, skip_special_tokens true, k = the server's.
 StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const ServeLimits& lim,
-                                          const cli::TextCodec& text);
+                                          const cli::TextCodec& text, const PrepareDefaults& defaults = {});
 
 // Chat messages -> the prompt text of the tokenizer's chat template.
 StatusOr<cli::ChatEncoding> EncodeChat(const v1::ChatPrompt& chat, const cli::TextCodec& text);

@@ -64,6 +64,8 @@ from safetensors.torch import save_file
 import transformers
 from transformers import DynamicCache, Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the repository
+
 T0 = time.time()
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -166,6 +168,8 @@ def tokenizer_config(max_len):
         "split_special_tokens": False,
         "tokenizer_class": "PreTrainedTokenizerFast",
         "unk_token": None,
+        # Qwen3.5's own chat template (the demo is a Qwen3.5-architecture model), as shipped.
+        "chat_template": (ROOT / "tests/tokenizer/data/qwen35_chat_template.jinja").read_text("utf-8"),
     }
 
 

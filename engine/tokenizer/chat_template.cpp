@@ -9,6 +9,11 @@ namespace {
 // Only that exact text is claimed: a Jinja template that differs anywhere may render differently.
 constexpr uint64_t kQwen3TemplateFnv = 0x2bfdb7aa9754484eULL;
 constexpr size_t kQwen3TemplateSize = 4116;
+// FNV-1a of the Qwen3.5 chat template (chat_template.jinja of Qwen3.5-35B-A3B, the chat_template
+// of Qwen3.5-27B's tokenizer_config.json; tests/tokenizer/data/qwen35_chat_template.jinja), 7756
+// bytes without a trailing newline.
+constexpr uint64_t kQwen35TemplateFnv = 0xf07c510f47fbaca0ULL;
+constexpr size_t kQwen35TemplateSize = 7756;
 
 uint64_t Fnv1a(std::string_view s) {
   uint64_t h = 0xcbf29ce484222325ULL;
@@ -50,12 +55,19 @@ ChatFormat DetectChatFormat(std::string_view jinja_template) {
   if (jinja_template.size() == kQwen3TemplateSize && Fnv1a(jinja_template) == kQwen3TemplateFnv) {
     return ChatFormat::kQwen3;
   }
+  std::string_view t = jinja_template;
+  for (int i = 0; i < 2 && t.ends_with('\n'); ++i) t.remove_suffix(1);
+  if (t.size() == kQwen35TemplateSize && Fnv1a(t) == kQwen35TemplateFnv) return ChatFormat::kQwen35;
   return ChatFormat::kUnknown;
 }
 
 StatusOr<RenderedChat> RenderQwen3ChatParts(std::span<const ChatMessage> messages,
                                             const ChatOptions& options) {
   if (messages.empty()) return InvalidArgument("chat: no messages");
+  // The Qwen3 template would print tools too, but this renderer was never checked against it.
+  bool tools = !options.tools_json.empty();
+  for (const ChatMessage& m : messages) tools = tools || !m.tool_calls.empty();
+  if (tools) return InvalidArgument("the Qwen3 template renderer does not support tools");
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& r = messages[i].role;
     // The template silently drops other roles; refusing them is kinder than losing a turn.

@@ -11,6 +11,7 @@
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe_model.h"
 #include "tokenizer/byte_level.h"
+#include "tokenizer/chat_template_qwen35.h"
 #include "tokenizer/nfc.h"
 #include "tokenizer/regex_splitter.h"
 #include "tokenizer/tokenizer_json.h"
@@ -316,21 +317,28 @@ bool Tokenizer::IsSpecial(int32_t id) const {
   return IsKnown(id) && (impl_->flags[id] & Impl::kSpecial);
 }
 
-StatusOr<std::string> Tokenizer::ApplyChatTemplate(std::span<const ChatMessage> messages,
-                                                   const ChatOptions& options) const {
+StatusOr<RenderedChat> Tokenizer::RenderChat(std::span<const ChatMessage> messages,
+                                             const ChatOptions& options) const {
   switch (chat_format_) {
     case ChatFormat::kQwen3:
-      return RenderQwen3Chat(messages, options);
+      return RenderQwen3ChatParts(messages, options);
+    case ChatFormat::kQwen35:
+      return RenderQwen35ChatParts(messages, options);
     case ChatFormat::kUnknown:
       break;
   }
   return NoChatTemplate();
 }
 
+StatusOr<std::string> Tokenizer::ApplyChatTemplate(std::span<const ChatMessage> messages,
+                                                   const ChatOptions& options) const {
+  SPECD_ASSIGN_OR_RETURN(RenderedChat chat, RenderChat(messages, options));
+  return std::move(chat.text);
+}
+
 StatusOr<Tokenizer::EncodedChat> Tokenizer::EncodeChat(std::span<const ChatMessage> messages,
                                                        const ChatOptions& options, ContentSpecials specials) const {
-  if (chat_format_ != ChatFormat::kQwen3) return NoChatTemplate();
-  SPECD_ASSIGN_OR_RETURN(RenderedChat chat, RenderQwen3ChatParts(messages, options));
+  SPECD_ASSIGN_OR_RETURN(RenderedChat chat, RenderChat(messages, options));
   EncodedChat out;
   const std::span<const RenderedChat::Range> literal =
       specials == ContentSpecials::kText ? std::span<const RenderedChat::Range>(chat.content)
@@ -343,7 +351,7 @@ StatusOr<Tokenizer::EncodedChat> Tokenizer::EncodeChat(std::span<const ChatMessa
 Status Tokenizer::NoChatTemplate() const {
   return FailedPrecondition("{}", chat_template_.empty()
                                 ? "tokenizer has no chat template (load a folder with tokenizer_config.json)"
-                                : "tokenizer's chat template is not one specd implements (only Qwen3's)");
+                                : "tokenizer's chat template is not one specd implements (only Qwen3's and Qwen3.5's)");
 }
 
 }  // namespace specd

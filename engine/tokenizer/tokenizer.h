@@ -60,7 +60,7 @@ class Tokenizer {
   std::optional<int32_t> eos_token_id() const { return eos_id_; }
   std::optional<int32_t> pad_token_id() const { return pad_id_; }
   const std::string& chat_template() const { return chat_template_; }
-  // kQwen3 only when chat_template() is exactly the Qwen3 template this library renders.
+  // kQwen3 / kQwen35 only when chat_template() is exactly a template this library renders.
   ChatFormat chat_format() const { return chat_format_; }
 
   // Renders messages the way the tokenizer's own chat template does. kFailedPrecondition when
@@ -87,6 +87,8 @@ class Tokenizer {
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   Status EncodeOrdinary(std::string_view text, std::vector<int32_t>* out) const;
   Status NoChatTemplate() const;
+  // The renderer for chat_format_ (content ranges included).
+  StatusOr<RenderedChat> RenderChat(std::span<const ChatMessage> messages, const ChatOptions& options) const;
   Status EncodeWithLiterals(std::string_view text, std::span<const RenderedChat::Range> literal,
                             std::vector<int32_t>* out) const;
 
