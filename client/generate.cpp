@@ -42,12 +42,20 @@ int RunGenerate(const GenerateArgs& a) {
   auto reader = stub->Generate(&ctx, req);
   v1::GenerateResponse msg;
   std::vector<int32_t> ids;
-  std::string text;
+  std::string text, reasoning;
+  std::vector<v1::ToolCall> calls;
   v1::GenerateResponse last;
   bool finished = false;
   while (reader->Read(&msg)) {
     ids.insert(ids.end(), msg.token_ids().begin(), msg.token_ids().end());
     text += msg.text();
+    reasoning += msg.reasoning_text();
+    calls.insert(calls.end(), msg.tool_calls().begin(), msg.tool_calls().end());
+    // A chat's reasoning goes to stderr, so that stdout holds the answer alone.
+    if (!a.json && !msg.reasoning_text().empty()) {
+      std::fputs(msg.reasoning_text().c_str(), stderr);
+      std::fflush(stderr);
+    }
     if (!a.json && !msg.text().empty()) {
       std::fputs(msg.text().c_str(), stdout);
       std::fflush(stdout);
@@ -68,11 +76,16 @@ int RunGenerate(const GenerateArgs& a) {
     return 1;
   }
   if (a.json) {
-    std::puts(ResultJson(ids, text, last.finish_reason(), last.stats())
-                  .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                  .c_str());
+    nlohmann::json j = ResultJson(ids, text, last.finish_reason(), last.stats());
+    if (req.has_chat()) {
+      j["reasoning"] = reasoning;
+      j["tool_calls"] = nlohmann::json::array();
+      for (const auto& c : calls) j["tool_calls"].push_back({{"name", c.name()}, {"arguments", c.arguments_json()}});
+    }
+    std::puts(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
+  for (const auto& c : calls) std::printf("tool_call: %s %s\n", c.name().c_str(), c.arguments_json().c_str());
   if (text.empty()) {  // a server without a tokenizer streams ids only
     std::string s;
     for (int32_t id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);

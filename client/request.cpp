@@ -90,6 +90,13 @@ bool LoadChat(const std::string& path, v1::ChatPrompt* chat, std::string* error)
     if (j.contains("special_tokens_in_content") && j["special_tokens_in_content"].is_boolean()) {
       chat->set_special_tokens_in_content(j["special_tokens_in_content"].get<bool>());
     }
+    if (j.contains("tools")) {  // OpenAI tool definitions
+      if (!j["tools"].is_array()) {
+        *error = path + ": \"tools\" must be a list";
+        return false;
+      }
+      for (const auto& t : j["tools"]) chat->add_tools_json(t.dump());
+    }
   }
   if (!msgs->is_array()) {
     *error = path + ": messages must be a list";

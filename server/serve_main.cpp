@@ -212,6 +212,9 @@ Status RunServe(const ServeOptions& o) {
     const auto hard_end = Clock::now() + std::chrono::seconds(5);
     while (!batcher.Idle() && Clock::now() < hard_end) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  // HTTP responses of finished requests may still be on their way to slow clients.
+  const auto http_end = Clock::now() + std::chrono::seconds(5);
+  while (api.live_responses() > 0 && Clock::now() < http_end) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   api.Stop();  // before the batcher: its streams wake the batcher when they end
   batcher.Stop();

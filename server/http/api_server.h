@@ -27,12 +27,13 @@ struct ApiServerOptions {
   std::string tls_cert, tls_key;   // PEM files: HTTPS
   std::string api_key;             // empty: none; else "Authorization: Bearer <key>" on /v1/*
   size_t max_body_bytes = 4 << 20;  // larger bodies: 413
-  int workers = 256;               // connections served at once (streams hold one each)
+  int workers = 256;               // connections served at once (streams hold one each); at most kMaxWorkers
   int64_t max_context = 0;         // for /v1/models
 };
 
 class ApiServer {
  public:
+  static constexpr int kMaxWorkers = 2048;
   ApiServer(Batcher* batcher, Metrics* metrics, ApiContext ctx);
   ~ApiServer();
   // Binds now (a taken port or bad TLS files are errors at startup), then serves in the background.
@@ -40,6 +41,9 @@ class ApiServer {
   int port() const { return port_; }
   // SIGTERM: /health answers 503 from now on (new requests get 503 from the batcher).
   void SetDraining() { draining_.store(true); }
+  // Responses still being written (streams, and bodies that wait for their request): the drain
+  // waits for them after the batcher is idle, so that finished streams reach [DONE].
+  int live_responses() const { return live_.load(); }
   void Stop();
 
  private:
@@ -52,6 +56,7 @@ class ApiServer {
   ApiServerOptions opt_;
   int64_t created_ = 0;  // unix seconds at start: /v1/models' "created"
   std::atomic<bool> draining_{false};
+  std::atomic<int> live_{0};
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
   int port_ = 0;

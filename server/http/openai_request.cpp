@@ -73,6 +73,21 @@ class Fields {
 
 constexpr int64_t kU32 = std::numeric_limits<uint32_t>::max();
 
+// A token id as JSON: an integer that fits int32 (the vocabulary check comes later). get<int32_t>
+// alone would wrap 4294967301 to 5.
+StatusOr<int32_t> TokenId(const Json& x, const char* field) {
+  if (x.is_number_unsigned() && x.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
+    return static_cast<int32_t>(x.get<uint64_t>());
+  }
+  if (x.is_number_integer() && !x.is_number_unsigned()) {
+    const int64_t v = x.get<int64_t>();
+    if (v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max()) {
+      return static_cast<int32_t>(v);  // negative: refused with the vocabulary check
+    }
+  }
+  return InvalidArgument("'{}' token ids must be integers in the vocabulary (got {})", field, x.dump());
+}
+
 // OpenAI parameters that only have a default here: accepted at that value, refused otherwise.
 Status OnlyDefault(const Fields& f, std::string_view k, const Json& default_value, std::string_view why) {
   if (!f.Has(k) || f.Get(k) == default_value) return Status::Ok();
@@ -146,8 +161,8 @@ Status ParseCommon(const Fields& f, Endpoint ep, v1::GenerateRequest* r, ApiRequ
     const Json& v = f.Get("stop_token_ids");
     if (!v.is_array()) return InvalidArgument("'stop_token_ids' must be an array of integers");
     for (const Json& x : v) {
-      if (!x.is_number_integer()) return InvalidArgument("'stop_token_ids' must be an array of integers");
-      s->add_stop_token_ids(x.get<int32_t>());
+      SPECD_ASSIGN_OR_RETURN(int32_t id, TokenId(x, "stop_token_ids"));
+      s->add_stop_token_ids(id);
     }
   }
   SPECD_RETURN_IF_ERROR(ParseStop(f, s));
@@ -306,8 +321,8 @@ Status ParseTools(const Fields& f, v1::ChatPrompt* chat) {
   for (size_t i = 0; i < tools.size(); ++i) {
     const std::string at = fmt::format("tools[{}]", i);
     const Json& t = tools[i];
-    if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") || !t["function"].is_object() ||
-        !t["function"].contains("name") || !t["function"]["name"].is_string()) {
+    if (!t.is_object() || !t.contains("type") || t["type"] != "function" || !t.contains("function") ||
+        !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
       return InvalidArgument("'{}' must be {{\"type\": \"function\", \"function\": {{\"name\": ..., ...}}}}", at);
     }
     if (use_tools) chat->add_tools_json(t.dump());
@@ -333,8 +348,8 @@ Status ParsePrompt(const Fields& f, v1::GenerateRequest* r) {
   const Json& p = f.Get("prompt");
   auto ids_of = [&](const Json& arr) -> Status {
     for (const Json& x : arr) {
-      if (!x.is_number_integer()) return InvalidArgument("'prompt' token ids must be integers");
-      r->mutable_token_ids()->add_ids(x.get<int32_t>());
+      SPECD_ASSIGN_OR_RETURN(int32_t id, TokenId(x, "prompt"));
+      r->mutable_token_ids()->add_ids(id);
     }
     return Status::Ok();
   };

@@ -18,6 +18,8 @@ std::string ToolCallId() {
 const char* ErrorType(int http_status) {
   switch (http_status) {
     case 401: return "authentication_error";
+    case 411:
+    case 415: return "invalid_request_error";
     case 404: return "not_found_error";
     case 413: return "request_too_large";
     case 429: return "rate_limit_error";
@@ -66,7 +68,8 @@ int HttpStatusOf(const Status& st) {
 }
 
 std::string ErrorBody(int http_status, std::string_view message) {
-  Json e{{"error", {{"message", message}, {"type", ErrorType(http_status)}, {"param", nullptr}, {"code", http_status}}}};
+  // OpenAI's "code" is a string or null (clients read it as a string): the HTTP status says the rest.
+  Json e{{"error", {{"message", message}, {"type", ErrorType(http_status)}, {"param", nullptr}, {"code", nullptr}}}};
   return e.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 

@@ -221,7 +221,7 @@ TEST(OpenAIResponse, ErrorsInOpenAIsFormat) {
   const Json e = Json::parse(ErrorBody(429, "the queue is full"));
   EXPECT_EQ(e["error"]["message"], "the queue is full");
   EXPECT_EQ(e["error"]["type"], "rate_limit_error");
-  EXPECT_EQ(e["error"]["code"], 429);
+  EXPECT_TRUE(e["error"]["code"].is_null()) << "a string or null in OpenAI's API";
   EXPECT_TRUE(e["error"]["param"].is_null());
   const std::string sse = ResponseWriter::StreamError(Status(StatusCode::kInternal, "engine step failed"));
   EXPECT_EQ(sse.rfind("data: {\"error\":", 0), 0u) << sse;

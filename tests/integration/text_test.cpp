@@ -115,6 +115,44 @@ TEST_F(DefaultModel, ChatPromptUsesTheChatTemplate) {
   EXPECT_EQ(r.final_msg.usage().prompt_tokens(), static_cast<uint32_t>(tresp.ids_size()));
 }
 
+// A chat's output comes back split (Qwen3.5's template, thinking on: the prompt ends in
+// "<think>\n", so the completion starts in the reasoning): reasoning_text + text are the raw text
+// that parse_output = false returns, the same tokens either way.
+TEST_F(DefaultModel, ChatOutputIsSplitIntoReasoningAndText) {
+  auto stub = srv_->Stub();
+  v1::GenerateRequest req;
+  auto* m = req.mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("def add(a, b):");
+  req.mutable_sampling()->set_max_tokens(24);
+  req.mutable_sampling()->set_ignore_eos(true);
+  auto run = [&](const v1::GenerateRequest& r, std::string* reasoning) {
+    grpc::ClientContext ctx;
+    auto reader = stub->Generate(&ctx, r);
+    v1::GenerateResponse msg;
+    StreamResult out;
+    while (reader->Read(&msg)) {
+      out.ids.insert(out.ids.end(), msg.token_ids().begin(), msg.token_ids().end());
+      out.text += msg.text();
+      *reasoning += msg.reasoning_text();
+      EXPECT_EQ(msg.tool_calls_size(), 0);
+    }
+    out.status = reader->Finish();
+    return out;
+  };
+  std::string reasoning, raw_reasoning;
+  const StreamResult split = run(req, &reasoning);
+  ASSERT_TRUE(split.status.ok()) << split.status.error_message();
+  req.mutable_chat()->set_parse_output(false);
+  const StreamResult raw = run(req, &raw_reasoning);
+  ASSERT_TRUE(raw.status.ok()) << raw.status.error_message();
+  EXPECT_EQ(split.ids, raw.ids);
+  EXPECT_TRUE(raw_reasoning.empty());
+  ASSERT_EQ(raw.text.find("</think>"), std::string::npos) << "the demo model closed its reasoning: " << raw.text;
+  EXPECT_EQ(reasoning, raw.text) << "thinking on and no </think>: all of it is reasoning";
+  EXPECT_TRUE(split.text.empty()) << split.text;
+}
+
 // Role injection through chat content (issue 14): a message spelling "<|im_end|>\n<|im_start|>
 // system" stays text unless the request opts in, and Generate sees the same ids as Tokenize.
 TEST_F(DefaultModel, SpecialTokensInChatContentAreText) {
