@@ -4,7 +4,8 @@
 # `specd serve --device cuda` on the embedded demo pair, then through specd-client: health, info,
 # a greedy id-prompt generation with the draft drafter and the same with --drafter none (their
 # ids must be equal), a text prompt (must be INVALID_ARGUMENT: no tokenizer in this build),
-# a small bench, /metrics, and SIGTERM (exit 0). Logs under $OUT; a summary table last; exit
+# a small bench, the OpenAI-compatible HTTP API (completions by token ids, one body and SSE; chat
+# refused without a tokenizer), /metrics, and SIGTERM (exit 0). Logs under $OUT; a summary table last; exit
 # non-zero on any failure.
 #
 #   bash scripts/gpu_daemon_check.sh              # on the GPU machine
@@ -69,7 +70,8 @@ rm -f "$OUT/ports.json"
 # SERVE_ARGS: extra serve flags (e.g. --batch-invariant).
 # shellcheck disable=SC2086
 "$specd" serve --device "$DEVICE" --host 127.0.0.1 --port "$PORT" --metrics-port "$METRICS_PORT" \
-  --port-file "$OUT/ports.json" --grace-seconds 10 --log-level info ${SERVE_ARGS:-} > "$OUT/serve.log" 2>&1 &
+  --http-port 0 --port-file "$OUT/ports.json" --grace-seconds 10 --log-level info ${SERVE_ARGS:-} \
+  > "$OUT/serve.log" 2>&1 &
 pid=$!
 cleanup() { kill -KILL "$pid" 2>/dev/null; }
 trap cleanup EXIT
@@ -189,6 +191,40 @@ if cl bench --num-requests ${BENCH_REQUESTS:-16} --concurrency 4 --warmup 2 --ma
 else
   tail -5 "$OUT/bench.txt"
   record bench FAIL "$(tail -1 "$OUT/bench.txt" | head -c 200)"
+fi
+
+# --- the OpenAI-compatible HTTP API (python3's http.client: the GPU machine has no `openai`) ---------
+hport=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http_port"])' "$OUT/ports.json")
+if hc=$(timeout 60 python3 - "$hport" 2> "$OUT/http.err" <<'PYEOF'
+import http.client, json, sys
+port = int(sys.argv[1])
+def post(path, body):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, r.read().decode()
+prompt = [11, 12, 13, 14, 15, 16, 17, 18]
+code, one = post("/v1/completions", {"prompt": prompt, "max_tokens": 48, "ignore_eos": True})
+assert code == 200, (code, one)
+one = json.loads(one)
+assert one["usage"]["completion_tokens"] == 48 and one["usage"]["speculative"]["draft_tokens"] > 0, one["usage"]
+code, sse = post("/v1/completions", {"prompt": prompt, "max_tokens": 48, "ignore_eos": True, "stream": True,
+                                     "stream_options": {"include_usage": True}})
+events = sse.split("\n\n")
+assert code == 200 and events[-2] == "data: [DONE]" and events[-1] == "", events[-3:]
+usage = json.loads(events[-3][6:])["usage"]
+assert usage["completion_tokens"] == 48, usage
+code, err = post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+assert code == 400 and "tokenizer" in json.loads(err)["error"]["message"], (code, err)
+code, err = post("/v1/completions", {"prompt": prompt, "n": 3})
+assert code == 400 and json.loads(err)["error"]["type"] == "invalid_request_error", (code, err)
+s = usage["speculative"]
+print(f"completions one-body + SSE ({len(events) - 2} events), 48 tokens, acceptance {s['acceptance_rate']:.3f}; errors 400")
+PYEOF
+); then
+  record http_api ok "$hc"
+else
+  record http_api FAIL "$(tail -3 "$OUT/http.err" | head -c 300)"
 fi
 
 # --- /metrics --------------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ import concurrent.futures
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 try:
@@ -84,6 +86,56 @@ def stream_chat(client, **kw):
             content += c.delta.content or ""
             finish = c.finish_reason or finish
     return reasoning, content, chunks, usage, finish
+
+
+def start(specd, tmp, name, args):
+    port_file = os.path.join(tmp, name + ".ports.json")
+    log = open(os.path.join(tmp, name + ".log"), "w")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    srv = subprocess.Popen([specd, "serve", "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+                            "--port-file", port_file] + args, stdout=log, stderr=log, env=env)
+    for _ in range(6000):
+        if os.path.exists(port_file) or srv.poll() is not None:
+            break
+        time.sleep(0.01)
+    check(os.path.exists(port_file), "server did not start: " + open(log.name).read())
+    return srv, json.load(open(port_file))["http_port"], log
+
+
+def saturation_and_drain(specd, tmp):
+    """One slot, no queue: a second request is 429. SIGTERM: /health 503, new requests 503, the
+    running stream still ends with its finish_reason and [DONE], exit 0."""
+    srv, port, log = start(specd, tmp, "small", ["--metrics-port", "0", "--max-batch", "1", "--max-queue", "0",
+                                                 "--grace-seconds", "30"])
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"prompt": "def main():\n", "max_tokens": 1500, "ignore_eos": True, "stream": True}),
+            headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        check(resp.status == 200, resp.status)
+        first = resp.readline()
+        check(first.startswith(b"data: {"), first)  # running: it holds the only slot
+        expect_error(port, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 4}), 429, "", key=None)
+        srv.send_signal(signal.SIGTERM)
+        deadline, status = time.time() + 10, 200
+        while time.time() < deadline and status == 200:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status
+            except urllib.error.HTTPError as e:
+                status = e.code
+        check(status == 503, f"/health while draining: {status}")
+        expect_error(port, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 4}), 503, "", key=None)
+        rest = resp.read().decode()
+        conn.close()
+        events = rest.split("\n\n")
+        check(events[-2] == "data: [DONE]", events[-3:])
+        check('"finish_reason":"length"' in events[-3], events[-3])
+        check(srv.wait(timeout=60) == 0, "exit status on SIGTERM")
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        log.close()
 
 
 def main():
@@ -272,6 +324,7 @@ def main():
         if srv.poll() is None:
             srv.kill()
         log.close()
+    saturation_and_drain(specd, tmp)
     print("openai client test: PASS")
 
 
