@@ -8,7 +8,7 @@ pkgs=(cmake ninja-build g++ pkg-config libopenblas-dev libgtest-dev libgmock-dev
       nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev python3)
 if [ "$want_server" = 1 ]; then
   pkgs+=(libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libpcre2-dev
-         libicu-dev libcpp-httplib-dev openssl)
+         libicu-dev libcpp-httplib-dev openssl curl)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -16,6 +16,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -229,7 +230,30 @@ def main():
             extra_body={"ignore_eos": True}) if ch.choices)
         check(streamed == c.choices[0].text, (streamed, c.choices[0].text))
 
-        # ---- SSE framing on the wire (what curl sees) ----
+        # ---- SSE framing with curl (scripts/setup.sh installs it) ----
+        curl = shutil.which("curl")
+        check(curl is not None, "curl is not installed (scripts/setup.sh installs it)")
+        out = subprocess.run([curl, "-sSN", "--fail-with-body", f"http://127.0.0.1:{port}/v1/chat/completions",
+                              "-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: application/json",
+                              "-d", json.dumps({"messages": msgs, "max_tokens": 12, "stream": True, "ignore_eos": True,
+                                                "stream_options": {"include_usage": True}})],
+                             capture_output=True, text=True, timeout=60)
+        check(out.returncode == 0, (out.returncode, out.stderr, out.stdout[:300]))
+        frames = out.stdout.split("\n\n")
+        check(frames[-1] == "" and frames[-2] == "data: [DONE]", frames[-3:])
+        chunks = [json.loads(f[len("data: "):]) for f in frames[:-2]]
+        check(all(f.startswith("data: ") for f in frames[:-2]), frames)
+        check(chunks[0]["choices"][0]["delta"]["role"] == "assistant", chunks[0])
+        check(chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12, chunks[-1])
+        check(chunks[-2]["choices"][0]["finish_reason"] == "length", chunks[-2])
+        check(len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks),
+              "one id, chunk objects")
+        bad = subprocess.run([curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                              f"http://127.0.0.1:{port}/v1/chat/completions", "-d", "{}"],
+                             capture_output=True, text=True, timeout=30)
+        check(bad.stdout == "401", bad.stdout)
+
+        # ---- SSE framing on the wire (raw HTTP) ----
         code, ctype, data = raw_post(port, "/v1/completions", json.dumps(
             {"prompt": "x = 1\n", "max_tokens": 8, "stream": True, "ignore_eos": True}))
         check(code == 200 and ctype.startswith("text/event-stream"), (code, ctype))
