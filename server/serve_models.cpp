@@ -81,6 +81,16 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
                  o.cuda_graph_limit, o.cuda_graph_capture_after, int64_t{o.max_batch} * kMaxVerifySpan);
   }
   SPECD_ASSIGN_OR_RETURN(m.target, LoadModel(m.model_dir, m.backend.get(), 1));
+  if (m.drafter == "mtp") {
+    // The head is loaded and checked at startup, so a checkpoint without one (or with a broken
+    // one) stops here with the tensor named, never at the first request.
+    if (m.model_dir.starts_with("random:")) return InvalidArgument("--drafter mtp needs a checkpoint with mtp.* tensors");
+    Status st = m.target->LoadMtpHead(m.model_dir);
+    if (!st.ok()) return Status(st.code(), fmt::format("--drafter mtp: {}: {}", m.model_dir, st.message()));
+    return Unimplemented("--drafter mtp: the MTP head of {} loads and checks ({:.1f} MB), but drafting with it is "
+                         "not implemented yet; use --drafter draft, ngram or none",
+                         m.model_dir, static_cast<double>(m.target->mtp_head()->bytes) / 1e6);
+  }
   if (m.drafter == "draft") {
     SPECD_ASSIGN_OR_RETURN(m.draft, LoadModel(m.draft_dir, m.backend.get(), 2));
   }

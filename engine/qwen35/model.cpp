@@ -17,6 +17,13 @@ Qwen35Model::Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be)
 
 Qwen35Model::~Qwen35Model() { backend_->DropGraphs(fmt::format(":m{}:", id_)); }
 
+Status Qwen35Model::LoadMtpHead(const std::string& dir) {
+  SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
+  SPECD_ASSIGN_OR_RETURN(MtpWeights m, LoadMtpWeights(cfg_, *ckpt, backend_));
+  mtp_ = std::move(m);
+  return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string& dir, Backend* backend) {
   SPECD_ASSIGN_OR_RETURN(ModelConfig cfg, LoadModelConfig(dir));
   SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));

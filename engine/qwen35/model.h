@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -41,6 +42,11 @@ class Qwen35Model {
   Qwen35Model(const Qwen35Model&) = delete;
   Qwen35Model& operator=(const Qwen35Model&) = delete;
 
+  // Loads and checks the checkpoint's MTP head (mtp.*) from `dir` (the folder the model came
+  // from): kNotFound when it has none, an error naming a missing or mis-shaped tensor.
+  Status LoadMtpHead(const std::string& dir);
+  const MtpWeights* mtp_head() const { return mtp_ ? &*mtp_ : nullptr; }
+
   const ModelConfig& config() const { return cfg_; }
   Backend* backend() const { return backend_; }
   int64_t weight_bytes() const { return w_.bytes; }
@@ -77,6 +83,7 @@ class Qwen35Model {
 
   ModelConfig cfg_;
   ModelWeights w_;
+  std::optional<MtpWeights> mtp_;
   Backend* backend_;
   uint64_t id_;
   GraphPaddingMode padding_ = GraphPaddingMode::kAuto;

@@ -15,6 +15,9 @@ class Loader {
     prefix_ = ckpt.Find("model.language_model.embed_tokens.weight") != nullptr ? "model.language_model."
                                                                                 : "model.";
   }
+  // Names under another root (the MTP head's "mtp.", the same in both layouts).
+  Loader(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* be, std::string prefix)
+      : cfg_(cfg), ckpt_(ckpt), be_(be), prefix_(std::move(prefix)) {}
 
   StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool backbone = true) {
     const std::string full = backbone ? prefix_ + name : name;
@@ -88,6 +91,65 @@ class Loader {
   int64_t bytes_ = 0;
 };
 
+// One decoder layer under `p` ("layers.3.", or the MTP head's "layers.0."): its mixer (Gated
+// DeltaNet or gated attention) and its feed-forward (dense or MoE, fused or per-expert experts).
+StatusOr<LayerWeights> LoadLayer(const ModelConfig& c, Loader& ld, const std::string& p, LayerType type) {
+  const int64_t H = c.hidden_size;
+  const int64_t C = c.conv_dim(), Hv = c.linear_num_value_heads, dv = c.linear_value_head_dim;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  LayerWeights L;
+  L.type = type;
+  SPECD_ASSIGN_OR_RETURN(L.input_norm, ld.Get(p + "input_layernorm.weight", {H}));
+  SPECD_ASSIGN_OR_RETURN(L.post_norm, ld.Get(p + "post_attention_layernorm.weight", {H}));
+  if (L.type == LayerType::kLinearAttention) {
+    const std::string q = p + "linear_attn.";
+    auto& g = L.gdn;
+    SPECD_ASSIGN_OR_RETURN(g.in_proj, ld.GetStacked({{q + "in_proj_qkv.weight", {C, H}},
+                                                     {q + "in_proj_z.weight", {Hv * dv, H}},
+                                                     {q + "in_proj_b.weight", {Hv, H}},
+                                                     {q + "in_proj_a.weight", {Hv, H}}},
+                                                    {&g.in_qkv, &g.in_z, &g.in_b, &g.in_a}));
+    SPECD_ASSIGN_OR_RETURN(g.conv, ld.Get(q + "conv1d.weight", {C, 1, c.linear_conv_kernel_dim}));
+    g.conv = g.conv.Reshape({C, c.linear_conv_kernel_dim});
+    SPECD_ASSIGN_OR_RETURN(g.dt_bias, ld.GetF32(q + "dt_bias", {Hv}));
+    SPECD_ASSIGN_OR_RETURN(g.a_log, ld.GetF32(q + "A_log", {Hv}));
+    SPECD_ASSIGN_OR_RETURN(g.norm, ld.Get(q + "norm.weight", {dv}));
+    SPECD_ASSIGN_OR_RETURN(g.out, ld.Get(q + "out_proj.weight", {H, Hv * dv}));
+  } else {
+    const std::string q = p + "self_attn.";
+    auto& a = L.attn;
+    SPECD_ASSIGN_OR_RETURN(a.qkv, ld.GetStacked({{q + "q_proj.weight", {2 * Hq * D, H}},
+                                                 {q + "k_proj.weight", {Hkv * D, H}},
+                                                 {q + "v_proj.weight", {Hkv * D, H}}},
+                                                {&a.q, &a.k, &a.v}));
+    SPECD_ASSIGN_OR_RETURN(a.o, ld.Get(q + "o_proj.weight", {H, Hq * D}));
+    SPECD_ASSIGN_OR_RETURN(a.q_norm, ld.Get(q + "q_norm.weight", {D}));
+    SPECD_ASSIGN_OR_RETURN(a.k_norm, ld.Get(q + "k_norm.weight", {D}));
+  }
+  const std::string m = p + "mlp.";
+  if (c.is_moe) {
+    auto& e = L.moe;
+    e.top_k = c.num_experts_per_tok;
+    SPECD_ASSIGN_OR_RETURN(e.router, ld.Get(m + "gate.weight", {c.num_experts, H}));
+    SPECD_RETURN_IF_ERROR(ld.Experts(m, e));
+    if (c.shared_expert_intermediate_size > 0) {
+      const int64_t Is = c.shared_expert_intermediate_size;
+      SPECD_ASSIGN_OR_RETURN(e.shared_gate_up, ld.GetStacked({{m + "shared_expert.gate_proj.weight", {Is, H}},
+                                                              {m + "shared_expert.up_proj.weight", {Is, H}}},
+                                                             {&e.shared_gate, &e.shared_up}));
+      SPECD_ASSIGN_OR_RETURN(e.shared_down, ld.Get(m + "shared_expert.down_proj.weight", {H, Is}));
+      SPECD_ASSIGN_OR_RETURN(e.shared_router, ld.Get(m + "shared_expert_gate.weight", {1, H}));
+    }
+  } else {
+    const int64_t I = c.intermediate_size;
+    SPECD_ASSIGN_OR_RETURN(L.mlp.gate_up, ld.GetStacked({{m + "gate_proj.weight", {I, H}},
+                                                         {m + "up_proj.weight", {I, H}}},
+                                                        {&L.mlp.gate, &L.mlp.up}));
+    SPECD_ASSIGN_OR_RETURN(L.mlp.down, ld.Get(m + "down_proj.weight", {H, I}));
+  }
+  return L;
+}
+
 }  // namespace
 
 StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be) {
@@ -101,64 +163,41 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
   } else {
     SPECD_ASSIGN_OR_RETURN(w.lm_head, ld.Get("lm_head.weight", {V, H}, /*backbone=*/false));
   }
-  const int64_t C = c.conv_dim(), Hv = c.linear_num_value_heads, dv = c.linear_value_head_dim;
-  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
-    LayerWeights L;
-    L.type = c.layer_types[i];
-    const std::string p = fmt::format("layers.{}.", i);
-    SPECD_ASSIGN_OR_RETURN(L.input_norm, ld.Get(p + "input_layernorm.weight", {H}));
-    SPECD_ASSIGN_OR_RETURN(L.post_norm, ld.Get(p + "post_attention_layernorm.weight", {H}));
-    if (L.type == LayerType::kLinearAttention) {
-      const std::string q = p + "linear_attn.";
-      auto& g = L.gdn;
-      SPECD_ASSIGN_OR_RETURN(g.in_proj, ld.GetStacked({{q + "in_proj_qkv.weight", {C, H}},
-                                                       {q + "in_proj_z.weight", {Hv * dv, H}},
-                                                       {q + "in_proj_b.weight", {Hv, H}},
-                                                       {q + "in_proj_a.weight", {Hv, H}}},
-                                                      {&g.in_qkv, &g.in_z, &g.in_b, &g.in_a}));
-      SPECD_ASSIGN_OR_RETURN(g.conv, ld.Get(q + "conv1d.weight", {C, 1, c.linear_conv_kernel_dim}));
-      g.conv = g.conv.Reshape({C, c.linear_conv_kernel_dim});
-      SPECD_ASSIGN_OR_RETURN(g.dt_bias, ld.GetF32(q + "dt_bias", {Hv}));
-      SPECD_ASSIGN_OR_RETURN(g.a_log, ld.GetF32(q + "A_log", {Hv}));
-      SPECD_ASSIGN_OR_RETURN(g.norm, ld.Get(q + "norm.weight", {dv}));
-      SPECD_ASSIGN_OR_RETURN(g.out, ld.Get(q + "out_proj.weight", {H, Hv * dv}));
-    } else {
-      const std::string q = p + "self_attn.";
-      auto& a = L.attn;
-      SPECD_ASSIGN_OR_RETURN(a.qkv, ld.GetStacked({{q + "q_proj.weight", {2 * Hq * D, H}},
-                                                   {q + "k_proj.weight", {Hkv * D, H}},
-                                                   {q + "v_proj.weight", {Hkv * D, H}}},
-                                                  {&a.q, &a.k, &a.v}));
-      SPECD_ASSIGN_OR_RETURN(a.o, ld.Get(q + "o_proj.weight", {H, Hq * D}));
-      SPECD_ASSIGN_OR_RETURN(a.q_norm, ld.Get(q + "q_norm.weight", {D}));
-      SPECD_ASSIGN_OR_RETURN(a.k_norm, ld.Get(q + "k_norm.weight", {D}));
-    }
-    const std::string m = p + "mlp.";
-    if (c.is_moe) {
-      auto& e = L.moe;
-      e.top_k = c.num_experts_per_tok;
-      SPECD_ASSIGN_OR_RETURN(e.router, ld.Get(m + "gate.weight", {c.num_experts, H}));
-      SPECD_RETURN_IF_ERROR(ld.Experts(m, e));
-      if (c.shared_expert_intermediate_size > 0) {
-        const int64_t Is = c.shared_expert_intermediate_size;
-        SPECD_ASSIGN_OR_RETURN(e.shared_gate_up, ld.GetStacked({{m + "shared_expert.gate_proj.weight", {Is, H}},
-                                                                {m + "shared_expert.up_proj.weight", {Is, H}}},
-                                                               {&e.shared_gate, &e.shared_up}));
-        SPECD_ASSIGN_OR_RETURN(e.shared_down, ld.Get(m + "shared_expert.down_proj.weight", {H, Is}));
-        SPECD_ASSIGN_OR_RETURN(e.shared_router, ld.Get(m + "shared_expert_gate.weight", {1, H}));
-      }
-    } else {
-      const int64_t I = c.intermediate_size;
-      SPECD_ASSIGN_OR_RETURN(L.mlp.gate_up, ld.GetStacked({{m + "gate_proj.weight", {I, H}},
-                                                           {m + "up_proj.weight", {I, H}}},
-                                                          {&L.mlp.gate, &L.mlp.up}));
-      SPECD_ASSIGN_OR_RETURN(L.mlp.down, ld.Get(m + "down_proj.weight", {H, I}));
-    }
+    SPECD_ASSIGN_OR_RETURN(LayerWeights L, LoadLayer(c, ld, fmt::format("layers.{}.", i), c.layer_types[i]));
     w.layers.push_back(std::move(L));
   }
   w.bytes = ld.bytes();
   return w;
+}
+
+bool HasMtpHead(const Checkpoint& ckpt) {
+  for (const std::string& name : ckpt.Names()) {
+    if (name.starts_with("mtp.")) return true;
+  }
+  return false;
+}
+
+StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be) {
+  if (!HasMtpHead(ckpt)) {
+    return NotFound("the checkpoint has no MTP head (no mtp.* tensors; config.json says mtp_num_hidden_layers = {})",
+                    c.mtp_num_hidden_layers);
+  }
+  if (c.mtp_num_hidden_layers != 1) {
+    return Unimplemented("the checkpoint's MTP head has {} layers (config.json mtp_num_hidden_layers); specd "
+                         "implements the one-layer head every Qwen3.5 release ships",
+                         c.mtp_num_hidden_layers);
+  }
+  Loader ld(c, ckpt, be, "mtp.");
+  const int64_t H = c.hidden_size;
+  MtpWeights m;
+  SPECD_ASSIGN_OR_RETURN(m.fc, ld.Get("fc.weight", {H, 2 * H}));
+  SPECD_ASSIGN_OR_RETURN(m.pre_fc_norm_embedding, ld.Get("pre_fc_norm_embedding.weight", {H}));
+  SPECD_ASSIGN_OR_RETURN(m.pre_fc_norm_hidden, ld.Get("pre_fc_norm_hidden.weight", {H}));
+  SPECD_ASSIGN_OR_RETURN(m.layer, LoadLayer(c, ld, "layers.0.", LayerType::kFullAttention));
+  SPECD_ASSIGN_OR_RETURN(m.norm, ld.Get("norm.weight", {H}));
+  m.bytes = ld.bytes();
+  return m;
 }
 
 ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {

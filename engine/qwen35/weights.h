@@ -52,6 +52,23 @@ struct ModelWeights {
 // Loads and shape-checks every backbone tensor; `model.visual.*` and `mtp.*` are not loaded.
 StatusOr<ModelWeights> LoadWeights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* backend);
 
+// Qwen3.5's multi-token-prediction head (`mtp.*`, the same names in the text-only and the
+// multimodal layout; docs/mtp.md has the manifest). It has no embedding or lm_head of its own:
+// it uses the target's.
+struct MtpWeights {
+  Tensor fc;                                         // [H, 2H]: [embedding ; hidden] -> H
+  Tensor pre_fc_norm_embedding, pre_fc_norm_hidden;  // [H] (1 + w)
+  LayerWeights layer;                                // one gated full-attention decoder layer, dense or MoE
+  Tensor norm;                                       // [H] (1 + w)
+  int64_t bytes = 0;                                 // on the backend
+};
+
+// True when the checkpoint stores any mtp.* tensor.
+bool HasMtpHead(const Checkpoint& ckpt);
+// Loads and shape-checks the MTP head: kNotFound when the checkpoint has none, an error naming
+// the tensor when one is missing or mis-shaped (MoE experts fused or per expert, as the backbone).
+StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* backend);
+
 // Random weights with the given shapes (benchmarks of real Qwen3.5 shapes), deterministic in seed.
 ModelWeights RandomWeights(const ModelConfig& cfg, Backend* backend, uint64_t seed);
 

@@ -377,5 +377,161 @@ TEST_F(Weights, TiedEmbeddingsUseTheEmbeddingMatrix) {
   EXPECT_LE(MaxRowRelErr(PromptLogits(mmodel.get(), "dense"), lc, V), 1e-6);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// (f) The MTP head (mtp.*): loaded on request, in both name layouts, dense and MoE (experts
+// fused or per expert); a missing head or tensor is named.
+
+// The text config (nested under text_config in the multimodal layout).
+json& TextConfig(json& cfg) { return cfg.contains("text_config") ? cfg["text_config"] : cfg; }
+
+// MTP tensors with the config's shapes, deterministic values; MoE experts per expert or fused.
+Tensors MtpTensors(const json& tc, bool fused_experts) {
+  const int64_t H = tc.at("hidden_size"), Hq = tc.at("num_attention_heads"), Hkv = tc.at("num_key_value_heads");
+  const int64_t D = tc.at("head_dim");
+  uint32_t state = 12345;
+  auto t = [&](std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    HostTensor h{shape, std::vector<float>(static_cast<size_t>(n))};
+    for (float& x : h.v) {
+      state = state * 1664525u + 1013904223u;
+      x = static_cast<float>(state >> 8) / 16777216.f - 0.5f;
+    }
+    return h;
+  };
+  Tensors m;
+  m["mtp.fc.weight"] = t({H, 2 * H});
+  m["mtp.pre_fc_norm_embedding.weight"] = t({H});
+  m["mtp.pre_fc_norm_hidden.weight"] = t({H});
+  m["mtp.norm.weight"] = t({H});
+  const std::string l = "mtp.layers.0.";
+  m[l + "input_layernorm.weight"] = t({H});
+  m[l + "post_attention_layernorm.weight"] = t({H});
+  m[l + "self_attn.q_proj.weight"] = t({2 * Hq * D, H});
+  m[l + "self_attn.k_proj.weight"] = t({Hkv * D, H});
+  m[l + "self_attn.v_proj.weight"] = t({Hkv * D, H});
+  m[l + "self_attn.o_proj.weight"] = t({H, Hq * D});
+  m[l + "self_attn.q_norm.weight"] = t({D});
+  m[l + "self_attn.k_norm.weight"] = t({D});
+  if (tc.contains("num_experts") && !tc["num_experts"].is_null()) {
+    const int64_t E = tc.at("num_experts"), Ie = tc.at("moe_intermediate_size");
+    const int64_t Is = tc.at("shared_expert_intermediate_size");
+    m[l + "mlp.gate.weight"] = t({E, H});
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string q = l + "mlp.experts." + std::to_string(e) + ".";
+      m[q + "gate_proj.weight"] = t({Ie, H});
+      m[q + "up_proj.weight"] = t({Ie, H});
+      m[q + "down_proj.weight"] = t({H, Ie});
+    }
+    if (fused_experts) m = Fuse(m, E);
+    m[l + "mlp.shared_expert.gate_proj.weight"] = t({Is, H});
+    m[l + "mlp.shared_expert.up_proj.weight"] = t({Is, H});
+    m[l + "mlp.shared_expert.down_proj.weight"] = t({H, Is});
+    m[l + "mlp.shared_expert_gate.weight"] = t({1, H});
+  } else {
+    const int64_t I = tc.at("intermediate_size");
+    m[l + "mlp.gate_proj.weight"] = t({I, H});
+    m[l + "mlp.up_proj.weight"] = t({I, H});
+    m[l + "mlp.down_proj.weight"] = t({H, I});
+  }
+  return m;
+}
+
+int64_t Elements(const Tensors& t, const std::string& prefix) {
+  int64_t n = 0;
+  for (const auto& [name, h] : t) {
+    if (name.starts_with(prefix)) n += static_cast<int64_t>(h.v.size());
+  }
+  return n;
+}
+
+TEST_F(Weights, MtpHeadLoadsInEveryLayout) {
+  for (const char* fixture_name : {"dense", "dense_multimodal_layout", "moe"}) {
+    SCOPED_TRACE(fixture_name);
+    const std::string fixture = ModelDir(fixture_name);
+    json cfg = ReadConfig(fixture);
+    TextConfig(cfg)["mtp_num_hidden_layers"] = 1;
+    Tensors t = ReadAllTensors(fixture);
+    const Tensors mtp = MtpTensors(TextConfig(cfg), /*fused_experts=*/false);
+    t.insert(mtp.begin(), mtp.end());
+    auto m = MustLoad(Write(std::string(fixture_name) + "_mtp", t, cfg));
+    ASSERT_NE(m, nullptr);
+    auto base = MustLoad(fixture);
+    EXPECT_EQ(m->weight_bytes(), base->weight_bytes()) << "the backbone alone until the head is asked for";
+    EXPECT_EQ(m->mtp_head(), nullptr);
+    const std::string dir = (fs::path(root_) / (std::string(fixture_name) + "_mtp")).string();
+    ASSERT_TRUE(m->LoadMtpHead(dir).ok());
+    const MtpWeights* h = m->mtp_head();
+    ASSERT_NE(h, nullptr);
+    EXPECT_EQ(h->bytes, Elements(mtp, "mtp.") * 4) << "every mtp.* tensor, fp32 on the CPU";
+    EXPECT_EQ(h->layer.type, LayerType::kFullAttention);
+    EXPECT_EQ(backend_->DownloadF32(h->norm), mtp.at("mtp.norm.weight").v);
+    EXPECT_EQ(backend_->DownloadF32(h->fc), mtp.at("mtp.fc.weight").v);
+    EXPECT_EQ(backend_->DownloadF32(h->layer.attn.k_norm), mtp.at("mtp.layers.0.self_attn.k_norm.weight").v);
+  }
+}
+
+TEST_F(Weights, MtpMoeExpertsFusedOrPerExpertLoadTheSame) {
+  const std::string fixture = ModelDir("moe");
+  json cfg = ReadConfig(fixture);
+  TextConfig(cfg)["mtp_num_hidden_layers"] = 1;
+  std::vector<float> gate_up[2], down[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    Tensors t = ReadAllTensors(fixture);
+    const Tensors mtp = MtpTensors(TextConfig(cfg), fused == 1);
+    EXPECT_EQ(mtp.count("mtp.layers.0.mlp.experts.gate_up_proj") == 1, fused == 1);
+    t.insert(mtp.begin(), mtp.end());
+    const std::string dir = Write(fused ? "moe_mtp_fused" : "moe_mtp_split", t, cfg);
+    auto m = MustLoad(dir);
+    ASSERT_NE(m, nullptr);
+    Status st = m->LoadMtpHead(dir);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    gate_up[fused] = backend_->DownloadF32(m->mtp_head()->layer.moe.gate_up);
+    down[fused] = backend_->DownloadF32(m->mtp_head()->layer.moe.down);
+  }
+  EXPECT_FALSE(gate_up[0].empty());
+  EXPECT_EQ(gate_up[0], gate_up[1]);
+  EXPECT_EQ(down[0], down[1]);
+}
+
+TEST_F(Weights, MtpHeadMissingOrBrokenIsNamed) {
+  const std::string fixture = ModelDir("dense");
+  json cfg = ReadConfig(fixture);
+  TextConfig(cfg)["mtp_num_hidden_layers"] = 1;
+  // No head at all.
+  auto plain = MustLoad(fixture);
+  ASSERT_NE(plain, nullptr);
+  Status none = plain->LoadMtpHead(fixture);
+  EXPECT_EQ(none.code(), StatusCode::kNotFound);
+  EXPECT_TRUE(Contains(none.message(), "no MTP head")) << none.ToString();
+
+  auto load_error = [&](const std::string& name, const Tensors& mtp, const json& c) {
+    Tensors t = ReadAllTensors(fixture);
+    t.insert(mtp.begin(), mtp.end());
+    const std::string dir = Write(name, t, c);
+    auto m = MustLoad(dir);
+    if (m == nullptr) return Status(StatusCode::kInternal, "backbone did not load");
+    Status st = m->LoadMtpHead(dir);
+    EXPECT_FALSE(st.ok()) << name;
+    EXPECT_EQ(m->mtp_head(), nullptr) << "a failed load leaves no head";
+    return st;
+  };
+  Tensors missing = MtpTensors(TextConfig(cfg), false);
+  missing.erase("mtp.layers.0.self_attn.k_norm.weight");
+  EXPECT_TRUE(Contains(load_error("mtp_missing", missing, cfg).message(), "mtp.layers.0.self_attn.k_norm.weight"));
+
+  Tensors misshaped = MtpTensors(TextConfig(cfg), false);
+  auto& fc = misshaped.at("mtp.fc.weight");
+  fc.shape = {fc.shape[1], fc.shape[0]};
+  EXPECT_TRUE(Contains(load_error("mtp_misshaped", misshaped, cfg).message(), "mtp.fc.weight"));
+
+  json two = cfg;
+  TextConfig(two)["mtp_num_hidden_layers"] = 2;
+  Status st2 = load_error("mtp_two_layers", MtpTensors(TextConfig(cfg), false), two);
+  EXPECT_EQ(st2.code(), StatusCode::kUnimplemented);
+  EXPECT_TRUE(Contains(st2.message(), "mtp_num_hidden_layers")) << st2.ToString();
+}
+
 }  // namespace
 }  // namespace specd::testing
