@@ -35,12 +35,14 @@ std::unique_ptr<Qwen35Model> Qwen35Model::Random(const ModelConfig& cfg, Backend
   return std::unique_ptr<Qwen35Model>(new Qwen35Model(cfg, RandomWeights(cfg, backend, seed), backend));
 }
 
-StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, ModelCache& cache) {
+StatusOr<Qwen35Model::PreparedBatch> Qwen35Model::PrepareBatch(const std::vector<SeqInput>& seqs,
+                                                                ModelCache& cache) const {
   // ---- validate everything before touching any state ----
-  BatchInfo b;
-  std::vector<int32_t> ids;
-  ForwardOutput out;
-  std::vector<int64_t> logit_rows;
+  PreparedBatch p;
+  BatchInfo& b = p.b;
+  std::vector<int32_t>& ids = p.ids;
+  ForwardOutput& out = p.out;
+  std::vector<int64_t>& logit_rows = p.logit_rows;
   std::vector<bool> seen(static_cast<size_t>(cache.num_slots()), false);
   for (const auto& s : seqs) {
     if (s.slot < 0 || s.slot >= cache.num_slots() || !cache.in_use(s.slot)) {
@@ -98,7 +100,15 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
   SPECD_RETURN_IF_ERROR(cache.ReserveKv(kv_rows));
   // Before the ops and any graph replay: both read the table from the cache's fixed tensor.
   cache.SyncBlockTable();
+  return p;
+}
 
+StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, ModelCache& cache) {
+  SPECD_ASSIGN_OR_RETURN(PreparedBatch p, PrepareBatch(seqs, cache));
+  BatchInfo& b = p.b;
+  std::vector<int32_t>& ids = p.ids;
+  ForwardOutput& out = p.out;
+  std::vector<int64_t>& logit_rows = p.logit_rows;
   Backend& be = *backend_;
   const int64_t real_rows = static_cast<int64_t>(logit_rows.size());
   // Decode and verify steps (short spans) replay captured graphs; prefill chunks (long, varied)
@@ -108,7 +118,9 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
            (!cfg_.is_moe || be.MoeFfnCapturable(tokens, cfg_.hidden_size, cfg_.moe_intermediate_size,
                                                 cfg_.num_experts, cfg_.num_experts_per_tok));
   };
-  bool graphable = capturable(b.num_tokens);
+  // keep_hidden: the hidden rows are read back after the forward, which a replayed graph's
+  // output does not give; those forwards run op by op.
+  bool graphable = !keep_hidden_ && capturable(b.num_tokens);
   const bool pad = padding_ == GraphPaddingMode::kAlways || (padding_ == GraphPaddingMode::kAuto && be.CapturesGraphs());
   if (graphable && pad) {
     const auto plan = PlanGraphPadding(static_cast<int64_t>(b.seqs.size()), b.num_tokens, b.max_len, real_rows,
@@ -221,6 +233,7 @@ Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
   be.GatherRows(h, rows, hs);
   Tensor hn = be.Empty(act, {R, H});
   be.RmsNorm(hs, w_.final_norm, eps, true, hn);
+  if (keep_hidden_) last_hidden_ = hn;  // what the MTP head reads (graphs are off meanwhile)
   Tensor logits = be.Empty(DType::kF32, {R, cfg_.vocab_size});
   be.Gemm(hn, w_.lm_head, logits);
   return logits;

@@ -60,6 +60,24 @@ class Qwen35Model {
   // slots of `seqs` may be half-updated: the caller drops those sequences).
   StatusOr<ForwardOutput> Forward(const std::vector<SeqInput>& seqs, ModelCache& cache);
 
+  // The MTP head's forward (docs/mtp.md; LoadMtpHead first). Row r of a sequence pairs the token
+  // x_{t+1} (`seqs[i].tokens[r]`) with `hidden` row (the target's final-normed hidden state h_t, or
+  // for a chained draft step the head's own previous output), at the next position of the
+  // sequence's slot in `mtp_cache` (NewMtpCache: the head's own KV cache, rolled back like the
+  // target's). Returns the draft logits and the head's normed output (what a chained step feeds
+  // back) for the rows the inputs ask for. Runs op by op (no graphs yet).
+  struct MtpOutput {
+    ForwardOutput logits;  // as Forward's
+    Tensor hidden;         // [rows, H]: mtp.norm(output), same rows as the logits
+  };
+  StatusOr<MtpOutput> MtpForward(const std::vector<SeqInput>& seqs, const Tensor& hidden, ModelCache& mtp_cache);
+  // The MTP head's cache: one full-attention layer, the same options as the target's.
+  StatusOr<std::unique_ptr<ModelCache>> NewMtpCache(const CacheOptions& opt) const;
+  // The target's final-normed hidden states of the last forward's logit rows (what the MTP head
+  // reads), kept only when keep_hidden is set; [rows, H].
+  void set_keep_hidden(bool on) { keep_hidden_ = on; }
+  const Tensor& last_hidden() const { return last_hidden_; }
+
   // Padding of short batches to graph shapes (qwen35/graph_padding.h): kAuto where the backend
   // captures graphs; kAlways / kNever for tests and A/B runs.
   enum class GraphPaddingMode { kAuto, kAlways, kNever };
@@ -67,6 +85,16 @@ class Qwen35Model {
 
  private:
   Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be);
+  // A validated batch (Forward and MtpForward): spans, ids, logit rows; KV rows reserved.
+  struct PreparedBatch {
+    BatchInfo b;
+    std::vector<int32_t> ids;
+    ForwardOutput out;
+    std::vector<int64_t> logit_rows;
+  };
+  StatusOr<PreparedBatch> PrepareBatch(const std::vector<SeqInput>& seqs, ModelCache& cache) const;
+  Tensor MtpOps(const BatchInfo& b, const Tensor& tok, const Tensor& hidden, const Tensor& rows, int64_t R,
+                ModelCache& cache, Tensor* normed);
   // Spans of at most this many tokens (decode, verify, draft steps) run as captured graphs.
   static constexpr int64_t kMaxGraphTokens = kMaxVerifySpan;
   std::string GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const;
@@ -84,6 +112,8 @@ class Qwen35Model {
   ModelConfig cfg_;
   ModelWeights w_;
   std::optional<MtpWeights> mtp_;
+  bool keep_hidden_ = false;
+  Tensor last_hidden_;
   Backend* backend_;
   uint64_t id_;
   GraphPaddingMode padding_ = GraphPaddingMode::kAuto;

@@ -1,5 +1,6 @@
 #include "qwen35/weights.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "checkpoint/safetensors.h"
@@ -54,6 +55,19 @@ class Loader {
       r0 += parts[i].second[0];
     }
     return t;
+  }
+  // A [rows, 2 * cols] tensor as its left and right column halves, each [rows, cols].
+  Status GetColumnHalves(const std::string& name, int64_t rows, int64_t cols, Tensor* left, Tensor* right) {
+    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(prefix_ + name, {rows, 2 * cols}));
+    std::vector<float> l(static_cast<size_t>(rows * cols)), r(static_cast<size_t>(rows * cols));
+    for (int64_t i = 0; i < rows; ++i) {
+      std::copy_n(v.begin() + i * 2 * cols, cols, l.begin() + i * cols);
+      std::copy_n(v.begin() + i * 2 * cols + cols, cols, r.begin() + i * cols);
+    }
+    *left = be_->Upload(l.data(), DType::kF32, {rows, cols}, be_->act_dtype());
+    *right = be_->Upload(r.data(), DType::kF32, {rows, cols}, be_->act_dtype());
+    bytes_ += static_cast<int64_t>(left->nbytes() + right->nbytes());
+    return Status::Ok();
   }
   bool Has(const std::string& name) const { return ckpt_.Find(prefix_ + name) != nullptr; }
   const std::string& prefix() const { return prefix_; }
@@ -191,7 +205,9 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt
   Loader ld(c, ckpt, be, "mtp.");
   const int64_t H = c.hidden_size;
   MtpWeights m;
-  SPECD_ASSIGN_OR_RETURN(m.fc, ld.Get("fc.weight", {H, 2 * H}));
+  // fc acts on [embedding ; hidden]: kept as its two halves, one GEMM each, so that the two
+  // inputs need no concatenation.
+  SPECD_RETURN_IF_ERROR(ld.GetColumnHalves("fc.weight", H, H, &m.fc_embedding, &m.fc_hidden));
   SPECD_ASSIGN_OR_RETURN(m.pre_fc_norm_embedding, ld.Get("pre_fc_norm_embedding.weight", {H}));
   SPECD_ASSIGN_OR_RETURN(m.pre_fc_norm_hidden, ld.Get("pre_fc_norm_hidden.weight", {H}));
   SPECD_ASSIGN_OR_RETURN(m.layer, LoadLayer(c, ld, "layers.0.", LayerType::kFullAttention));

@@ -56,7 +56,7 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& cfg, const Checkpoint& ckp
 // multimodal layout; docs/mtp.md has the manifest). It has no embedding or lm_head of its own:
 // it uses the target's.
 struct MtpWeights {
-  Tensor fc;                                         // [H, 2H]: [embedding ; hidden] -> H
+  Tensor fc_embedding, fc_hidden;                    // [H, H] each: mtp.fc.weight [H, 2H], column halves
   Tensor pre_fc_norm_embedding, pre_fc_norm_hidden;  // [H] (1 + w)
   LayerWeights layer;                                // one gated full-attention decoder layer, dense or MoE
   Tensor norm;                                       // [H] (1 + w)

@@ -467,7 +467,17 @@ TEST_F(Weights, MtpHeadLoadsInEveryLayout) {
     EXPECT_EQ(h->bytes, Elements(mtp, "mtp.") * 4) << "every mtp.* tensor, fp32 on the CPU";
     EXPECT_EQ(h->layer.type, LayerType::kFullAttention);
     EXPECT_EQ(backend_->DownloadF32(h->norm), mtp.at("mtp.norm.weight").v);
-    EXPECT_EQ(backend_->DownloadF32(h->fc), mtp.at("mtp.fc.weight").v);
+    // fc [H, 2H] is kept as its column halves: the embedding's, then the hidden state's.
+    const std::vector<float>& fc = mtp.at("mtp.fc.weight").v;
+    const int64_t H = TextConfig(cfg).at("hidden_size");
+    const std::vector<float> fe = backend_->DownloadF32(h->fc_embedding), fh = backend_->DownloadF32(h->fc_hidden);
+    ASSERT_EQ(fe.size(), static_cast<size_t>(H * H));
+    for (int64_t r = 0; r < H; r += 17) {
+      for (int64_t c = 0; c < H; c += 13) {
+        EXPECT_EQ(fe[r * H + c], fc[r * 2 * H + c]);
+        EXPECT_EQ(fh[r * H + c], fc[r * 2 * H + H + c]);
+      }
+    }
     EXPECT_EQ(backend_->DownloadF32(h->layer.attn.k_norm), mtp.at("mtp.layers.0.self_attn.k_norm.weight").v);
   }
 }

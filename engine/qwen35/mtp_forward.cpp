@@ -1,0 +1,83 @@
+// The MTP head's forward (docs/mtp.md), on the same op set as the target. For each row:
+//   z = fc_embedding · N_emb(E[x]) + fc_hidden · N_hid(h)      (= fc · [N_emb(E[x]) ; N_hid(h)])
+//   z = z + Attn(N_in(z));  z = z + Ffn(N_post(z))            (one gated full-attention layer)
+//   g = N_mtp(z);  logits = lm_head · g
+// where h is the target's final-normed hidden state (or, for a chained draft step, the head's own
+// previous g). Every N is the (1 + w) RMSNorm. The attention reads and writes the head's own
+// cache, slot by slot, exactly like a target layer (so it is logged and rolled back the same way).
+#include "qwen35/model.h"
+
+namespace specd {
+
+StatusOr<std::unique_ptr<ModelCache>> Qwen35Model::NewMtpCache(const CacheOptions& opt) const {
+  ModelConfig c = cfg_;
+  c.num_hidden_layers = 1;
+  c.layer_types = {LayerType::kFullAttention};
+  return ModelCache::Create(c, backend_, opt);
+}
+
+StatusOr<Qwen35Model::MtpOutput> Qwen35Model::MtpForward(const std::vector<SeqInput>& seqs, const Tensor& hidden,
+                                                         ModelCache& mtp_cache) {
+  if (!mtp_) return FailedPrecondition("the model has no MTP head loaded (LoadMtpHead)");
+  SPECD_ASSIGN_OR_RETURN(PreparedBatch p, PrepareBatch(seqs, mtp_cache));
+  if (hidden.dim(0) != p.b.num_tokens || hidden.dim(1) != cfg_.hidden_size) {
+    return InvalidArgument("MTP input: {} hidden rows of width {} for {} tokens of width {}", hidden.dim(0),
+                           hidden.dim(1), p.b.num_tokens, cfg_.hidden_size);
+  }
+  Backend& be = *backend_;
+  Tensor tok, rows;
+  be.StageBatch(p.b, p.ids, p.logit_rows, &tok, &rows);
+  MtpOutput out;
+  out.logits = std::move(p.out);
+  try {
+    out.logits.logits = MtpOps(p.b, tok, hidden, rows, static_cast<int64_t>(p.logit_rows.size()), mtp_cache,
+                               &out.hidden);
+  } catch (const std::bad_alloc&) {
+    be.ReleaseCachedMemory();
+    return ResourceExhausted("{} memory exhausted during an MTP forward of {} tokens", be.name(), p.b.num_tokens);
+  }
+  SPECD_RETURN_IF_ERROR(be.TakeError());
+  for (const auto& s : seqs) mtp_cache.Advance(s.slot, s.mode, static_cast<int64_t>(s.tokens.size()));
+  return out;
+}
+
+Tensor Qwen35Model::MtpOps(const BatchInfo& b, const Tensor& tok, const Tensor& hidden, const Tensor& rows,
+                           int64_t R, ModelCache& cache, Tensor* normed) {
+  Backend& be = *backend_;
+  const MtpWeights& m = *mtp_;
+  const LayerWeights& L = m.layer;
+  const DType act = be.act_dtype(), res = be.residual_dtype();
+  const int64_t N = b.num_tokens, H = cfg_.hidden_size;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+
+  Tensor e = be.Empty(res, {N, H});
+  be.Embedding(w_.embed, tok, e);
+  Tensor en = be.Empty(act, {N, H});
+  be.RmsNorm(e, m.pre_fc_norm_embedding, eps, /*unit_offset=*/true, en);
+  Tensor hn = be.Empty(act, {N, H});
+  be.RmsNorm(hidden, m.pre_fc_norm_hidden, eps, true, hn);
+  Tensor ze = be.Empty(act, {N, H});
+  be.Gemm(en, m.fc_embedding, ze);
+  Tensor zh = be.Empty(act, {N, H});
+  be.Gemm(hn, m.fc_hidden, zh);
+  Tensor z = be.Empty(res, {N, H});  // the layer's residual stream
+  be.Add(ze, zh, z);
+
+  Tensor a = be.Empty(act, {N, H});
+  Tensor mix = be.Empty(act, {N, H});
+  be.RmsNorm(z, L.input_norm, eps, true, a);
+  AttnLayer(L, cache.attn()[cache.state_index(0)], a, b, mix);
+  be.AddRmsNorm(z, mix, L.post_norm, eps, true, a);
+  Ffn(L, a, mix);
+  be.Add(z, mix, z);
+
+  Tensor zs = be.Empty(res, {R, H});
+  be.GatherRows(z, rows, zs);
+  *normed = be.Empty(act, {R, H});
+  be.RmsNorm(zs, m.norm, eps, true, *normed);
+  Tensor logits = be.Empty(DType::kF32, {R, cfg_.vocab_size});
+  be.Gemm(*normed, w_.lm_head, logits);
+  return logits;
+}
+
+}  // namespace specd
