@@ -107,11 +107,11 @@ def saturation_and_drain(specd, tmp):
     """One slot, no queue: a second request is 429. SIGTERM: /health 503, new requests 503, the
     running stream still ends with its finish_reason and [DONE], exit 0."""
     srv, port, log = start(specd, tmp, "small", ["--metrics-port", "0", "--max-batch", "1", "--max-queue", "0",
-                                                 "--grace-seconds", "30"])
+                                                 "--grace-seconds", "120"])
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/v1/completions", body=json.dumps(
-            {"prompt": "def main():\n", "max_tokens": 1500, "ignore_eos": True, "stream": True}),
+            {"prompt": "def main():\n", "max_tokens": 600, "ignore_eos": True, "stream": True}),
             headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         check(resp.status == 200, resp.status)
