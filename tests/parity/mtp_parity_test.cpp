@@ -3,42 +3,11 @@
 // the head reads, then the draft logits of every prompt position, whole and in chunks through the
 // head's own cache. CPU fp32: <= 1e-4 relative per row.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
-#include <filesystem>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
-
-#include "checkpoint/safetensors.h"
-#include "test_util.h"
+#include "mtp_fixture.h"
 
 namespace specd::testing {
 namespace {
-
-namespace fs = std::filesystem;
-
-// A checkpoint folder: the fixture model's config (mtp_num_hidden_layers = 1) and tensors plus the
-// head's mtp.safetensors, joined by a model.safetensors.index.json as sharded checkpoints are.
-std::string MtpCheckpoint(const std::string& base_case) {
-  std::string tmpl = (fs::path(::testing::TempDir()) / "specd_mtp_XXXXXX").string();
-  EXPECT_NE(mkdtemp(tmpl.data()), nullptr);
-  const fs::path dir = tmpl, model = ModelDir(base_case), mtp = FixtureDir(base_case + "_mtp");
-  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(model / "config.json"));
-  (cfg.contains("text_config") ? cfg["text_config"] : cfg)["mtp_num_hidden_layers"] = 1;
-  std::ofstream(dir / "config.json") << cfg.dump(1);
-  fs::copy_file(model / "model.safetensors", dir / "backbone.safetensors");
-  fs::copy_file(mtp / "mtp.safetensors", dir / "mtp.safetensors");
-  nlohmann::json map = nlohmann::json::object();
-  for (const char* file : {"backbone.safetensors", "mtp.safetensors"}) {
-    auto ck = Checkpoint::Open((dir / file).string());
-    EXPECT_TRUE(ck.ok()) << ck.status().ToString();
-    if (!ck.ok()) continue;
-    for (const auto& name : (*ck)->Names()) map[name] = file;
-  }
-  std::ofstream(dir / "model.safetensors.index.json") << nlohmann::json{{"metadata", {}}, {"weight_map", map}}.dump();
-  return dir.string();
-}
 
 class MtpParity : public ::testing::TestWithParam<std::string> {};
 
@@ -93,10 +62,7 @@ TEST_P(MtpParity, HiddenStatesAndDraftLogitsMatchTheReference) {
   // Through the head's cache: the same logits in chunks (its KV cache carries the earlier rows).
   const std::vector<float> chunked = run({0, 1, 13, 30, T - 1});
   EXPECT_LE(MaxRowRelErr(chunked, logits_ref, V), 1e-4) << "in chunks";
-  const double budget = [&] {
-    std::ifstream in(FixtureDir(base + "_mtp") + "/refs.json");
-    return nlohmann::json::parse(in).at("bf16_vs_fp32_max_row_rel_l2").get<double>();
-  }();
+  const double budget = MtpBf16Budget(base);
   std::printf("  [mtp %s] fp32 vs reference: %.3g (transformers bf16 vs fp32 on the same inputs: %.3g)\n",
               base.c_str(), MaxRowRelErr(whole, logits_ref, V), budget);
 }
