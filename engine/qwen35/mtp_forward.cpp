@@ -60,8 +60,12 @@ Tensor Qwen35Model::MtpOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
   be.Gemm(en, m.fc_embedding, ze);
   Tensor zh = be.Empty(act, {N, H});
   be.Gemm(hn, m.fc_hidden, zh);
-  Tensor z = be.Empty(res, {N, H});  // the layer's residual stream
-  be.Add(ze, zh, z);
+  // The layer's residual stream, in the residual dtype (fp32 on CUDA): both halves are added
+  // into it, the form every backend has (residual += branch).
+  Tensor z = be.Empty(res, {N, H});
+  be.Zero(z);
+  be.Add(z, ze, z);
+  be.Add(z, zh, z);
 
   Tensor a = be.Empty(act, {N, H});
   Tensor mix = be.Empty(act, {N, H});
