@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "server/api_key.h"
 #include "server/generate_call.h"
 #include "server/status_map.h"
 
@@ -33,17 +34,11 @@ grpc::Status Parse(const grpc::ByteBuffer* raw, Msg* msg) {
 
 grpc::Status SpecdService::Authorize(const grpc::CallbackServerContext* ctx) const {
   if (api_key_.empty()) return grpc::Status::OK;
-  const std::string want = "Bearer " + api_key_;
   const auto& md = ctx->client_metadata();
   const auto it = md.find("authorization");
-  // Constant time in the key: the comparison does not stop at the first differing byte.
-  bool ok = it != md.end() && it->second.size() == want.size();
-  unsigned char diff = 0;
-  if (ok) {
-    for (size_t i = 0; i < want.size(); ++i) diff |= static_cast<unsigned char>(it->second.data()[i] ^ want[i]);
+  if (it != md.end() && BearerMatches(std::string_view(it->second.data(), it->second.size()), api_key_)) {
+    return grpc::Status::OK;
   }
-  ok = ok && diff == 0;
-  if (ok) return grpc::Status::OK;
   spdlog::info("request rejected: UNAUTHENTICATED (from {})", ctx->peer());
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                       "missing or wrong API key: send the metadata `authorization: Bearer <key>`");

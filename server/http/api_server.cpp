@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "server/api_key.h"
 #include "server/http/exchange.h"
 #include "server/http/openai_response.h"
 
@@ -133,13 +134,7 @@ ApiServer::ApiServer(Batcher* batcher, Metrics* metrics, ApiContext ctx)
 ApiServer::~ApiServer() { Stop(); }
 
 bool ApiServer::Authorized(const std::string& authorization) const {
-  if (opt_.api_key.empty()) return true;
-  const std::string want = "Bearer " + opt_.api_key;
-  // Constant time in the key: the comparison does not stop at the first differing byte.
-  if (authorization.size() != want.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < want.size(); ++i) diff |= static_cast<unsigned char>(authorization[i] ^ want[i]);
-  return diff == 0;
+  return BearerMatches(authorization, opt_.api_key);
 }
 
 void ApiServer::Routes() {
