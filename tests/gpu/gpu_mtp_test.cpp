@@ -59,37 +59,61 @@ TEST_P(GpuMtp, DraftLogitsWithinTransformersBf16Error) {
   EXPECT_LE(err, budget) << "the bf16 MTP forward is further from fp32 than transformers' bf16 forward";
 }
 
-// What the head will read from the target: its final-normed hidden rows (keep_hidden).
-TEST_P(GpuMtp, KeptTargetHiddenRowsMatchTheReference) {
+// What the head will read from the target: its final-normed hidden rows (keep_hidden), against
+// the CPU engine's (fp32; at parity with transformers to 1e-4, tests/parity/mtp_parity_test.cpp)
+// replaying the GPU's MoE routing, as the GPU parity tests do (gpu_model_test.cpp): the MoE
+// fixture has a routing near-tie (experts 5e-5 apart at token 26) that bf16 flips, and through
+// attention that changes every later row. Held as those tests hold bf16 logits: the whole
+// tensor within bf16 tolerance and at least 95 % of the rows.
+TEST_P(GpuMtp, KeptTargetHiddenRowsMatchTheCpuEngine) {
   SPECD_REQUIRE_GPU();
   const std::string base = GetParam();
-  Backend& be = *Gpu();
-  MtpSetup s = LoadMtp(base);
-  ASSERT_NE(s.model, nullptr);
-  CacheOptions o;
-  o.max_ctx = 128;
-  auto cache = s.model->NewCache(o);
-  ASSERT_TRUE(cache.ok());
-  s.model->set_keep_hidden(true);
-  const std::vector<float> target_logits = RunForward(*s.model, **cache, *(*cache)->AllocSlot(), s.ids);
-  const double target_err = MaxRowRelErr(target_logits, LoadRefs(base).F("prompt_logits"), s.V);
-  const std::vector<float> hidden = be.DownloadF32(s.model->last_hidden());
-  const double hidden_err = MaxRowRelErr(hidden, s.hidden_ref, s.H);
-  double worst = 0;
-  int64_t worst_row = -1;
-  for (int64_t t = 0; t < s.T; ++t) {
-    const std::vector<float> a(hidden.begin() + t * s.H, hidden.begin() + (t + 1) * s.H);
-    const std::vector<float> b(s.hidden_ref.begin() + t * s.H, s.hidden_ref.begin() + (t + 1) * s.H);
-    const double e = RelL2(a, b);
-    if (e > worst) worst = e, worst_row = t;
+  const std::string dir = MtpCheckpoint(base);
+  CpuBackend cpu;
+  Backend* backends[2] = {Gpu(), &cpu};
+  std::vector<float> logits[2], hidden[2];
+  std::vector<std::vector<int32_t>> routing;
+  const std::vector<int32_t> ids = LoadRefs(base + "_mtp").Ids("prompt_ids");
+  int64_t H = 0, V = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto m = Qwen35Model::Load(dir, backends[i]);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    H = (*m)->config().hidden_size;
+    V = (*m)->config().vocab_size;
+    if (i == 0) Gpu()->SetMoeRoutingHooks(&routing, nullptr);
+    if (i == 1) {
+      Gpu()->SetMoeRoutingHooks(nullptr, nullptr);
+      cpu.SetMoeRoutingHooks(nullptr, &routing);
+    }
+    CacheOptions o;
+    o.max_ctx = 128;
+    auto cache = (*m)->NewCache(o);
+    ASSERT_TRUE(cache.ok());
+    (*m)->set_keep_hidden(true);
+    logits[i] = RunForward(**m, **cache, *(*cache)->AllocSlot(), ids);
+    hidden[i] = backends[i]->DownloadF32((*m)->last_hidden());
   }
-  std::printf("  [gpu mtp %s] target logits vs reference %.3g; kept hidden %.3g (worst row %lld of %lld)\n",
-              base.c_str(), target_err, hidden_err, static_cast<long long>(worst_row), static_cast<long long>(s.T));
-  EXPECT_LE(target_err, kBf16Tol);
-  EXPECT_LE(hidden_err, kBf16Tol);
+  cpu.SetMoeRoutingHooks(nullptr, nullptr);
+  auto check = [&](const char* what, const std::vector<float>& got, const std::vector<float>& ref, int64_t width) {
+    ASSERT_EQ(got.size(), ref.size());
+    int rows = 0, ok = 0;
+    for (size_t r = 0; r * width < ref.size(); ++r, ++rows) {
+      const std::vector<float> g(got.begin() + r * width, got.begin() + (r + 1) * width);
+      const std::vector<float> f(ref.begin() + r * width, ref.begin() + (r + 1) * width);
+      ok += RelL2(g, f) <= kBf16Tol;
+    }
+    const double whole = RelL2(got, ref), frac = static_cast<double>(ok) / rows;
+    std::printf("  [gpu mtp %s] %s vs the CPU engine: rel L2 %.3g, rows within 2e-2: %.0f%%\n", base.c_str(), what,
+                whole, 100 * frac);
+    EXPECT_LE(whole, kBf16Tol) << what;
+    EXPECT_GE(frac, 0.95) << what;
+  };
+  check("target logits", logits[0], logits[1], V);
+  check("kept hidden rows", hidden[0], hidden[1], H);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, GpuMtp, ::testing::Values("dense", "moe"));
 
 }  // namespace
 }  // namespace specd::testing
+
