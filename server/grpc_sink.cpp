@@ -34,13 +34,7 @@ void GrpcSink::FillText(std::string_view text, bool final, v1::GenerateResponse*
     msg->set_text(std::string(text));
     return;
   }
-  ChatOutputDelta d = parser_->Feed(text);
-  if (final) {
-    ChatOutputDelta rest = parser_->Finish();
-    d.reasoning += rest.reasoning;
-    d.content += rest.content;
-    for (auto& c : rest.tool_calls) d.tool_calls.push_back(std::move(c));
-  }
+  ChatOutputDelta d = final ? parser_->FeedLast(text) : parser_->Feed(text);
   msg->set_text(std::move(d.content));
   msg->set_reasoning_text(std::move(d.reasoning));
   for (auto& c : d.tool_calls) {

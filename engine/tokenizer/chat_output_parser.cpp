@@ -282,6 +282,19 @@ ChatOutputDelta ChatOutputParser::Finish() {
   return out;
 }
 
+ChatOutputDelta ChatOutputParser::FeedLast(std::string_view text) {
+  ChatOutputDelta d = Feed(text);
+  ChatOutputDelta rest = Finish();
+  const size_t base = d.content.size();
+  d.reasoning += rest.reasoning;
+  d.content += rest.content;
+  for (size_t i = 0; i < rest.tool_calls.size(); ++i) {
+    d.tool_calls.push_back(std::move(rest.tool_calls[i]));
+    if (i < rest.tool_call_content_offsets.size()) d.tool_call_content_offsets.push_back(base + rest.tool_call_content_offsets[i]);
+  }
+  return d;
+}
+
 void ChatOutputParser::Process(ChatOutputDelta& out, bool final) {
   for (bool progress = true; progress;) {
     switch (mode_) {

@@ -101,6 +101,8 @@ class ChatOutputParser {
 
   ChatOutputDelta Feed(std::string_view text);  // any chunk, possibly splitting a tag or a UTF-8 char
   ChatOutputDelta Finish();  // end of the completion: flush what was held back (once; the parser is done then)
+  // Feed(text) then Finish() as one delta (the last chunk of a completion).
+  ChatOutputDelta FeedLast(std::string_view text);
 
   size_t held_bytes() const { return buf_.size(); }  // not yet emitted (tests check the bound)
 

@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include "tokenizer/py_str.h"
+
 namespace specd {
 namespace {
 
@@ -24,26 +26,11 @@ uint64_t Fnv1a(std::string_view s) {
   return h;
 }
 
-// Python's str.lstrip / rstrip / strip with an explicit character, as the template calls them.
-std::string_view LStrip(std::string_view s, char c) {
-  while (!s.empty() && s.front() == c) s.remove_prefix(1);
-  return s;
-}
-std::string_view RStrip(std::string_view s, char c) {
-  while (!s.empty() && s.back() == c) s.remove_suffix(1);
-  return s;
-}
-std::string_view Strip(std::string_view s, char c) { return RStrip(LStrip(s, c), c); }
-
-// s.split(sep)[0] and s.split(sep)[-1].
-std::string_view BeforeFirst(std::string_view s, std::string_view sep) {
-  const size_t p = s.find(sep);
-  return p == std::string_view::npos ? s : s.substr(0, p);
-}
-std::string_view AfterLast(std::string_view s, std::string_view sep) {
-  const size_t p = s.rfind(sep);
-  return p == std::string_view::npos ? s : s.substr(p + sep.size());
-}
+using py_str::AfterLast;
+using py_str::BeforeFirst;
+using py_str::LStrip;
+using py_str::RStrip;
+using py_str::Strip;
 
 bool IsToolResponse(std::string_view s) {
   return s.starts_with("<tool_response>") && s.ends_with("</tool_response>");

@@ -1,5 +1,7 @@
 #include "tokenizer/chat_template_qwen35.h"
 
+#include "tokenizer/py_str.h"
+
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,25 +61,10 @@ std::string_view PyStrip(std::string_view s) {
   return s;
 }
 
-// Python's str.lstrip(c) / str.rstrip(c) with one character, as the template calls them.
-std::string_view LStrip(std::string_view s, char c) {
-  while (!s.empty() && s.front() == c) s.remove_prefix(1);
-  return s;
-}
-std::string_view RStrip(std::string_view s, char c) {
-  while (!s.empty() && s.back() == c) s.remove_suffix(1);
-  return s;
-}
-
-// s.split(sep)[0] and s.split(sep)[-1].
-std::string_view BeforeFirst(std::string_view s, std::string_view sep) {
-  const size_t p = s.find(sep);
-  return p == std::string_view::npos ? s : s.substr(0, p);
-}
-std::string_view AfterLast(std::string_view s, std::string_view sep) {
-  const size_t p = s.rfind(sep);
-  return p == std::string_view::npos ? s : s.substr(p + sep.size());
-}
+using py_str::AfterLast;
+using py_str::BeforeFirst;
+using py_str::LStrip;
+using py_str::RStrip;
 
 Status CheckUtf8(std::string_view s, size_t message, std::string_view what) {
   if (auto bad = utf8::FirstInvalidByte(s)) {

@@ -92,14 +92,7 @@ ChatOutputDelta ResponseWriter::Parse(std::string_view text, bool final) {
     d.content = text;
     return d;
   }
-  ChatOutputDelta d = parser_->Feed(text);
-  if (final) {
-    ChatOutputDelta rest = parser_->Finish();
-    d.reasoning += rest.reasoning;
-    d.content += rest.content;
-    for (auto& c : rest.tool_calls) d.tool_calls.push_back(std::move(c));
-  }
-  return d;
+  return final ? parser_->FeedLast(text) : parser_->Feed(text);
 }
 
 std::string ResponseWriter::ReasonText(const RequestOutcome& o) const {
