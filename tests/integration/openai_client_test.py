@@ -161,7 +161,7 @@ def main():
             time.sleep(0.01)
         check(os.path.exists(port_file), "server did not start: " + open(log.name).read())
         port = json.load(open(port_file))["http_port"]
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=2, timeout=120)  # the default: a pooled connection the server closed as idle is retried
 
         # ---- models, health ----
         models = client.models.list()
