@@ -45,8 +45,11 @@ Status RunGenerate(const GenerateArgs& a) {
   if (drafter == "draft") {
     SPECD_ASSIGN_OR_RETURN(draft_model, Qwen35Model::Load(a.draft, backend.get()));
   }
-  SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d,
-                         MakeDrafter(drafter, draft_model.get(), target->config().vocab_size, 1, max_ctx, a.k));
+  if (drafter == "mtp") {
+    Status st = target->LoadMtpHead(a.model);
+    if (!st.ok()) return Status(st.code(), fmt::format("--drafter mtp: {}: {}", a.model, st.message()));
+  }
+  SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d, MakeDrafter(drafter, target.get(), draft_model.get(), 1, max_ctx, a.k));
   EngineOptions eo;
   eo.max_seqs = 1;
   eo.max_ctx = max_ctx;

@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   auto* gen = app.add_subcommand("generate", "Generate offline (no server), with optional speculation");
   gen->add_option("--model", ga.model, "Target model directory")->required();
   gen->add_option("--draft", ga.draft, "Draft model directory (implies --drafter draft)");
-  gen->add_option("--drafter", ga.drafter, "none | ngram | draft");
+  gen->add_option("--drafter", ga.drafter, "none | ngram | draft | mtp");
   gen->add_option("--k", ga.k, "Drafts per step (0..16)");
   gen->add_flag("--adaptive-k", ga.adaptive_k, "Choose k per step from the running acceptance");
   auto* p_text = gen->add_option("--prompt", ga.prompt, "Prompt text (needs the model's tokenizer.json)");

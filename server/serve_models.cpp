@@ -87,9 +87,7 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
     if (m.model_dir.starts_with("random:")) return InvalidArgument("--drafter mtp needs a checkpoint with mtp.* tensors");
     Status st = m.target->LoadMtpHead(m.model_dir);
     if (!st.ok()) return Status(st.code(), fmt::format("--drafter mtp: {}: {}", m.model_dir, st.message()));
-    return Unimplemented("--drafter mtp: the MTP head of {} loads and checks ({:.1f} MB), but drafting with it is "
-                         "not implemented yet; use --drafter draft, ngram or none",
-                         m.model_dir, static_cast<double>(m.target->mtp_head()->bytes) / 1e6);
+    spdlog::info("MTP head of {}: {:.1f} MB", m.model_dir, static_cast<double>(m.target->mtp_head()->bytes) / 1e6);
   }
   if (m.drafter == "draft") {
     SPECD_ASSIGN_OR_RETURN(m.draft, LoadModel(m.draft_dir, m.backend.get(), 2));
@@ -118,8 +116,8 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
 EngineFactory ServingModels::MakeEngineFactory() const {
   return [drafter = drafter, target = target.get(), draft = draft.get(),
           eo = engine]() -> StatusOr<std::unique_ptr<SpeculativeEngine>> {
-    SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d, MakeDrafter(drafter, draft, target->config().vocab_size,
-                                                                   eo.max_seqs, eo.max_ctx, eo.max_k));
+    SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d,
+                           MakeDrafter(drafter, target, draft, eo.max_seqs, eo.max_ctx, eo.max_k));
     return SpeculativeEngine::Create(target, std::move(d), eo);
   };
 }

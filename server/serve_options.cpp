@@ -36,7 +36,7 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
                  "Target model folder, or random:NAME[:SEED] for random weights of a released shape "
                  "(0.8B, 2B, 4B, 9B, 27B: benchmarks and soaks) (default: the embedded demo pair)");
   s->add_option("--draft", o->draft, "Draft model folder or random:NAME[:SEED] (implies --drafter draft)");
-  s->add_option("--drafter", o->drafter, "none | ngram | draft | mtp (mtp: the head is checked; drafting with it is not implemented yet)")
+  s->add_option("--drafter", o->drafter, "none | ngram | draft | mtp (the checkpoint's own MTP head, checked at startup)")
       ->check(CLI::IsMember({"none", "ngram", "draft", "mtp"}));
   s->add_option("--tokenizer", o->tokenizer, "tokenizer.json or folder; 'none' = token ids only");
   s->add_option("--k", o->k, "Default drafts per step")->check(CLI::Range(0, 16));

@@ -17,13 +17,15 @@ namespace specd::testing {
 struct EngineRun {
   std::vector<std::vector<int32_t>> out;
   int64_t host_rows = 0;  // logits rows copied to the host
+  int64_t proposed = 0, accepted = 0;  // drafts over all requests
 };
 
-// drafter: "none", "ngram" or "near" (the draft model `near`).
+// drafter: "none", "ngram", "near" (the draft model `near`) or "mtp" (the target's MTP head).
 inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_token_choice,
                            const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
-                           std::vector<int32_t> eos = {}) {
+                           std::vector<int32_t> eos = {}, int64_t prefill_chunk = 512) {
   EngineOptions o;
+  o.prefill_chunk = prefill_chunk;
   o.max_seqs = 8;
   o.max_ctx = 512;
   o.default_k = k;
@@ -32,6 +34,7 @@ inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_t
   std::unique_ptr<Drafter> d;
   if (drafter == "ngram") d = MakeNgramDrafter();
   if (drafter == "near") d = std::move(MakeDraftModelDrafter(near, 512, 8, 512, 16)).value();
+  if (drafter == "mtp") d = std::move(MakeMtpDrafter(target, 8, 512, 16)).value();
   auto e = std::move(SpeculativeEngine::Create(target, std::move(d), o)).value();
   std::vector<int> ids;
   for (const auto& r : reqs) ids.push_back(*e->Add(r));
@@ -41,7 +44,11 @@ inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_t
     if (!st.ok()) break;
   }
   EngineRun run;
-  for (int id : ids) run.out.push_back(e->Generated(id));
+  for (int id : ids) {
+    run.out.push_back(e->Generated(id));
+    run.proposed += e->Stats(id).draft_tokens;
+    run.accepted += e->Stats(id).accepted_tokens;
+  }
   run.host_rows = e->host_logits_rows();
   return run;
 }

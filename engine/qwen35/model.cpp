@@ -229,11 +229,17 @@ Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
       be.Add(h, mix, h);
     }
   }
+  if (keep_hidden_) {
+    // What the MTP head reads: every token's final-normed row (a prefill chunk fills the head's
+    // cache for all its positions, not only the logit rows). Graphs are off meanwhile; the
+    // logits below take the same path as without, so they keep their bits.
+    last_hidden_ = be.Empty(act, {N, H});
+    be.RmsNorm(h, w_.final_norm, eps, true, last_hidden_);
+  }
   Tensor hs = be.Empty(res, {R, H});
   be.GatherRows(h, rows, hs);
   Tensor hn = be.Empty(act, {R, H});
   be.RmsNorm(hs, w_.final_norm, eps, true, hn);
-  if (keep_hidden_) last_hidden_ = hn;  // what the MTP head reads (graphs are off meanwhile)
   Tensor logits = be.Empty(DType::kF32, {R, cfg_.vocab_size});
   be.Gemm(hn, w_.lm_head, logits);
   return logits;

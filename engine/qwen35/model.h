@@ -70,11 +70,14 @@ class Qwen35Model {
     ForwardOutput logits;  // as Forward's
     Tensor hidden;         // [rows, H]: mtp.norm(output), same rows as the logits
   };
-  StatusOr<MtpOutput> MtpForward(const std::vector<SeqInput>& seqs, const Tensor& hidden, ModelCache& mtp_cache);
+  // want_logits = false only fills the head's cache (rows whose outputs nothing reads): no
+  // lm_head, empty logits and hidden.
+  StatusOr<MtpOutput> MtpForward(const std::vector<SeqInput>& seqs, const Tensor& hidden, ModelCache& mtp_cache,
+                                 bool want_logits = true);
   // The MTP head's cache: one full-attention layer, the same options as the target's.
   StatusOr<std::unique_ptr<ModelCache>> NewMtpCache(const CacheOptions& opt) const;
-  // The target's final-normed hidden states of the last forward's logit rows (what the MTP head
-  // reads), kept only when keep_hidden is set; [rows, H].
+  // The target's final-normed hidden states of every token of the last forward, in input order
+  // ([num_tokens, H]; what the MTP head reads), kept only when keep_hidden is set.
   void set_keep_hidden(bool on) { keep_hidden_ = on; }
   const Tensor& last_hidden() const { return last_hidden_; }
 
@@ -93,6 +96,7 @@ class Qwen35Model {
     std::vector<int64_t> logit_rows;
   };
   StatusOr<PreparedBatch> PrepareBatch(const std::vector<SeqInput>& seqs, ModelCache& cache) const;
+  // normed == nullptr: the cache rows only (no output norm, no lm_head); returns an empty tensor.
   Tensor MtpOps(const BatchInfo& b, const Tensor& tok, const Tensor& hidden, const Tensor& rows, int64_t R,
                 ModelCache& cache, Tensor* normed);
   // Spans of at most this many tokens (decode, verify, draft steps) run as captured graphs.

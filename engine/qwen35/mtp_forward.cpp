@@ -17,7 +17,7 @@ StatusOr<std::unique_ptr<ModelCache>> Qwen35Model::NewMtpCache(const CacheOption
 }
 
 StatusOr<Qwen35Model::MtpOutput> Qwen35Model::MtpForward(const std::vector<SeqInput>& seqs, const Tensor& hidden,
-                                                         ModelCache& mtp_cache) {
+                                                         ModelCache& mtp_cache, bool want_logits) {
   if (!mtp_) return FailedPrecondition("the model has no MTP head loaded (LoadMtpHead)");
   SPECD_ASSIGN_OR_RETURN(PreparedBatch p, PrepareBatch(seqs, mtp_cache));
   if (hidden.dim(0) != p.b.num_tokens || hidden.dim(1) != cfg_.hidden_size) {
@@ -31,7 +31,7 @@ StatusOr<Qwen35Model::MtpOutput> Qwen35Model::MtpForward(const std::vector<SeqIn
   out.logits = std::move(p.out);
   try {
     out.logits.logits = MtpOps(p.b, tok, hidden, rows, static_cast<int64_t>(p.logit_rows.size()), mtp_cache,
-                               &out.hidden);
+                               want_logits ? &out.hidden : nullptr);
   } catch (const std::bad_alloc&) {
     be.ReleaseCachedMemory();
     return ResourceExhausted("{} memory exhausted during an MTP forward of {} tokens", be.name(), p.b.num_tokens);
@@ -74,6 +74,7 @@ Tensor Qwen35Model::MtpOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
   be.AddRmsNorm(z, mix, L.post_norm, eps, true, a);
   Ffn(L, a, mix);
   be.Add(z, mix, z);
+  if (normed == nullptr) return Tensor{};
 
   Tensor zs = be.Empty(res, {R, H});
   be.GatherRows(z, rows, zs);

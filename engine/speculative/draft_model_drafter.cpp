@@ -6,8 +6,8 @@
 #include <map>
 
 #include "qwen35/model.h"
+#include "speculative/draft_choice.h"
 #include "speculative/drafter.h"
-#include "speculative/rng.h"
 
 namespace specd {
 namespace {
@@ -46,42 +46,24 @@ class DraftModelDrafter final : public Drafter {
     Backend* be = model_->backend();
     for (int j = 1; !batch.empty(); ++j) {
       SPECD_ASSIGN_OR_RETURN(ForwardOutput fo, model_->Forward(batch, *cache_));
-      // The draws on the model's backend (ChooseRow's rule with the draft's own stream): only
-      // the tokens come back, plus q for rejection-mode rows, which the verify needs.
-      const int64_t R = fo.logits.dim(0);
-      std::vector<TokenRowSpec> spec(static_cast<size_t>(R));
-      for (size_t b = 0; b < batch.size(); ++b) {
-        const DraftRequest& rq = reqs[who[b]];
-        // Coupled rows draw the target's noise at the same position: equal tokens mean acceptance.
-        TokenRowSpec& t = spec[static_cast<size_t>(fo.row0[b])];
-        t = RowSpecOf(*rq.sampling, static_cast<int64_t>(rq.context->size()) + j - 1);
-        t.index = j;
-        t.stream = static_cast<int32_t>(RngStream::kDraft);
+      std::vector<const DraftRequest*> rq;
+      std::vector<DraftProposal*> dst;
+      for (size_t r : who) {
+        rq.push_back(&reqs[r]);
+        dst.push_back(&out[r]);
       }
-      Tensor choice = be->Empty(DType::kI32, {R, 2});
-      be->ChooseTokens(fo.logits, spec, Tensor{}, choice);
-      SPECD_RETURN_IF_ERROR(be->TakeError());
-      const std::vector<int32_t> tok = be->DownloadI32(choice);
-      SPECD_RETURN_IF_ERROR(be->TakeError());
+      SPECD_ASSIGN_OR_RETURN(std::vector<int32_t> tok, AppendDraftTokens(*be, fo.logits, fo.row0, rq, j, dst));
       std::vector<SeqInput> next;
       std::vector<size_t> next_who;
       for (size_t b = 0; b < batch.size(); ++b) {
         const size_t r = who[b];
-        const DraftRequest& rq = reqs[r];
-        Seq& s = seqs_[rq.seq_id];
+        Seq& s = seqs_[reqs[r].seq_id];
         if (j == 1) {
-          s.consumed = static_cast<int64_t>(rq.context->size());
+          s.consumed = static_cast<int64_t>(reqs[r].context->size());
           SPECD_RETURN_IF_ERROR(cache_->BeginLog(s.slot, /*checkpoint=*/true));
         }
-        const int32_t d = tok[2 * fo.row0[b]];
-        out[r].tokens.push_back(d);
-        const SamplingParams& sp = *rq.sampling;
-        if (!sp.greedy() && sp.mode == SamplingMode::kRejection) {
-          out[r].probs.push_back(be->DownloadF32(fo.logits.Rows(fo.row0[b], 1)));
-          SPECD_RETURN_IF_ERROR(be->TakeError());
-        }
-        if (j < rq.k) {
-          next.push_back(SeqInput{s.slot, {d}, StateMode::kUpdateLog, false});
+        if (j < reqs[r].k) {
+          next.push_back(SeqInput{s.slot, {tok[b]}, StateMode::kUpdateLog, false});
           next_who.push_back(r);
         }
       }

@@ -1,5 +1,5 @@
 // Drafters propose up to k next tokens for each sequence; the target verifies them. A drafter
-// that keeps model state (draft model, later the MTP head) rolls it back in Accept().
+// that keeps model state (draft model, MTP head) rolls it back in Accept().
 #pragma once
 
 #include <memory>
@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/tensor.h"
 #include "speculative/sampling.h"
 #include "util/status.h"
 
@@ -34,6 +35,18 @@ struct DraftOutcome {
   int accepted = 0;
 };
 
+// What a step's target forward computed for one sequence that goes on: positions [pos0, pos0 +
+// kept) of its context are now consumed by the target (a prefill chunk: the whole chunk; a
+// verify: t0 and the accepted drafts), and their final-normed hidden states are rows [row0, row0
+// + kept) of the step's hidden tensor. `context` already holds the tokens emitted in the step.
+struct TargetRows {
+  int seq_id = 0;
+  int64_t pos0 = 0;
+  int64_t kept = 0;
+  int64_t row0 = 0;
+  const std::vector<int32_t>* context = nullptr;
+};
+
 class Drafter {
  public:
   virtual ~Drafter() = default;
@@ -44,6 +57,16 @@ class Drafter {
   virtual Status Propose(const std::vector<DraftRequest>& reqs, std::vector<DraftProposal>& out) = 0;
   // After the verify: `accepted` of `proposed` drafts were kept.
   virtual Status Accept(const std::vector<DraftOutcome>& outcomes) = 0;
+
+  // A drafter that reads the target's hidden states (MTP) says so: the engine then has the target
+  // keep them (Qwen35Model::set_keep_hidden) and, after every step's Accept, shows it what the
+  // step's forward computed for the sequences that go on (`hidden`: [tokens of the step, H]).
+  virtual bool reads_target_hidden() const { return false; }
+  virtual Status ObserveTarget(const Tensor& hidden, const std::vector<TargetRows>& rows) {
+    (void)hidden;
+    (void)rows;
+    return Status::Ok();
+  }
 
   // For tests that check the drafter's own state after rollback: its cache and a sequence's slot
   // (nullptr / -1 for stateless drafters).
@@ -63,11 +86,16 @@ std::unique_ptr<Drafter> MakeNgramDrafter(const NgramOptions& opt = {});
 StatusOr<std::unique_ptr<Drafter>> MakeDraftModelDrafter(Qwen35Model* draft, int64_t target_vocab,
                                                          int max_seqs, int64_t max_ctx, int max_k);
 
+// The target's own MTP head (Qwen35Model::LoadMtpHead first; docs/mtp.md): k chained head steps
+// per verify, fed the target's final-normed hidden states, the head's KV cache rolled back to the
+// rows computed from real target states after every verify.
+StatusOr<std::unique_ptr<Drafter>> MakeMtpDrafter(Qwen35Model* target, int max_seqs, int64_t max_ctx, int max_k);
+
 // The drafters the daemon and the CLI offer, by name, in one place: "none" (plain decoding:
-// returns nullptr), "ngram" (prompt lookup), "draft" (the draft model `draft`, required).
-// kInvalidArgument for any other name.
+// returns nullptr), "ngram" (prompt lookup), "draft" (the draft model `draft`, required), "mtp"
+// (the target's MTP head, loaded). kInvalidArgument for any other name.
 Status CheckDrafterName(std::string_view name);
-StatusOr<std::unique_ptr<Drafter>> MakeDrafter(std::string_view name, Qwen35Model* draft, int64_t target_vocab,
+StatusOr<std::unique_ptr<Drafter>> MakeDrafter(std::string_view name, Qwen35Model* target, Qwen35Model* draft,
                                                int max_seqs, int64_t max_ctx, int max_k);
 
 }  // namespace specd

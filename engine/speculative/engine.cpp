@@ -40,6 +40,9 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
   if (opt.kv_cache_tokens < 0) return InvalidArgument("KV cache tokens must be >= 0 (got {})", opt.kv_cache_tokens);
   if (opt.kv_cache_tokens > 0) co.kv_blocks = (opt.kv_cache_tokens + co.kv_block_size - 1) / co.kv_block_size;
   SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
+  // The MTP head reads the target's hidden states; the target keeps them only when asked (its
+  // forwards then run op by op on the GPU).
+  if (e->drafter_ && e->drafter_->reads_target_hidden()) target->set_keep_hidden(true);
   return e;
 }
 
@@ -334,6 +337,10 @@ Status SpeculativeEngine::RunStep() {
     }
   }
   SPECD_ASSIGN_OR_RETURN(ForwardOutput fo, target_->Forward(in, *cache_));
+  // Where each input's tokens sit among the forward's hidden rows (for a drafter that reads them).
+  std::vector<int64_t> tok0(in.size());
+  for (size_t i = 1; i < in.size(); ++i) tok0[i] = tok0[i - 1] + static_cast<int64_t>(in[i - 1].tokens.size());
+  std::vector<TargetRows> seen;
   SPECD_ASSIGN_OR_RETURN(TokenRows tr, FetchTokenRows(fo, prefilling, chunk_len, decode_ids, props));
 
   size_t row = 0;
@@ -343,6 +350,7 @@ Status SpeculativeEngine::RunStep() {
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
     s.prefilled += chunk_len[i];
     const size_t r = row++;
+    seen.push_back(TargetRows{id, s.prefilled - chunk_len[i], chunk_len[i], tok0[r], &s.context});
     if (s.prefilled < P) continue;
     // The prompt is in: its last logits give the first generated token (position P).
     s.decoding = true;
@@ -385,12 +393,19 @@ Status SpeculativeEngine::RunStep() {
     s.stats.Record(k, vr.accepted);
     if (k > 0) s.alpha = 0.8 * s.alpha + 0.2 * static_cast<double>(vr.accepted) / k;
     outcomes.push_back(DraftOutcome{id, k, vr.accepted});
+    seen.push_back(TargetRows{id, pos - 1, vr.accepted + 1, tok0[r], &s.context});
     bool done = false;
     for (int j = 0; j < vr.accepted && !done; ++j) done = Emit(s, d[j]);
     if (!done) Emit(s, vr.next);
   }
   // Finished sequences free their slots only after the drafter has seen their outcome.
   if (drafter_ && !outcomes.empty()) SPECD_RETURN_IF_ERROR(drafter_->Accept(outcomes));
+  if (drafter_ && drafter_->reads_target_hidden()) {
+    // After Accept (which dropped the drafter's speculative rows): the rows of the sequences that
+    // go on, their emitted tokens included.
+    std::erase_if(seen, [&](const TargetRows& t) { return seqs_[t.seq_id].reason != FinishReason::kNone; });
+    if (!seen.empty()) SPECD_RETURN_IF_ERROR(drafter_->ObserveTarget(target_->last_hidden(), seen));
+  }
   for (int id : decode_ids) {
     Seq& s = seqs_[id];
     if (s.reason != FinishReason::kNone && s.slot >= 0) Finish(id, s, s.reason);

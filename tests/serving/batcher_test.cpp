@@ -105,7 +105,7 @@ EngineFactory Factory(int max_seqs, std::atomic<int>* built = nullptr) {
     o.max_seqs = max_seqs;
     o.max_ctx = 512;
     o.default_k = 4;
-    SPECD_ASSIGN_OR_RETURN(auto d, MakeDrafter("draft", M().near.get(), 512, max_seqs, 512, 16));
+    SPECD_ASSIGN_OR_RETURN(auto d, MakeDrafter("draft", M().target.get(), M().near.get(), max_seqs, 512, 16));
     return SpeculativeEngine::Create(M().target.get(), std::move(d), o);
   };
 }

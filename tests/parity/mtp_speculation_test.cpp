@@ -1,0 +1,217 @@
+// Speculation with the MTP head (engine/speculative/mtp_drafter.cpp) on the MTP fixtures, CPU:
+// the drafter's drafts against the reference head's (transformers' logits, and the head chained by
+// hand), greedy and coupled output equal to plain decoding for k = 1..4 with chunked prefill and
+// several sequences, and the head's cache equal to a sequential run's after every step.
+#include <gtest/gtest.h>
+
+#include "engine_run.h"
+#include "mtp_fixture.h"
+
+namespace specd::testing {
+namespace {
+
+struct Loaded {
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Qwen35Model> model;
+};
+
+Loaded LoadWithHead(const std::string& base) {
+  Loaded l;
+  l.be = MakeCpuBackend();
+  const std::string dir = MtpCheckpoint(base);
+  auto m = Qwen35Model::Load(dir, l.be.get());
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  if (!m.ok()) return l;
+  l.model = std::move(*m);
+  const Status st = l.model->LoadMtpHead(dir);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return l;
+}
+
+// The target's final-normed hidden states of `tokens` from a fresh cache, [n, H].
+Tensor TargetHidden(Qwen35Model& m, const std::vector<int32_t>& tokens) {
+  CacheOptions o;
+  o.max_ctx = 512;
+  auto c = m.NewCache(o);
+  EXPECT_TRUE(c.ok());
+  m.set_keep_hidden(true);
+  RunForward(m, **c, *(*c)->AllocSlot(), tokens, /*all_logits=*/false);
+  return m.last_hidden();
+}
+
+class MtpSpeculation : public ::testing::TestWithParam<std::string> {};
+
+// The drafter on its own: shown the target's rows of a prompt, it drafts d1 from the head's row
+// of (h_{n-2}, x_{n-1}) — transformers' logits say which token that is — and d2, d3 from the head
+// re-applied to its own output, as a hand-chained head computes them.
+TEST_P(MtpSpeculation, DraftsAreTheReferenceHeads) {
+  Loaded l = LoadWithHead(GetParam());
+  ASSERT_TRUE(l.model);
+  Qwen35Model& m = *l.model;
+  const Refs refs = LoadRefs(GetParam() + "_mtp");
+  const std::vector<int32_t> ctx = refs.Ids("prompt_ids");
+  const std::vector<float> ref_logits = refs.F("mtp_logits");
+  const int64_t n = static_cast<int64_t>(ctx.size()), V = m.config().vocab_size;
+
+  auto d = MakeMtpDrafter(&m, 2, 512, 8);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  Drafter& dr = **d;
+  ASSERT_TRUE(dr.reads_target_hidden());
+  ASSERT_TRUE(dr.AddSequence(3).ok());
+  const std::vector<int32_t> consumed(ctx.begin(), ctx.end() - 1);  // x_{n-1} pending, as in decode
+  const Tensor hidden = TargetHidden(m, consumed);
+  ASSERT_TRUE(dr.ObserveTarget(hidden, {TargetRows{3, 0, n - 1, 0, &ctx}}).ok());
+  EXPECT_EQ(dr.state_cache()->length(dr.slot_of(3)), n - 2) << "the head keeps one real row pending";
+
+  SamplingParams greedy;
+  std::vector<DraftProposal> props;
+  const Status st = dr.Propose({DraftRequest{3, &ctx, 3, &greedy}}, props);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_EQ(props.size(), 1u);
+  ASSERT_EQ(props[0].tokens.size(), 3u);
+  EXPECT_EQ(props[0].tokens[0], Argmax(ref_logits.data() + (n - 2) * V, V)) << "transformers' head row n-2";
+
+  // By hand: the head over every pair of the prompt, then two chained steps.
+  CacheOptions o;
+  o.max_ctx = 512;
+  auto mc = m.NewMtpCache(o);
+  ASSERT_TRUE(mc.ok());
+  const int slot = *(*mc)->AllocSlot();
+  auto step = [&](std::vector<int32_t> toks, const Tensor& h) {
+    auto r = m.MtpForward({SeqInput{slot, std::move(toks), StateMode::kUpdate, false}}, h, **mc);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return std::move(*r);
+  };
+  auto out = step({ctx.begin() + 1, ctx.end()}, hidden);
+  std::vector<int32_t> want;
+  for (int j = 0; j < 3; ++j) {
+    const std::vector<float> row = l.be->DownloadF32(out.logits.logits);
+    want.push_back(Argmax(row.data(), V));
+    if (j < 2) out = step({want.back()}, out.hidden);
+  }
+  EXPECT_EQ(props[0].tokens, want);
+
+  // Rolled back to the real rows only: the chained rows go.
+  ASSERT_TRUE(dr.Accept({DraftOutcome{3, 3, 2}}).ok());
+  EXPECT_EQ(dr.state_cache()->length(dr.slot_of(3)), n - 1);
+}
+
+std::vector<GenerationRequest> Requests(const std::vector<int32_t>& prompt, int n) {
+  // Three prompts: the fixture's, a short prefix (one chunk) and a single token.
+  return {Req(prompt, n), Req({prompt.begin(), prompt.begin() + 6}, n), Req({prompt[3]}, n)};
+}
+
+// Greedy speculation with MTP gives plain greedy's tokens, whatever k, with prompts prefilled in
+// chunks of 7 (the head's cache is filled across chunks) and three sequences batched together.
+TEST_P(MtpSpeculation, GreedyEqualsPlainGreedy) {
+  Loaded l = LoadWithHead(GetParam());
+  ASSERT_TRUE(l.model);
+  const std::vector<int32_t> prompt = LoadRefs(GetParam() + "_mtp").Ids("prompt_ids");
+  const auto reqs = Requests(prompt, 40);
+  const EngineRun plain = RunEngine(l.model.get(), nullptr, true, "none", 0, reqs, {}, 7);
+  for (int k = 1; k <= 4; ++k) {
+    for (bool device : {true, false}) {
+      const EngineRun mtp = RunEngine(l.model.get(), nullptr, device, "mtp", k, reqs, {}, 7);
+      EXPECT_EQ(mtp.out, plain.out) << "k " << k << (device ? " device" : " host") << " token choice";
+      EXPECT_GT(mtp.proposed, 0) << "k " << k;
+      std::printf("[mtp %s k=%d %s] acceptance %lld / %lld\n", GetParam().c_str(), k, device ? "device" : "host",
+                  static_cast<long long>(mtp.accepted), static_cast<long long>(mtp.proposed));
+    }
+  }
+  // Adaptive k changes how many drafts, never the tokens.
+  std::vector<GenerationRequest> adaptive = reqs;
+  for (auto& r : adaptive) r.adaptive_k = true;
+  EXPECT_EQ(RunEngine(l.model.get(), nullptr, true, "mtp", 4, adaptive, {}, 7).out, plain.out);
+}
+
+// Sampling: coupled mode with MTP gives exactly plain sampling's tokens (the same noise per
+// position), and rejection mode is repeatable under a seed.
+TEST_P(MtpSpeculation, SamplingModes) {
+  Loaded l = LoadWithHead(GetParam());
+  ASSERT_TRUE(l.model);
+  const std::vector<int32_t> prompt = LoadRefs(GetParam() + "_mtp").Ids("prompt_ids");
+  auto reqs = Requests(prompt, 32);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].sampling.temperature = 0.8f;
+    reqs[i].sampling.top_p = 0.95f;
+    reqs[i].sampling.seed = 11 + i;
+    reqs[i].sampling.mode = SamplingMode::kCoupled;
+  }
+  const EngineRun plain = RunEngine(l.model.get(), nullptr, true, "none", 0, reqs, {}, 7);
+  EXPECT_EQ(RunEngine(l.model.get(), nullptr, true, "mtp", 3, reqs, {}, 7).out, plain.out);
+  for (auto& r : reqs) r.sampling.mode = SamplingMode::kRejection;
+  const EngineRun a = RunEngine(l.model.get(), nullptr, true, "mtp", 3, reqs, {}, 7);
+  const EngineRun b = RunEngine(l.model.get(), nullptr, false, "mtp", 3, reqs, {}, 7);
+  EXPECT_EQ(a.out, b.out) << "device and host token choice draw alike";
+  for (const auto& o : a.out) EXPECT_EQ(o.size(), 32u);
+}
+
+// After every step, each running sequence's head cache holds exactly the rows a sequential run
+// gives: the head over (h_t, x_{t+1}) for every position but the last consumed one, h from the
+// target run over the sequence's tokens in one go.
+TEST_P(MtpSpeculation, HeadCacheEqualsASequentialRunAfterEveryStep) {
+  Loaded l = LoadWithHead(GetParam());
+  ASSERT_TRUE(l.model);
+  Qwen35Model& m = *l.model;
+  const std::vector<int32_t> prompt = LoadRefs(GetParam() + "_mtp").Ids("prompt_ids");
+  EngineOptions o;
+  o.max_seqs = 4;
+  o.max_ctx = 512;
+  o.default_k = 3;
+  o.prefill_chunk = 9;
+  auto e = std::move(SpeculativeEngine::Create(&m, std::move(MakeMtpDrafter(&m, 4, 512, 16)).value(), o)).value();
+  std::vector<int> ids;
+  for (const auto& r : Requests(prompt, 24)) ids.push_back(*e->Add(r));
+  Drafter& dr = *e->drafter();
+  ModelCache& head = *dr.state_cache();
+  int checked = 0;
+  while (e->HasWork()) {
+    ASSERT_TRUE(e->Step().ok());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (e->Finished(ids[i])) continue;
+      const int slot = dr.slot_of(ids[i]);
+      const int64_t c = head.length(slot);
+      // The tokens the target consumed: the prompt chunks so far, or all but the pending one.
+      const auto& gen = e->Generated(ids[i]);
+      std::vector<int32_t> seq = Requests(prompt, 24)[i].prompt;
+      seq.insert(seq.end(), gen.begin(), gen.end());
+      const int64_t consumed = e->target_cache().length(e->target_slot(ids[i]));
+      if (!gen.empty()) {
+        ASSERT_EQ(consumed, static_cast<int64_t>(seq.size()) - 1) << "sequence " << i;
+      }
+      ASSERT_EQ(c + 1, consumed) << "sequence " << i;
+      if (c == 0) continue;
+      const Tensor h = TargetHidden(m, {seq.begin(), seq.begin() + consumed});
+      CacheOptions co;
+      co.max_ctx = 512;
+      auto ref = m.NewMtpCache(co);
+      ASSERT_TRUE(ref.ok());
+      const int rs = *(*ref)->AllocSlot();
+      ASSERT_TRUE(m.MtpForward({SeqInput{rs, {seq.begin() + 1, seq.begin() + c + 1}, StateMode::kUpdate, false}},
+                               h.Rows(0, c), **ref)
+                      .ok());
+      for (bool values : {false, true}) {
+        const auto got = head.SlotKvF32(0, values, slot, c), want = (*ref)->SlotKvF32(0, values, rs, c);
+        EXPECT_LE(RelL2(got, want), 1e-4) << "sequence " << i << " rows " << c << (values ? " V" : " K");
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 20);
+}
+
+TEST(MtpDrafterErrors, NeedsTheHead) {
+  auto be = MakeCpuBackend();
+  auto m = Qwen35Model::Load(ModelDir("dense"), be.get());
+  ASSERT_TRUE(m.ok());
+  auto d = MakeMtpDrafter(m->get(), 1, 64, 4);
+  EXPECT_EQ(d.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(d.status().message().find("MTP head"), std::string::npos) << d.status().ToString();
+  EXPECT_EQ(MakeDrafter("mtp", m->get(), nullptr, 1, 64, 4).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(CheckDrafterName("mtp").ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MtpSpeculation, ::testing::Values("dense", "moe"));
+
+}  // namespace
+}  // namespace specd::testing
