@@ -20,10 +20,11 @@ struct EngineRun {
   int64_t proposed = 0, accepted = 0;  // drafts over all requests
 };
 
-// drafter: "none", "ngram", "near" (the draft model `near`) or "mtp" (the target's MTP head).
-inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_token_choice,
-                           const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
-                           std::vector<int32_t> eos = {}, int64_t prefill_chunk = 512) {
+// Runs `reqs` to completion with the drafter `d` (null: plain decoding), prompts prefilled in
+// chunks of `prefill_chunk`.
+inline EngineRun RunEngineWith(Qwen35Model* target, std::unique_ptr<Drafter> d, bool device_token_choice, int k,
+                               const std::vector<GenerationRequest>& reqs, std::vector<int32_t> eos = {},
+                               int64_t prefill_chunk = 512) {
   EngineOptions o;
   o.prefill_chunk = prefill_chunk;
   o.max_seqs = 8;
@@ -31,10 +32,6 @@ inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_t
   o.default_k = k;
   o.device_token_choice = device_token_choice;
   o.eos_ids = std::move(eos);
-  std::unique_ptr<Drafter> d;
-  if (drafter == "ngram") d = MakeNgramDrafter();
-  if (drafter == "near") d = std::move(MakeDraftModelDrafter(near, 512, 8, 512, 16)).value();
-  if (drafter == "mtp") d = std::move(MakeMtpDrafter(target, 8, 512, 16)).value();
   auto e = std::move(SpeculativeEngine::Create(target, std::move(d), o)).value();
   std::vector<int> ids;
   for (const auto& r : reqs) ids.push_back(*e->Add(r));
@@ -51,6 +48,17 @@ inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_t
   }
   run.host_rows = e->host_logits_rows();
   return run;
+}
+
+// drafter: "none", "ngram", "near" (the draft model `near`) or "mtp" (the target's MTP head).
+inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_token_choice,
+                           const std::string& drafter, int k, const std::vector<GenerationRequest>& reqs,
+                           std::vector<int32_t> eos = {}, int64_t prefill_chunk = 512) {
+  std::unique_ptr<Drafter> d;
+  if (drafter == "ngram") d = MakeNgramDrafter();
+  if (drafter == "near") d = std::move(MakeDraftModelDrafter(near, 512, 8, 512, 16)).value();
+  if (drafter == "mtp") d = std::move(MakeMtpDrafter(target, 8, 512, 16)).value();
+  return RunEngineWith(target, std::move(d), device_token_choice, k, reqs, std::move(eos), prefill_chunk);
 }
 
 // n tokens after the prompt, eos ignored.

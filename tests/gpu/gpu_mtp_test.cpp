@@ -1,8 +1,10 @@
 // The MTP head's forward on the CUDA backend (bf16 weights and activations) against the fp32
 // reference of tools/mtp_reference.py: judged by the error transformers' own bf16 forward has
 // against fp32 on the same inputs (refs.json), and the ratio printed.
+#include "engine_run.h"
 #include "gpu_test_util.h"
 #include "mtp_fixture.h"
+#include "mtp_oracle.h"
 
 namespace specd::testing {
 namespace {
@@ -110,6 +112,44 @@ TEST_P(GpuMtp, KeptTargetHiddenRowsMatchTheCpuEngine) {
   };
   check("target logits", logits[0], logits[1], V);
   check("kept hidden rows", hidden[0], hidden[1], H);
+}
+
+// Speculation with the head on the GPU: greedy output equals plain greedy for k = 1..4 (three
+// sequences, prompts prefilled in chunks of 7), with the head's own drafts (random head: all
+// rejected) and with an oracle's in their place (most kept), and coupled sampling equals plain
+// sampling. The engine's verify/decode agreement on the GPU is bitwise, so equality is exact.
+TEST_P(GpuMtp, SpeculationEqualsPlainDecoding) {
+  SPECD_REQUIRE_GPU();
+  const std::string base = GetParam();
+  MtpSetup s = LoadMtp(base);
+  ASSERT_NE(s.model, nullptr);
+  Qwen35Model* m = s.model.get();
+  std::vector<GenerationRequest> reqs = {Req(s.ids, 40), Req({s.ids.begin(), s.ids.begin() + 6}, 40),
+                                         Req({s.ids[3]}, 40)};
+  const EngineRun plain = RunEngine(m, nullptr, true, "none", 0, reqs, {}, 7);
+  std::vector<std::vector<int32_t>> refs;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    refs.push_back(reqs[i].prompt);
+    refs.back().insert(refs.back().end(), plain.out[i].begin(), plain.out[i].end());
+  }
+  for (int k = 1; k <= 4; ++k) {
+    const EngineRun mtp = RunEngine(m, nullptr, true, "mtp", k, reqs, {}, 7);
+    EXPECT_EQ(mtp.out, plain.out) << "k " << k;
+    EXPECT_GT(mtp.proposed, 0);
+    const EngineRun o = RunEngineWith(m, MakeOracleMtp(m, refs, 0.7, 8), true, k, reqs, {}, 7);
+    EXPECT_EQ(o.out, plain.out) << "oracle k " << k;
+    std::printf("  [gpu mtp %s k=%d] head drafts kept %lld/%lld, oracle drafts kept %lld/%lld\n", base.c_str(), k,
+                static_cast<long long>(mtp.accepted), static_cast<long long>(mtp.proposed),
+                static_cast<long long>(o.accepted), static_cast<long long>(o.proposed));
+    EXPECT_GT(o.accepted, o.proposed / 3);
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].sampling.temperature = 0.8f;
+    reqs[i].sampling.seed = 5 + i;
+    reqs[i].sampling.mode = SamplingMode::kCoupled;
+  }
+  EXPECT_EQ(RunEngine(m, nullptr, true, "mtp", 3, reqs, {}, 7).out,
+            RunEngine(m, nullptr, true, "none", 0, reqs, {}, 7).out);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, GpuMtp, ::testing::Values("dense", "moe"));

@@ -43,6 +43,36 @@ INSTANTIATE_TEST_SUITE_P(Drafters, GreedyOverGrpc,
                                            std::vector<std::string>{"--drafter", "none"}),
                          [](const auto& info) { return info.param.back(); });
 
+// The checkpoint's own MTP head as the drafter: greedy output still equals transformers' greedy
+// ids, the head drafts (its weights are random, so its drafts are rejected), and a request may
+// name it or turn it off.
+TEST(GreedyOverGrpcMtp, MatchesFixtureGreedyIds) {
+  auto srv = Server::Start({"--model", MtpCheckpointDir("dense"), "--drafter", "mtp", "--k", "3"});
+  ASSERT_TRUE(srv);
+  const auto prompt = FixtureIds("dense/refs.safetensors", "prompt_ids");
+  const auto want = FixtureIds("dense/refs.safetensors", "greedy_ids");
+  auto stub = srv->Stub();
+  StreamResult r = Generate(*stub, IdsRequest(prompt, 40));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, want);
+  EXPECT_GT(r.final_msg.stats().draft_tokens(), 0u) << "the head proposed nothing";
+  for (const char* d : {"mtp", "none"}) {
+    auto req = IdsRequest(prompt, 40);
+    req.mutable_speculation()->set_drafter(d);
+    r = Generate(*stub, req);
+    ASSERT_TRUE(r.status.ok()) << d << ": " << r.status.error_message();
+    EXPECT_EQ(r.ids, want) << d;
+    EXPECT_EQ(r.final_msg.stats().draft_tokens() > 0, std::string(d) == "mtp") << d;
+  }
+}
+
+// A checkpoint without a head stops at startup, saying so.
+TEST(GreedyOverGrpcMtp, CheckpointWithoutHeadStopsAtStartup) {
+  const CommandResult a = RunCommand(SpecdBinary(), {"serve", "--model", FixtureDir("dense/model"), "--drafter", "mtp"});
+  EXPECT_NE(a.exit_code, 0);
+  EXPECT_NE(a.err.find("--drafter mtp"), std::string::npos) << a.err;
+}
+
 // Per-request k = 0 turns speculation off for that request only; the output stays the same.
 TEST(GreedyOverGrpcPerRequest, KZeroAndDrafterNone) {
   auto srv = Server::Start({"--model", FixtureDir("dense/model"), "--draft", FixtureDir("draft_near/model")});

@@ -26,6 +26,34 @@ std::string SpecdBinary() { return SPECD_BIN; }
 std::string ClientBinary() { return SPECD_CLIENT_BIN; }
 std::string FixtureDir(const std::string& rel) { return std::string(SPECD_FIXTURES) + "/qwen35-tiny/" + rel; }
 
+std::string MtpCheckpointDir(const std::string& base) {
+  namespace fs = std::filesystem;
+  std::string tmpl = (fs::temp_directory_path() / "specd_itest_mtp_XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
+  const fs::path dir = tmpl, model = FixtureDir(base + "/model"), mtp = FixtureDir(base + "_mtp");
+  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(model / "config.json"));
+  (cfg.contains("text_config") ? cfg["text_config"] : cfg)["mtp_num_hidden_layers"] = 1;
+  std::ofstream(dir / "config.json") << cfg.dump(1);
+  nlohmann::json map = nlohmann::json::object();
+  for (const auto& [from, file] : {std::pair{model / "model.safetensors", "backbone.safetensors"},
+                                  std::pair{mtp / "mtp.safetensors", "mtp.safetensors"}}) {
+    fs::copy_file(from, dir / file);
+    // The tensor names from the safetensors header (u64 length, then JSON).
+    std::ifstream f(from, std::ios::binary);
+    uint64_t n = 0;
+    f.read(reinterpret_cast<char*>(&n), 8);
+    std::string header(n, '\0');
+    f.read(header.data(), static_cast<std::streamsize>(n));
+    const nlohmann::json names = nlohmann::json::parse(header);  // kept: items() refers to it
+    for (const auto& [name, v] : names.items()) {
+      if (name != "__metadata__") map[name] = file;
+    }
+  }
+  std::ofstream(dir / "model.safetensors.index.json") << nlohmann::json{{"metadata", nlohmann::json::object()},
+                                                                          {"weight_map", map}}.dump();
+  return dir.string();
+}
+
 std::vector<int32_t> FixtureIds(const std::string& refs_rel, const std::string& tensor) {
   std::ifstream f(FixtureDir(refs_rel), std::ios::binary);
   uint64_t n = 0;

@@ -17,6 +17,10 @@
 namespace specd::itest {
 
 std::string FixtureDir(const std::string& rel);  // under tests/fixtures/qwen35-tiny
+// A checkpoint folder (in a fresh temp dir) with an MTP head: the fixture model `base` ("dense" or
+// "moe") with mtp_num_hidden_layers = 1 and its head's tensors (`<base>_mtp/mtp.safetensors`),
+// joined by a model.safetensors.index.json as sharded checkpoints are.
+std::string MtpCheckpointDir(const std::string& base);
 // An int64 tensor of a fixture's refs.safetensors, as int32 ids.
 std::vector<int32_t> FixtureIds(const std::string& refs_rel, const std::string& tensor);
 

@@ -6,6 +6,7 @@
 
 #include "engine_run.h"
 #include "mtp_fixture.h"
+#include "mtp_oracle.h"
 
 namespace specd::testing {
 namespace {
@@ -101,8 +102,20 @@ std::vector<GenerationRequest> Requests(const std::vector<int32_t>& prompt, int 
   return {Req(prompt, n), Req({prompt.begin(), prompt.begin() + 6}, n), Req({prompt[3]}, n)};
 }
 
+// Prompt + plain greedy continuation of each request: what the oracle drafts from.
+std::vector<std::vector<int32_t>> References(const std::vector<GenerationRequest>& reqs, const EngineRun& plain) {
+  std::vector<std::vector<int32_t>> refs;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    refs.push_back(reqs[i].prompt);
+    refs.back().insert(refs.back().end(), plain.out[i].begin(), plain.out[i].end());
+  }
+  return refs;
+}
+
 // Greedy speculation with MTP gives plain greedy's tokens, whatever k, with prompts prefilled in
 // chunks of 7 (the head's cache is filled across chunks) and three sequences batched together.
+// The fixture heads are random, so their drafts are all rejected; the oracle run has the verifier
+// keep most drafts, so the head also takes in verifies that keep several tokens.
 TEST_P(MtpSpeculation, GreedyEqualsPlainGreedy) {
   Loaded l = LoadWithHead(GetParam());
   ASSERT_TRUE(l.model);
@@ -117,6 +130,12 @@ TEST_P(MtpSpeculation, GreedyEqualsPlainGreedy) {
       std::printf("[mtp %s k=%d %s] acceptance %lld / %lld\n", GetParam().c_str(), k, device ? "device" : "host",
                   static_cast<long long>(mtp.accepted), static_cast<long long>(mtp.proposed));
     }
+  }
+  for (int k = 1; k <= 4; ++k) {
+    const EngineRun o = RunEngineWith(l.model.get(), MakeOracleMtp(l.model.get(), References(reqs, plain), 0.7, 8),
+                                      true, k, reqs, {}, 7);
+    EXPECT_EQ(o.out, plain.out) << "oracle k " << k;
+    EXPECT_GT(o.accepted, o.proposed / 3) << "oracle k " << k;
   }
   // Adaptive k changes how many drafts, never the tokens.
   std::vector<GenerationRequest> adaptive = reqs;
@@ -154,14 +173,17 @@ TEST_P(MtpSpeculation, HeadCacheEqualsASequentialRunAfterEveryStep) {
   ASSERT_TRUE(l.model);
   Qwen35Model& m = *l.model;
   const std::vector<int32_t> prompt = LoadRefs(GetParam() + "_mtp").Ids("prompt_ids");
+  // The oracle keeps drafts most of the time, so verifies that keep 1..4 tokens all occur.
+  const auto reqs = Requests(prompt, 24);
+  const EngineRun plain = RunEngine(&m, nullptr, true, "none", 0, reqs, {}, 9);
   EngineOptions o;
   o.max_seqs = 4;
   o.max_ctx = 512;
   o.default_k = 3;
   o.prefill_chunk = 9;
-  auto e = std::move(SpeculativeEngine::Create(&m, std::move(MakeMtpDrafter(&m, 4, 512, 16)).value(), o)).value();
+  auto e = std::move(SpeculativeEngine::Create(&m, MakeOracleMtp(&m, References(reqs, plain), 0.7, 4), o)).value();
   std::vector<int> ids;
-  for (const auto& r : Requests(prompt, 24)) ids.push_back(*e->Add(r));
+  for (const auto& r : reqs) ids.push_back(*e->Add(r));
   Drafter& dr = *e->drafter();
   ModelCache& head = *dr.state_cache();
   int checked = 0;
@@ -197,7 +219,11 @@ TEST_P(MtpSpeculation, HeadCacheEqualsASequentialRunAfterEveryStep) {
       ++checked;
     }
   }
-  EXPECT_GT(checked, 20);
+  EXPECT_GT(checked, 10);
+  int64_t kept = 0;
+  for (int id : ids) kept += e->Stats(id).accepted_tokens;
+  EXPECT_GT(kept, 20) << "verifies kept drafts";
+  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(e->Generated(ids[i]), plain.out[i]);
 }
 
 TEST(MtpDrafterErrors, NeedsTheHead) {
