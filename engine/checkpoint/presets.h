@@ -8,7 +8,8 @@
 
 namespace specd {
 
-// name: "0.8B" | "2B" | "4B" | "9B" | "27B" (dense family; eos/bos left unset).
+// name: "0.8B" | "2B" | "4B" | "9B" | "27B" | "35B-A3B" (MoE: 256 experts of 512, top 8, a shared
+// expert of 512); eos/bos left unset.
 StatusOr<ModelConfig> ReleasedShapes(const std::string& name);
 
 }  // namespace specd

@@ -15,7 +15,10 @@ std::atomic<uint64_t> g_next_model_id{1};
 Qwen35Model::Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be)
     : cfg_(std::move(cfg)), w_(std::move(w)), backend_(be), id_(g_next_model_id++) {}
 
-Qwen35Model::~Qwen35Model() { backend_->DropGraphs(fmt::format(":m{}:", id_)); }
+Qwen35Model::~Qwen35Model() {
+  backend_->DropGraphs(fmt::format(":m{}:", id_));
+  backend_->DropGraphs(fmt::format(":mtp{}:", id_));
+}
 
 Status Qwen35Model::LoadMtpHead(const std::string& dir) {
   SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
@@ -113,20 +116,9 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
   const int64_t real_rows = static_cast<int64_t>(logit_rows.size());
   // Decode and verify steps (short spans) replay captured graphs; prefill chunks (long, varied)
   // run op by op, and so does MoE where the backend routes through the host.
-  const auto capturable = [&](int64_t tokens) {
-    return b.max_len <= kMaxGraphTokens &&
-           (!cfg_.is_moe || be.MoeFfnCapturable(tokens, cfg_.hidden_size, cfg_.moe_intermediate_size,
-                                                cfg_.num_experts, cfg_.num_experts_per_tok));
-  };
-  // keep_hidden: the hidden rows are read back after the forward, which a replayed graph's
-  // output does not give; those forwards run op by op.
-  bool graphable = !keep_hidden_ && capturable(b.num_tokens);
-  const bool pad = padding_ == GraphPaddingMode::kAlways || (padding_ == GraphPaddingMode::kAuto && be.CapturesGraphs());
-  if (graphable && pad) {
-    const auto plan = PlanGraphPadding(static_cast<int64_t>(b.seqs.size()), b.num_tokens, b.max_len, real_rows,
-                                       std::min<int64_t>(cache.pad_rows(), cache.options().log_capacity));
-    if (plan && capturable(plan->tokens)) AddDummySpans(*plan, cache, b, ids, logit_rows);
-  }
+  const int64_t real_tokens = b.num_tokens;
+  const bool graphable = Capturable(b, b.num_tokens);
+  if (graphable) PadForGraph(cache, b, ids, logit_rows);
   try {
     SPECD_ASSIGN_OR_RETURN(out.logits, RunGraphOrOps(b, ids, logit_rows, cache, graphable));
   } catch (const std::bad_alloc&) {
@@ -136,8 +128,26 @@ StatusOr<ForwardOutput> Qwen35Model::Forward(const std::vector<SeqInput>& seqs, 
     return ResourceExhausted("{} memory exhausted during a forward of {} tokens", be.name(), b.num_tokens);
   }
   if (out.logits.dim(0) != real_rows) out.logits = out.logits.Rows(0, real_rows);  // the dummies' rows
+  if (keep_hidden_ && last_hidden_.dim(0) != real_tokens) last_hidden_ = last_hidden_.Rows(0, real_tokens);
   for (const auto& s : seqs) cache.Advance(s.slot, s.mode, static_cast<int64_t>(s.tokens.size()));
   return out;
+}
+
+bool Qwen35Model::Capturable(const BatchInfo& b, int64_t tokens) const {
+  return b.max_len <= kMaxGraphTokens &&
+         (!cfg_.is_moe || backend_->MoeFfnCapturable(tokens, cfg_.hidden_size, cfg_.moe_intermediate_size,
+                                                     cfg_.num_experts, cfg_.num_experts_per_tok));
+}
+
+void Qwen35Model::PadForGraph(const ModelCache& cache, BatchInfo& b, std::vector<int32_t>& ids,
+                              std::vector<int64_t>& logit_rows) const {
+  const bool pad = padding_ == GraphPaddingMode::kAlways ||
+                   (padding_ == GraphPaddingMode::kAuto && backend_->CapturesGraphs());
+  if (!pad) return;
+  const auto plan = PlanGraphPadding(static_cast<int64_t>(b.seqs.size()), b.num_tokens, b.max_len,
+                                     static_cast<int64_t>(logit_rows.size()),
+                                     std::min<int64_t>(cache.pad_rows(), cache.options().log_capacity));
+  if (plan && Capturable(b, plan->tokens)) AddDummySpans(*plan, cache, b, ids, logit_rows);
 }
 
 void Qwen35Model::AddDummySpans(const GraphPadding& plan, const ModelCache& cache, BatchInfo& b,
@@ -158,41 +168,53 @@ void Qwen35Model::AddDummySpans(const GraphPadding& plan, const ModelCache& cach
   }
 }
 
-StatusOr<Tensor> Qwen35Model::RunGraphOrOps(const BatchInfo& b, const std::vector<int32_t>& ids,
-                                            const std::vector<int64_t>& logit_rows, ModelCache& cache,
-                                            bool graphable) {
+StatusOr<std::vector<Tensor>> Qwen35Model::RunGraphed(const std::string& key,
+                                                       const std::function<std::vector<Tensor>()>& ops) {
   Backend& be = *backend_;
-  Tensor tok, rows, logits;
-  be.StageBatch(b, ids, logit_rows, &tok, &rows);
-  const int64_t R = static_cast<int64_t>(logit_rows.size());
-  std::string key;
-  if (graphable) {
-    key = GraphKey(b, R, cache);
-    if (be.ReplayGraph(key, &logits)) {
+  std::vector<Tensor> outs;
+  if (!key.empty()) {
+    if (be.ReplayGraphOutputs(key, &outs)) {
       SPECD_RETURN_IF_ERROR(be.TakeError());
-      return logits;
+      return outs;
     }
     if (be.BeginGraphCapture(key)) {
       Status captured = Status::Ok();
       try {
-        logits = RunOps(b, tok, rows, R, cache);
-        captured = be.EndGraphCapture(key, logits);
+        captured = be.EndGraphCaptureOutputs(key, ops());
       } catch (const std::bad_alloc&) {
         // Nothing of a capture has run: give memory back and run the ops once more, uncaptured.
         be.AbortGraphCapture();
         be.ReleaseCachedMemory();
         captured = ResourceExhausted("graph capture ran out of memory");
       }
-      if (captured.ok() && be.ReplayGraph(key, &logits)) {
+      if (captured.ok() && be.ReplayGraphOutputs(key, &outs)) {
         SPECD_RETURN_IF_ERROR(be.TakeError());
-        return logits;
+        return outs;
       }
       // A failed capture ran nothing either: the ops below do the forward.
     }
   }
-  logits = RunOps(b, tok, rows, R, cache);
+  outs = ops();
   SPECD_RETURN_IF_ERROR(be.TakeError());
-  return logits;
+  return outs;
+}
+
+StatusOr<Tensor> Qwen35Model::RunGraphOrOps(const BatchInfo& b, const std::vector<int32_t>& ids,
+                                            const std::vector<int64_t>& logit_rows, ModelCache& cache,
+                                            bool graphable) {
+  Backend& be = *backend_;
+  Tensor tok, rows;
+  be.StageBatch(b, ids, logit_rows, &tok, &rows);
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  // With keep_hidden the graph has a second output, the hidden rows (so it is another graph).
+  const std::string key = graphable ? GraphKey(b, R, cache) + (keep_hidden_ ? ":h" : "") : std::string();
+  SPECD_ASSIGN_OR_RETURN(std::vector<Tensor> outs, RunGraphed(key, [&]() {
+                           Tensor logits = RunOps(b, tok, rows, R, cache);
+                           return keep_hidden_ ? std::vector<Tensor>{logits, last_hidden_}
+                                               : std::vector<Tensor>{logits};
+                         }));
+  if (keep_hidden_) last_hidden_ = outs.at(1);
+  return outs.at(0);
 }
 
 std::string Qwen35Model::GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const {
@@ -231,7 +253,7 @@ Tensor Qwen35Model::RunOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
   }
   if (keep_hidden_) {
     // What the MTP head reads: every token's final-normed row (a prefill chunk fills the head's
-    // cache for all its positions, not only the logit rows). Graphs are off meanwhile; the
+    // cache for all its positions, not only the logit rows); a graph's second output. The
     // logits below take the same path as without, so they keep their bits.
     last_hidden_ = be.Empty(act, {N, H});
     be.RmsNorm(h, w_.final_norm, eps, true, last_hidden_);

@@ -3,6 +3,7 @@
 // (prefill chunk, single decode token, k+1-token verify, draft step).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -46,6 +47,8 @@ class Qwen35Model {
   // from): kNotFound when it has none, an error naming a missing or mis-shaped tensor.
   Status LoadMtpHead(const std::string& dir);
   const MtpWeights* mtp_head() const { return mtp_ ? &*mtp_ : nullptr; }
+  // A random head of the model's shapes (benchmarks at real sizes).
+  void RandomMtpHead(uint64_t seed) { mtp_ = RandomMtpWeights(cfg_, backend_, seed); }
 
   const ModelConfig& config() const { return cfg_; }
   Backend* backend() const { return backend_; }
@@ -65,7 +68,8 @@ class Qwen35Model {
   // for a chained draft step the head's own previous output), at the next position of the
   // sequence's slot in `mtp_cache` (NewMtpCache: the head's own KV cache, rolled back like the
   // target's). Returns the draft logits and the head's normed output (what a chained step feeds
-  // back) for the rows the inputs ask for. Runs op by op (no graphs yet).
+  // back) for the rows the inputs ask for. Spans of up to kMaxGraphTokens run as graphs where the
+  // backend captures them (the hidden rows are copied into one fixed input buffer first).
   struct MtpOutput {
     ForwardOutput logits;  // as Forward's
     Tensor hidden;         // [rows, H]: mtp.norm(output), same rows as the logits
@@ -104,6 +108,16 @@ class Qwen35Model {
   std::string GraphKey(const BatchInfo& b, int64_t rows, const ModelCache& cache) const;
   void AddDummySpans(const GraphPadding& plan, const ModelCache& cache, BatchInfo& b, std::vector<int32_t>& ids,
                      std::vector<int64_t>& logit_rows) const;
+  // Whether a batch of this shape (spans up to kMaxGraphTokens; MoE that routes on the device)
+  // can be captured, with `tokens` tokens.
+  bool Capturable(const BatchInfo& b, int64_t tokens) const;
+  // Pads a capturable batch to a graph shape with dummy spans on the cache's pad slot (where the
+  // backend captures graphs, or padding is forced).
+  void PadForGraph(const ModelCache& cache, BatchInfo& b, std::vector<int32_t>& ids,
+                   std::vector<int64_t>& logit_rows) const;
+  // Replays the graph `key` (empty: no graph), captures it around `ops`, or runs `ops`; returns
+  // the outputs `ops` names. Throws std::bad_alloc when the device is full outside a capture.
+  StatusOr<std::vector<Tensor>> RunGraphed(const std::string& key, const std::function<std::vector<Tensor>()>& ops);
   // Replays the batch's graph, captures it, or runs the ops (throws std::bad_alloc when the
   // device is full outside a capture).
   StatusOr<Tensor> RunGraphOrOps(const BatchInfo& b, const std::vector<int32_t>& ids,
@@ -117,6 +131,7 @@ class Qwen35Model {
   ModelWeights w_;
   std::optional<MtpWeights> mtp_;
   bool keep_hidden_ = false;
+  Tensor mtp_in_;  // the MTP graphs' hidden input rows (fixed address; grows, dropping those graphs)
   Tensor last_hidden_;
   Backend* backend_;
   uint64_t id_;

@@ -25,16 +25,43 @@ StatusOr<Qwen35Model::MtpOutput> Qwen35Model::MtpForward(const std::vector<SeqIn
                            hidden.dim(1), p.b.num_tokens, cfg_.hidden_size);
   }
   Backend& be = *backend_;
-  Tensor tok, rows;
-  be.StageBatch(p.b, p.ids, p.logit_rows, &tok, &rows);
+  const int64_t real_tokens = p.b.num_tokens, real_rows = static_cast<int64_t>(p.logit_rows.size());
   MtpOutput out;
   out.logits = std::move(p.out);
   try {
-    out.logits.logits = MtpOps(p.b, tok, hidden, rows, static_cast<int64_t>(p.logit_rows.size()), mtp_cache,
-                               want_logits ? &out.hidden : nullptr);
+    // Draft steps (short spans) run as graphs, padded to graph shapes like the target's. A graph
+    // reads its hidden rows from one fixed buffer, so they are copied there first; the buffer
+    // grows when a batch needs more rows, and the graphs that read the old one go with it.
+    const bool graphable = Capturable(p.b, p.b.num_tokens) && be.CapturesGraphs();
+    Tensor in = hidden;
+    std::string key;
+    if (graphable) {
+      PadForGraph(mtp_cache, p.b, p.ids, p.logit_rows);
+      if (!mtp_in_.defined() || mtp_in_.dim(0) < p.b.num_tokens) {
+        be.DropGraphs(fmt::format(":mtp{}:", id_));
+        mtp_in_ = be.Alloc(be.act_dtype(), {std::max<int64_t>(p.b.num_tokens, 64), cfg_.hidden_size});
+      }
+      Tensor dst = mtp_in_.Rows(0, real_tokens);
+      be.CopyRows(hidden, dst);
+      in = mtp_in_.Rows(0, p.b.num_tokens);  // dummy spans read stale (finite) rows
+      key = fmt::format(":mtp{}:c{}:n{}:s{}:l{}:r{}:{}", id_, mtp_cache.id(), p.b.num_tokens, p.b.seqs.size(),
+                        p.b.max_len, p.logit_rows.size(), want_logits ? "logits" : "cache");
+    }
+    Tensor tok, rows;
+    be.StageBatch(p.b, p.ids, p.logit_rows, &tok, &rows);
+    const int64_t R = static_cast<int64_t>(p.logit_rows.size());
+    SPECD_ASSIGN_OR_RETURN(std::vector<Tensor> outs, RunGraphed(key, [&]() {
+                             Tensor normed;
+                             Tensor logits = MtpOps(p.b, tok, in, rows, R, mtp_cache, want_logits ? &normed : nullptr);
+                             return want_logits ? std::vector<Tensor>{logits, normed} : std::vector<Tensor>{};
+                           }));
+    if (want_logits) {
+      out.logits.logits = outs.at(0).Rows(0, real_rows);
+      out.hidden = outs.at(1).Rows(0, real_rows);
+    }
   } catch (const std::bad_alloc&) {
     be.ReleaseCachedMemory();
-    return ResourceExhausted("{} memory exhausted during an MTP forward of {} tokens", be.name(), p.b.num_tokens);
+    return ResourceExhausted("{} memory exhausted during an MTP forward of {} tokens", be.name(), real_tokens);
   }
   SPECD_RETURN_IF_ERROR(be.TakeError());
   for (const auto& s : seqs) mtp_cache.Advance(s.slot, s.mode, static_cast<int64_t>(s.tokens.size()));

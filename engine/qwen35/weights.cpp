@@ -216,74 +216,103 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt
   return m;
 }
 
-ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
+namespace {
+
+// Deterministic random tensors in the backend's activation dtype (or `dt`), counted in `bytes`.
+struct RandomMaker {
+  Backend* be;
+  uint64_t counter;
   int64_t bytes = 0;
-  uint64_t counter = seed * 1000003ull;
-  auto make = [&](std::vector<int64_t> shape, float scale, float offset = 0.f, DType dt = DType::kF32) {
+  Tensor operator()(std::vector<int64_t> shape, float scale, float offset = 0.f, DType dt = DType::kF32) {
     Tensor t = be->Random(dt == DType::kF32 ? be->act_dtype() : dt, std::move(shape), scale, offset, ++counter);
     bytes += static_cast<int64_t>(t.nbytes());
     return t;
-  };
-  const int64_t H = c.hidden_size, V = c.vocab_size, C = c.conv_dim();
+  }
+};
+
+LayerWeights RandomLayer(const ModelConfig& c, LayerType type, RandomMaker& make) {
+  const int64_t H = c.hidden_size, C = c.conv_dim();
   const int64_t Hv = c.linear_num_value_heads, dv = c.linear_value_head_dim;
   const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  const float sh = 1.f / std::sqrt(static_cast<float>(H));
+  LayerWeights L;
+  L.type = type;
+  L.input_norm = make({H}, 0.1f);
+  L.post_norm = make({H}, 0.1f);
+  if (L.type == LayerType::kLinearAttention) {
+    auto& g = L.gdn;
+    g.in_proj = make({C + Hv * dv + 2 * Hv, H}, sh);
+    g.in_qkv = g.in_proj.Rows(0, C);
+    g.in_z = g.in_proj.Rows(C, Hv * dv);
+    g.in_b = g.in_proj.Rows(C + Hv * dv, Hv);
+    g.in_a = g.in_proj.Rows(C + Hv * dv + Hv, Hv);
+    g.conv = make({C, c.linear_conv_kernel_dim}, 0.4f);
+    g.dt_bias = make.be->Random(DType::kF32, {Hv}, 0.5f, 0.f, ++make.counter);
+    g.a_log = make.be->Random(DType::kF32, {Hv}, 0.5f, 1.f, ++make.counter);
+    g.norm = make({dv}, 0.1f, 1.f);
+    g.out = make({H, Hv * dv}, 1.f / std::sqrt(static_cast<float>(Hv * dv)));
+  } else {
+    auto& a = L.attn;
+    a.qkv = make({2 * Hq * D + 2 * Hkv * D, H}, sh);
+    a.q = a.qkv.Rows(0, 2 * Hq * D);
+    a.k = a.qkv.Rows(2 * Hq * D, Hkv * D);
+    a.v = a.qkv.Rows(2 * Hq * D + Hkv * D, Hkv * D);
+    a.o = make({H, Hq * D}, 1.f / std::sqrt(static_cast<float>(Hq * D)));
+    a.q_norm = make({D}, 0.1f);
+    a.k_norm = make({D}, 0.1f);
+  }
+  if (c.is_moe) {
+    auto& e = L.moe;
+    const int64_t E = c.num_experts, Ie = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size;
+    e.top_k = c.num_experts_per_tok;
+    e.router = make({E, H}, sh);
+    e.gate_up = make({E, 2 * Ie, H}, sh);
+    e.down = make({E, H, Ie}, 1.f / std::sqrt(static_cast<float>(Ie)));
+    if (Is > 0) {
+      e.shared_gate_up = make({2 * Is, H}, sh);
+      e.shared_gate = e.shared_gate_up.Rows(0, Is);
+      e.shared_up = e.shared_gate_up.Rows(Is, Is);
+      e.shared_down = make({H, Is}, 1.f / std::sqrt(static_cast<float>(Is)));
+      e.shared_router = make({1, H}, sh);
+    }
+  } else {
+    const int64_t I = c.intermediate_size;
+    L.mlp.gate_up = make({2 * I, H}, sh);
+    L.mlp.gate = L.mlp.gate_up.Rows(0, I);
+    L.mlp.up = L.mlp.gate_up.Rows(I, I);
+    L.mlp.down = make({H, I}, 1.f / std::sqrt(static_cast<float>(I)));
+  }
+  return L;
+}
+
+}  // namespace
+
+ModelWeights RandomWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
+  RandomMaker make{be, seed * 1000003ull};
+  const int64_t H = c.hidden_size, V = c.vocab_size;
   const float sh = 1.f / std::sqrt(static_cast<float>(H));
   ModelWeights w;
   w.embed = make({V, H}, 1.f);
   w.final_norm = make({H}, 0.1f);
   w.lm_head = c.tie_word_embeddings ? w.embed : make({V, H}, sh);
-  for (int i = 0; i < c.num_hidden_layers; ++i) {
-    LayerWeights L;
-    L.type = c.layer_types[i];
-    L.input_norm = make({H}, 0.1f);
-    L.post_norm = make({H}, 0.1f);
-    if (L.type == LayerType::kLinearAttention) {
-      auto& g = L.gdn;
-      g.in_proj = make({C + Hv * dv + 2 * Hv, H}, sh);
-      g.in_qkv = g.in_proj.Rows(0, C);
-      g.in_z = g.in_proj.Rows(C, Hv * dv);
-      g.in_b = g.in_proj.Rows(C + Hv * dv, Hv);
-      g.in_a = g.in_proj.Rows(C + Hv * dv + Hv, Hv);
-      g.conv = make({C, c.linear_conv_kernel_dim}, 0.4f);
-      g.dt_bias = be->Random(DType::kF32, {Hv}, 0.5f, 0.f, ++counter);
-      g.a_log = be->Random(DType::kF32, {Hv}, 0.5f, 1.f, ++counter);
-      g.norm = make({dv}, 0.1f, 1.f);
-      g.out = make({H, Hv * dv}, 1.f / std::sqrt(static_cast<float>(Hv * dv)));
-    } else {
-      auto& a = L.attn;
-      a.qkv = make({2 * Hq * D + 2 * Hkv * D, H}, sh);
-      a.q = a.qkv.Rows(0, 2 * Hq * D);
-      a.k = a.qkv.Rows(2 * Hq * D, Hkv * D);
-      a.v = a.qkv.Rows(2 * Hq * D + Hkv * D, Hkv * D);
-      a.o = make({H, Hq * D}, 1.f / std::sqrt(static_cast<float>(Hq * D)));
-      a.q_norm = make({D}, 0.1f);
-      a.k_norm = make({D}, 0.1f);
-    }
-    if (c.is_moe) {
-      auto& e = L.moe;
-      const int64_t E = c.num_experts, Ie = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size;
-      e.top_k = c.num_experts_per_tok;
-      e.router = make({E, H}, sh);
-      e.gate_up = make({E, 2 * Ie, H}, sh);
-      e.down = make({E, H, Ie}, 1.f / std::sqrt(static_cast<float>(Ie)));
-      if (Is > 0) {
-        e.shared_gate_up = make({2 * Is, H}, sh);
-        e.shared_gate = e.shared_gate_up.Rows(0, Is);
-        e.shared_up = e.shared_gate_up.Rows(Is, Is);
-        e.shared_down = make({H, Is}, 1.f / std::sqrt(static_cast<float>(Is)));
-        e.shared_router = make({1, H}, sh);
-      }
-    } else {
-      const int64_t I = c.intermediate_size;
-      L.mlp.gate_up = make({2 * I, H}, sh);
-      L.mlp.gate = L.mlp.gate_up.Rows(0, I);
-      L.mlp.up = L.mlp.gate_up.Rows(I, I);
-      L.mlp.down = make({H, I}, 1.f / std::sqrt(static_cast<float>(I)));
-    }
-    w.layers.push_back(std::move(L));
-  }
-  w.bytes = bytes;
+  for (int i = 0; i < c.num_hidden_layers; ++i) w.layers.push_back(RandomLayer(c, c.layer_types[i], make));
+  w.bytes = make.bytes;
   return w;
+}
+
+MtpWeights RandomMtpWeights(const ModelConfig& c, Backend* be, uint64_t seed) {
+  RandomMaker make{be, seed * 1000003ull + 500009ull};
+  const int64_t H = c.hidden_size;
+  const float s2 = 1.f / std::sqrt(static_cast<float>(2 * H));
+  MtpWeights m;
+  m.pre_fc_norm_embedding = make({H}, 0.1f);
+  m.pre_fc_norm_hidden = make({H}, 0.1f);
+  m.fc_embedding = make({H, H}, s2);
+  m.fc_hidden = make({H, H}, s2);
+  m.layer = RandomLayer(c, LayerType::kFullAttention, make);
+  m.norm = make({H}, 0.1f);
+  m.bytes = make.bytes;
+  return m;
 }
 
 }  // namespace specd

@@ -71,5 +71,7 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& cfg, const Checkpoint& ck
 
 // Random weights with the given shapes (benchmarks of real Qwen3.5 shapes), deterministic in seed.
 ModelWeights RandomWeights(const ModelConfig& cfg, Backend* backend, uint64_t seed);
+// A random MTP head of the config's shapes (benchmarks), deterministic in seed.
+MtpWeights RandomMtpWeights(const ModelConfig& cfg, Backend* backend, uint64_t seed);
 
 }  // namespace specd

@@ -173,13 +173,23 @@ class Backend {
   // shape. Every graph allocates from one shared workspace (they replay one at a time), so
   // graph memory is bounded by the largest captured forward plus the per-graph executables,
   // at most graph_limit of them (GraphStats).
-  // Replay: false when no graph exists for the key; otherwise *out is a tensor of its own (the
-  // graph's output copied out of the shared workspace). Capture: false when this backend does
-  // not capture now (graphs off, or the key not yet seen often enough: GraphKeeper); then the
-  // caller just runs the ops.
-  virtual bool ReplayGraph(const std::string& key, Tensor* out) { return false; }
+  // Replay: false when no graph exists for the key; otherwise *outs are tensors of their own (the
+  // graph's outputs, in the order the capture named them, copied out of the shared workspace).
+  // Capture: false when this backend does not capture now (graphs off, or the key not yet seen
+  // often enough: GraphKeeper); then the caller just runs the ops.
+  virtual bool ReplayGraphOutputs(const std::string& key, std::vector<Tensor>* outs) { return false; }
   virtual bool BeginGraphCapture(const std::string& key) { return false; }
-  virtual Status EndGraphCapture(const std::string& key, const Tensor& out) { return Status::Ok(); }
+  virtual Status EndGraphCaptureOutputs(const std::string& key, const std::vector<Tensor>& outs) {
+    return Status::Ok();
+  }
+  // The one-output forms.
+  bool ReplayGraph(const std::string& key, Tensor* out) {
+    std::vector<Tensor> outs;
+    if (!ReplayGraphOutputs(key, out != nullptr ? &outs : nullptr)) return false;
+    if (out != nullptr) *out = outs.empty() ? Tensor{} : std::move(outs[0]);
+    return true;
+  }
+  Status EndGraphCapture(const std::string& key, const Tensor& out) { return EndGraphCaptureOutputs(key, {out}); }
   // Ends a capture that an exception (std::bad_alloc) interrupted; nothing of it ran or is kept.
   virtual void AbortGraphCapture() {}
   // Forgets every graph whose key contains `needle` (a model or cache going away).

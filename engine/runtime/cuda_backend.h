@@ -81,10 +81,10 @@ class CudaBackend final : public Backend {
   void StageBatch(const BatchInfo& b, const std::vector<int32_t>& ids, const std::vector<int64_t>& rows,
                   Tensor* ids_out, Tensor* rows_out) override;
 
-  bool ReplayGraph(const std::string& key, Tensor* out) override;
+  bool ReplayGraphOutputs(const std::string& key, std::vector<Tensor>* outs) override;
   void ApplyOptions() override;
   bool BeginGraphCapture(const std::string& key) override;
-  Status EndGraphCapture(const std::string& key, const Tensor& out) override;
+  Status EndGraphCaptureOutputs(const std::string& key, const std::vector<Tensor>& outs) override;
   void AbortGraphCapture() override;
   void DropGraphs(const std::string& needle) override;
   bool CapturesGraphs() const override { return graphs_enabled_ && !profiling_ && keeper_.limit() > 0; }
@@ -197,12 +197,15 @@ class CudaBackend final : public Backend {
     cudaEvent_t e0, e1;
   };
 
-  // A kept graph; its output lives in the shared workspace (ReplayGraph copies it out).
+  // A kept graph; its outputs live in the shared workspace (ReplayGraphOutputs copies them out).
+  struct GraphOutput {
+    void* data = nullptr;
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+  };
   struct Graph {
     cudaGraphExec_t exec = nullptr;
-    void* out_data = nullptr;
-    DType out_dtype = DType::kF32;
-    std::vector<int64_t> out_shape;
+    std::vector<GraphOutput> outs;
     int64_t exec_bytes = 0;
   };
   std::map<std::string, Graph>::iterator DestroyGraph(std::map<std::string, Graph>::iterator it);

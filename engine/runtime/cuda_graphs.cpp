@@ -13,25 +13,28 @@
 
 namespace specd::cuda_detail {
 
-bool CudaBackend::ReplayGraph(const std::string& key, Tensor* out) {
+bool CudaBackend::ReplayGraphOutputs(const std::string& key, std::vector<Tensor>* outs) {
   if (!graphs_enabled_) return false;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) return false;
-  // The output leaves the shared workspace before another graph can overwrite it; allocated
+  // The outputs leave the shared workspace before another graph can overwrite them; allocated
   // first, so a full device fails this before the graph changes any state (and an allocation
   // that had to drop every graph to succeed leaves none to replay).
-  Tensor copy;
-  if (out != nullptr && it->second.out_data != nullptr) {
-    copy = Empty(it->second.out_dtype, it->second.out_shape);
+  std::vector<Tensor> copies;
+  if (outs != nullptr) {
+    const std::vector<GraphOutput> specs = it->second.outs;
+    for (const GraphOutput& o : specs) copies.push_back(o.data != nullptr ? Empty(o.dtype, o.shape) : Tensor{});
     it = graphs_.find(key);
     if (it == graphs_.end()) return false;
   }
   const Graph& g = it->second;
   Check(cudaGraphLaunch(g.exec, stream_), "graph launch");
-  if (copy.defined()) {
-    Check(cudaMemcpyAsync(copy.data, g.out_data, copy.nbytes(), cudaMemcpyDeviceToDevice, stream_), "graph output");
-    *out = std::move(copy);
+  for (size_t i = 0; i < copies.size(); ++i) {
+    if (!copies[i].defined()) continue;  // a capture that named no output there
+    Check(cudaMemcpyAsync(copies[i].data, g.outs[i].data, copies[i].nbytes(), cudaMemcpyDeviceToDevice, stream_),
+          "graph output");
   }
+  if (outs != nullptr) *outs = std::move(copies);
   keeper_.Used(key);
   ++replays_;
   return true;
@@ -63,7 +66,7 @@ bool CudaBackend::BeginGraphCapture(const std::string& key) {
   return true;
 }
 
-Status CudaBackend::EndGraphCapture(const std::string& key, const Tensor& out) {
+Status CudaBackend::EndGraphCaptureOutputs(const std::string& key, const std::vector<Tensor>& outs) {
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
@@ -90,9 +93,7 @@ Status CudaBackend::EndGraphCapture(const std::string& key, const Tensor& out) {
     return Internal("graph instantiation failed: {}", cudaGetErrorString(ie));
   }
   exec_bytes_ += g.exec_bytes;
-  g.out_data = out.data;
-  g.out_dtype = out.dtype;
-  g.out_shape = out.shape;
+  for (const Tensor& o : outs) g.outs.push_back(GraphOutput{o.data, o.dtype, o.shape});
   auto old = graphs_.find(key);
   if (old != graphs_.end()) DestroyGraph(old);
   graphs_[key] = std::move(g);

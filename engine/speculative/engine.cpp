@@ -40,8 +40,8 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
   if (opt.kv_cache_tokens < 0) return InvalidArgument("KV cache tokens must be >= 0 (got {})", opt.kv_cache_tokens);
   if (opt.kv_cache_tokens > 0) co.kv_blocks = (opt.kv_cache_tokens + co.kv_block_size - 1) / co.kv_block_size;
   SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
-  // The MTP head reads the target's hidden states; the target keeps them only when asked (its
-  // forwards then run op by op on the GPU).
+  // The MTP head reads the target's hidden states; the target keeps them only when asked (a
+  // graph then has them as a second output).
   if (e->drafter_ && e->drafter_->reads_target_hidden()) target->set_keep_hidden(true);
   return e;
 }

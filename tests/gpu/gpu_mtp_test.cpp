@@ -152,6 +152,65 @@ TEST_P(GpuMtp, SpeculationEqualsPlainDecoding) {
             RunEngine(m, nullptr, true, "none", 0, reqs, {}, 7).out);
 }
 
+// Graphs: the target's decode forwards with their hidden rows as a second output, and the head's
+// draft steps (hidden input copied into a fixed buffer), replayed from graphs, give bitwise what
+// the ops give, step after step of a chained draft.
+TEST_P(GpuMtp, GraphsEqualOpsBitwise) {
+  SPECD_REQUIRE_GPU();
+  MtpSetup s = LoadMtp(GetParam());
+  ASSERT_NE(s.model, nullptr);
+  Qwen35Model& m = *s.model;
+  Backend& be = *Gpu();
+  ChangeOptions(be, [&](BackendOptions& o) { o.graph_capture_after = 1; });
+  std::vector<float> got[2];
+  int64_t replays[2] = {0, 0};
+  for (int graphs = 0; graphs < 2; ++graphs) {
+    ChangeOptions(be, [&](BackendOptions& o) { o.cuda_graphs = graphs == 1; });
+    const int64_t r0 = be.graph_stats().replays;
+    CacheOptions o;
+    o.num_slots = 3;
+    o.max_ctx = 128;
+    auto cache = std::move(m.NewCache(o)).value();
+    auto head = std::move(m.NewMtpCache(o)).value();
+    m.set_keep_hidden(true);
+    std::vector<int> slot, hslot;
+    for (int i = 0; i < 3; ++i) {
+      slot.push_back(*cache->AllocSlot());
+      hslot.push_back(*head->AllocSlot());
+      RunForward(m, *cache, slot[i], {s.ids.begin(), s.ids.begin() + 10 + 3 * i}, false);
+    }
+    for (int step = 0; step < 4; ++step) {
+      // A decode step of the three sequences (kept hidden rows), then three chained head steps.
+      std::vector<SeqInput> in;
+      for (int i = 0; i < 3; ++i) in.push_back(SeqInput{slot[i], {s.ids[20 + step + i]}, StateMode::kUpdate, false});
+      auto fo = m.Forward(in, *cache);
+      ASSERT_TRUE(fo.ok()) << fo.status().ToString();
+      for (float v : be.DownloadF32(fo->logits)) got[graphs].push_back(v);
+      Tensor h = m.last_hidden();
+      for (float v : be.DownloadF32(h)) got[graphs].push_back(v);
+      for (int j = 0; j < 3; ++j) {
+        std::vector<SeqInput> hin;
+        for (int i = 0; i < 3; ++i) hin.push_back(SeqInput{hslot[i], {s.ids[30 + step + j + i]}, StateMode::kUpdate, false});
+        auto mo = m.MtpForward(hin, h, *head);
+        ASSERT_TRUE(mo.ok()) << mo.status().ToString();
+        for (float v : be.DownloadF32(mo->logits.logits)) got[graphs].push_back(v);
+        h = mo->hidden;
+      }
+    }
+    replays[graphs] = be.graph_stats().replays - r0;
+  }
+  ChangeOptions(be, [&](BackendOptions& o) {
+    o.cuda_graphs = true;
+    o.graph_capture_after = BackendOptions{}.graph_capture_after;
+  });
+  std::printf("  [gpu mtp %s] graph replays: off %lld, on %lld\n", GetParam().c_str(),
+              static_cast<long long>(replays[0]), static_cast<long long>(replays[1]));
+  EXPECT_EQ(replays[0], 0);
+  EXPECT_GE(replays[1], 8) << "decode and head steps replay graphs";
+  ASSERT_EQ(got[0].size(), got[1].size());
+  EXPECT_TRUE(got[0] == got[1]) << "graphs change the bits";
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, GpuMtp, ::testing::Values("dense", "moe"));
 
 }  // namespace
