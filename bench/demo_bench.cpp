@@ -1,6 +1,6 @@
 // Figures of the embedded demo pair (models/demo) on the CPU: acceptance rate and mean
-// acceptance length for k = 1..8 (greedy and temperature 0.7) with the demo draft and with the
-// n-gram drafter, and tokens/s with and without speculation.
+// acceptance length for k = 1..8 (greedy and temperature 0.7) with the target's MTP head, the
+// demo draft and the n-gram drafter, and tokens/s with and without speculation.
 // Usage: demo_bench [SOURCE_DIR] [PROMPT_FILES...]  (prompts: the first 40 lines of each file)
 #include <chrono>
 #include <cstdio>
@@ -41,6 +41,10 @@ int main(int argc, char** argv) {
   auto target = std::move(Qwen35Model::Load(src + "/models/demo/target", be.get())).value();
   auto draft = std::move(Qwen35Model::Load(src + "/models/demo/draft", be.get())).value();
   auto tok = std::move(Tokenizer::Load(src + "/models/demo/target")).value();
+  if (Status st = target->LoadMtpHead(src + "/models/demo/target"); !st.ok()) {
+    std::fprintf(stderr, "demo_bench: the demo target's MTP head: %s\n", st.ToString().c_str());
+    return 1;
+  }
   std::vector<std::vector<int32_t>> prompts;
   for (const auto& f : files) {
     const std::string text = Head(f, 40);
@@ -54,6 +58,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<Drafter> d;
     if (drafter == "draft") d = std::move(MakeDraftModelDrafter(draft.get(), V, 8, 4096, 16)).value();
     if (drafter == "ngram") d = MakeNgramDrafter();
+    if (drafter == "mtp") d = std::move(MakeMtpDrafter(target.get(), 8, 4096, 16)).value();
     EngineOptions o;
     o.max_seqs = 1;
     o.max_ctx = 4096;
@@ -79,18 +84,20 @@ int main(int argc, char** argv) {
     return all;
   };
   for (float temp : {0.f, 0.7f}) {
-    std::printf("temperature %.1f | draft model: acceptance / tokens per step | n-gram: acceptance / tokens per step\n", temp);
-    std::printf("|k|draft acc|draft len|ngram acc|ngram len|\n|---|---|---|---|---|\n");
+    std::printf("temperature %.1f: acceptance rate / tokens per verify step\n", temp);
+    std::printf("|k|mtp acc|mtp len|draft acc|draft len|ngram acc|ngram len|\n|---|---|---|---|---|---|---|\n");
     for (int k = 1; k <= 8; ++k) {
+      const SpeculativeStats m = run("mtp", k, temp, nullptr);
       const SpeculativeStats a = run("draft", k, temp, nullptr), b = run("ngram", k, temp, nullptr);
-      std::printf("|%d|%.3f|%.2f|%.3f|%.2f|\n", k, a.acceptance_rate(), a.mean_acceptance_length(),
-                  b.acceptance_rate(), b.mean_acceptance_length());
+      std::printf("|%d|%.3f|%.2f|%.3f|%.2f|%.3f|%.2f|\n", k, m.acceptance_rate(), m.mean_acceptance_length(),
+                  a.acceptance_rate(), a.mean_acceptance_length(), b.acceptance_rate(), b.mean_acceptance_length());
     }
     std::printf("\n");
   }
   const double n_tokens = 64.0 * static_cast<double>(prompts.size());
   std::printf("|setting (greedy, batch 1)|tokens/s|\n|---|---|\n");
-  for (auto [name, k] : {std::pair<std::string, int>{"none", 0}, {"draft", 2}, {"draft", 4}, {"ngram", 4}}) {
+  for (auto [name, k] : {std::pair<std::string, int>{"none", 0}, {"mtp", 2}, {"mtp", 3}, {"draft", 2}, {"draft", 4},
+                         {"ngram", 4}}) {
     double secs = 0;
     run(name, k, 0.f, &secs);  // warm
     run(name, k, 0.f, &secs);

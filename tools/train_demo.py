@@ -14,7 +14,14 @@ safetensors; no network): about 6 minutes on an H200. --tiny is a CPU smoke test
              <|endoftext|> <|im_start|> <|im_end|> at ids 0 1 2 (pad / bos / eos), vocab 4096;
              decode(encode(x)) == x is checked on every file.
   models     Qwen3_5ForCausalLM, 3:1 Gated DeltaNet : gated attention, tied embeddings; target
-             4.74 M parameters, draft 0.95 M (bf16: 11.6 MB together with the tokenizers).
+             ~4.3 M parameters with a Qwen3.5 MTP head (mtp.*, ~0.6 M: one gated-attention layer
+             that predicts token t+2 from the target's final-normed hidden state at t and the
+             embedding of token t+1; docs/mtp.md), draft 0.95 M (bf16: < 12 MB together with the
+             tokenizers). --no-mtp trains the target alone.
+  MTP        trained with the target (the public MTP objective): loss = CE(next token) +
+             --mtp-weight x CE(token t+2 from the head); the head's forward is tools/mtp_reference.py's
+             (transformers' decoder layer), its tensors saved as mtp.* into target/model.safetensors
+             with mtp_num_hidden_layers = 1 in config.json.
   training   AdamW (wd 0.5), warmup + cosine, fixed seeds and data order, fp32 (TF32 matmuls; the
              models are launch-bound, bf16 autocast was slower). Steps = min(wall-clock budget
              after a short calibration, --max-epochs-*): the corpus is only ~2 M tokens, and more
@@ -195,8 +202,9 @@ def make_config(kind, vocab, tiny, seq_len):
         if tiny:
             c = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
                      num_key_value_heads=1)
-        else:  # ~4.7 M parameters (1.05 M of them the tied embedding)
-            c = dict(hidden_size=256, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
+        else:  # ~4.3 M parameters (1.05 M of them the tied embedding); MLP 288 wide so that the
+            # MTP head (~0.6 M) fits the 12 MB of target/ + draft/
+            c = dict(hidden_size=256, intermediate_size=288, num_hidden_layers=8, num_attention_heads=4,
                      num_key_value_heads=2)
         c["layer_types"] = (["linear_attention"] * 3 + ["full_attention"]) * (c["num_hidden_layers"] // 4)
     else:
@@ -215,6 +223,106 @@ def make_config(kind, vocab, tiny, seq_len):
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())  # tied embedding counted once
+
+
+# ----------------------------------------------------------------------------------------- MTP head
+
+def make_mtp_head(cfg, seed, device):
+    """The Qwen3.5 MTP head (tools/mtp_reference.py: transformers' decoder layer, norms, fc)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import mtp_reference
+    head = mtp_reference.make_head(cfg, seed).to(device)
+    head.train()
+    return head
+
+
+class FullAttnInputs:
+    """Captures what a full-attention layer of the target receives (rotary cos/sin, mask), so the
+    head's layer runs with exactly the target's positions and causal masking."""
+
+    def __init__(self, model):
+        full = [i for i, t in enumerate(model.config.layer_types) if t == "full_attention"][0]
+        self.got = {}
+        self.h = model.model.layers[full].register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _mod, args, kwargs):
+        self.got = {k: kwargs.get(k) for k in ("position_embeddings", "attention_mask", "position_ids")}
+
+    def remove(self):
+        self.h.remove()
+
+
+def mtp_logits(model, head, hidden, next_ids, inputs):
+    """Head row t: hidden h_t (final-normed, [B, T', H]) with token x_{t+1} -> logits of x_{t+2}.
+    `inputs`: FullAttnInputs.got of a target forward at least T' long."""
+    T = hidden.shape[1]
+    emb = model.get_input_embeddings()(next_ids)
+    z = head.fc(torch.cat([head.pre_fc_norm_embedding(emb), head.pre_fc_norm_hidden(hidden)], dim=-1))
+    cos, sin = inputs["position_embeddings"]
+    mask = inputs["attention_mask"]
+    if torch.is_tensor(mask):
+        mask = mask[..., :T, :T]
+    pos = inputs["position_ids"]
+    if torch.is_tensor(pos):
+        pos = pos[..., :T]
+    out = head.layer(z, position_embeddings=(cos[..., :T, :], sin[..., :T, :]), attention_mask=mask,
+                     position_ids=pos, use_cache=False)
+    z = out[0] if isinstance(out, tuple) else out
+    return model.lm_head(head.norm(z))
+
+
+def target_and_mtp_loss(model, head, x, y, mtp_weight):
+    """CE of the next token, plus mtp_weight x CE of the head's token t+2 (both means over rows)."""
+    cap = FullAttnInputs(model)
+    try:
+        h = model.model(input_ids=x, use_cache=False).last_hidden_state  # final-normed
+    finally:
+        cap.remove()
+    logits = model.lm_head(h)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    ml = mtp_logits(model, head, h[:, :-1], x[:, 1:], cap.got)
+    lm = F.cross_entropy(ml.float().reshape(-1, ml.shape[-1]), y[:, 1:].reshape(-1))
+    return loss + mtp_weight * lm, loss, lm
+
+
+@torch.no_grad()
+def eval_mtp(model, head, stream, seq_len, device, batch=64):
+    """Held-out CE of the head (token t+2) and its top-1 accuracy, over the eval windows."""
+    model.eval()
+    head.eval()
+    n = (stream.numel() - 1) // seq_len
+    tot, cnt, hit = 0.0, 0, 0
+    for i in range(0, n, batch):
+        idx = torch.arange(i, min(n, i + batch))
+        w = torch.stack([stream[j * seq_len:(j + 1) * seq_len + 1] for j in idx.tolist()]).to(device)
+        x, y = w[:, :-1], w[:, 1:]
+        _, _, lm = target_and_mtp_loss(model, head, x, y, 1.0)
+        rows = x.shape[0] * (x.shape[1] - 1)
+        tot += float(lm) * rows
+        cnt += rows
+        cap = FullAttnInputs(model)
+        try:
+            h = model.model(input_ids=x, use_cache=False).last_hidden_state
+        finally:
+            cap.remove()
+        hit += int((mtp_logits(model, head, h[:, :-1], x[:, 1:], cap.got).argmax(-1) == y[:, 1:]).sum())
+    return tot / cnt, hit / cnt
+
+
+def add_mtp_to_checkpoint(folder, head, cfg):
+    """mtp.* (bf16) into the saved model.safetensors, mtp_num_hidden_layers = 1 into config.json."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import mtp_reference
+    from safetensors.torch import load_file
+    f = folder / "model.safetensors"
+    t = load_file(str(f))
+    for k, v in mtp_reference.head_tensors(head.float().cpu(), cfg).items():
+        t[k] = v.detach().to(torch.bfloat16).contiguous()
+    save_file(t, str(f), metadata={"format": "pt"})
+    c = json.loads((folder / "config.json").read_text("utf-8"))
+    c["mtp_num_hidden_layers"] = 1
+    (folder / "config.json").write_text(json.dumps(c, indent=2, sort_keys=True) + "\n", "utf-8")
+    f.chmod(0o644)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -252,11 +360,13 @@ def lr_at(step, total, warmup, peak, floor=0.1):
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train_model(name, model, stream, a, budget_s, fixed_steps, peak_lr, max_epochs, seed, device, held=None):
+def train_model(name, model, stream, a, budget_s, fixed_steps, peak_lr, max_epochs, seed, device, held=None,
+                head=None):
     torch.manual_seed(seed)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n and "conv1d" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n and "conv1d" not in n)]
+    named = list(model.named_parameters()) + ([("mtp." + n, p) for n, p in head.named_parameters()] if head else [])
+    decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n and "conv1d" not in n]
+    rest = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n and "conv1d" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": rest, "weight_decay": 0.0}],
                             lr=peak_lr, betas=(0.9, 0.95), eps=1e-8, fused=device == "cuda")
     data = Batches(stream, a.seq_len, a.batch, seed, device)
@@ -312,11 +422,14 @@ def train_model(name, model, stream, a, budget_s, fixed_steps, peak_lr, max_epoc
             gi["lr"] = lr
         x, y = data.next()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            if head is None:
+                logits = model(input_ids=x, use_cache=False).logits
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            else:
+                loss, _, _ = target_and_mtp_loss(model, head, x, y, a.mtp_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         loss_acc += loss.detach()
         n_acc += 1
@@ -345,6 +458,8 @@ def train_model(name, model, stream, a, budget_s, fixed_steps, peak_lr, max_epoc
     log(f"{name}: {step} steps, {tokens / 1e6:.1f}M tokens ({tokens / stream.numel():.1f} epochs) in {wall:.1f} s "
         f"= {tokens / wall / 1e3:.0f}k tok/s")
     model.eval()
+    if head is not None:
+        head.eval()
     return {"steps": step, "planned_steps": total, "tokens": tokens, "epochs": tokens / stream.numel(),
             "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall), "batch": a.batch,
             "seq_len": a.seq_len, "peak_lr": peak_lr, "warmup": warmup, "stopped_early": stopped_early,
@@ -814,6 +929,8 @@ def main():
     ap.add_argument("--max-k", type=int, default=8)
     ap.add_argument("--check-k", type=int, default=4, help="k of the literal greedy loop checked against the replay")
     ap.add_argument("--sample-tokens", type=int, default=200)
+    ap.add_argument("--no-mtp", action="store_true", help="train the target without an MTP head")
+    ap.add_argument("--mtp-weight", type=float, default=0.3, help="weight of the MTP head's loss")
     ap.add_argument("--ref-prompt-len", type=int, default=48)
     ap.add_argument("--ref-greedy", type=int, default=32)
     ap.add_argument("--bench", action="store_true", help="only time training steps (random data) and exit")
@@ -888,17 +1005,22 @@ def main():
     target = Qwen3_5ForCausalLM(tcfg).float().to(device)
     torch.manual_seed(a.seed + 1)
     draft = Qwen3_5ForCausalLM(dcfg).float().to(device)
+    head = None if a.no_mtp else make_mtp_head(tcfg, a.seed + 2, device)
     pt, pd = n_params(target), n_params(draft)
+    ph = n_params(head) if head is not None else 0
     tokj = sum((tok_dir / f).stat().st_size for f in ("tokenizer.json", "tokenizer_config.json"))
-    est = 2 * (pt + pd) + 2 * tokj + 20_000
+    est = 2 * (pt + pd + ph) + 2 * tokj + 20_000
     log(f"target: {fmt_params(pt)} parameters, {tcfg.num_hidden_layers} layers {tcfg.layer_types}, hidden "
         f"{tcfg.hidden_size}, mlp {tcfg.intermediate_size}, attn {tcfg._attn_implementation}")
     log(f"draft:  {fmt_params(pd)} parameters, {dcfg.num_hidden_layers} layers {dcfg.layer_types}, hidden "
         f"{dcfg.hidden_size}, mlp {dcfg.intermediate_size}")
+    if head is not None:
+        log(f"MTP head: {fmt_params(ph)} parameters (one gated-attention layer; the target's embedding and lm_head), "
+            f"loss weight {a.mtp_weight}")
     log(f"estimated size of target/ + draft/: {est / 1e6:.2f} MB (limit {a.max_mb} MB)")
     if est > a.max_mb * 1e6:
         sys.exit("models too large for the size limit: shrink them or raise --max-mb")
-    M["params"] = {"target": pt, "draft": pd}
+    M["params"] = {"target": pt, "draft": pd, "mtp": ph}
     M["config"] = {"target": {k: v for k, v in tcfg.to_dict().items() if k in (
         "hidden_size", "intermediate_size", "num_hidden_layers", "layer_types", "num_attention_heads",
         "num_key_value_heads", "head_dim", "linear_key_head_dim", "linear_value_head_dim",
@@ -911,7 +1033,7 @@ def main():
     budget = a.minutes * 60
     M["train"] = {}
     M["train"]["target"] = train_model("target", target, train_stream, a, 0.75 * budget, a.target_steps,
-                                       a.lr_target, a.max_epochs_target, a.seed, device, held_stream)
+                                       a.lr_target, a.max_epochs_target, a.seed, device, held_stream, head=head)
     M["train"]["draft"] = train_model("draft", draft, train_stream, a, 0.25 * budget, a.draft_steps,
                                       a.lr_draft, a.max_epochs_draft, a.seed + 1, device, held_stream)
     M["timings_s"]["train_target"] = M["train"]["target"]["wall_s"]
@@ -936,7 +1058,13 @@ def main():
         if folder.exists():
             shutil.rmtree(folder)
         save_checkpoint(model, folder, tok_json, 4096)
+        if name == "target" and head is not None:
+            ml, acc = eval_mtp(model, head, held_stream, a.seq_len, device)
+            add_mtp_to_checkpoint(folder, head, model.config)
+            M["heldout"]["mtp"] = {"loss_token_t_plus_2": round(ml, 4), "top1_accuracy": round(acc, 4)}
+            log(f"MTP head: held-out loss {ml:.4f} nats (token t+2), top-1 accuracy {acc:.3f}; mtp.* saved")
         r, diff, bad = reload_and_check(folder, model, sample)
+        bad.pop("unexpected_keys", None) if all(k.startswith("mtp.") for k in bad.get("unexpected_keys", [])) else None
         if diff != 0.0 or bad:
             log(f"WARNING: {name}: reloaded checkpoint differs: max |logit diff| {diff}, {bad}")
         r = r.to(device)
@@ -1028,6 +1156,10 @@ def summary_lines(M, table):
                  f"{tr[n]['epochs']:6.2f}  {tr[n]['tokens_per_s'] / 1e3:9.0f}k  {tr[n]['wall_s']:6.1f}  "
                  f"{ho[n]['loss_saved_bf16']:13.4f}  {ho[n]['perplexity']:6.2f}  {ho[n]['bits_per_byte']:8.3f}")
     s = M["sizes_bytes"]
+    if M["params"].get("mtp"):
+        mt = M["heldout"].get("mtp", {})
+        L.append(f"mtp     {M['params']['mtp'] / 1e6:6.3f}M  trained with the target (weight {M['args']['mtp_weight']}); "
+                 f"held-out loss (token t+2) {mt.get('loss_token_t_plus_2')}, top-1 {mt.get('top1_accuracy')}")
     L.append(f"sizes: target/ {sum(s['target'].values()) / 1e6:.2f} MB + draft/ {sum(s['draft'].values()) / 1e6:.2f} MB"
              f" = {s['total'] / 1e6:.2f} MB (limit {s['limit'] / 1e6:.0f} MB)")
     r = M["refs"]
