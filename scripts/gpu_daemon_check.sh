@@ -5,8 +5,9 @@
 # a greedy id-prompt generation with the draft drafter and the same with --drafter none (their
 # ids must be equal), a text prompt (must be INVALID_ARGUMENT: no tokenizer in this build),
 # a small bench, the OpenAI-compatible HTTP API (completions by token ids, one body and SSE; chat
-# refused without a tokenizer), /metrics, and SIGTERM (exit 0). Logs under $OUT; a summary table last; exit
-# non-zero on any failure.
+# refused without a tokenizer), /metrics, and SIGTERM (exit 0); then a second daemon with
+# --drafter mtp (the demo target's own MTP head), whose greedy ids must equal the plain ones. Logs
+# under $OUT; a summary table last; exit non-zero on any failure.
 #
 #   bash scripts/gpu_daemon_check.sh              # on the GPU machine
 #   DEVICE=cpu bash scripts/gpu_daemon_check.sh   # anywhere: the bundle minus CUDA
@@ -258,5 +259,45 @@ else
   record sigterm FAIL "exit $rc"
 fi
 grep -iE "error|warn|device|cuda|listening|serving" "$OUT/serve.log" | head -15
+
+# --- the demo target's own MTP head as the drafter: greedy output equals plain greedy's ----------
+rm -f "$OUT/ports_mtp.json"
+"$specd" serve --device "$DEVICE" --host 127.0.0.1 --port 0 --metrics-port 0 --drafter mtp --k 3 \
+  --port-file "$OUT/ports_mtp.json" --grace-seconds 10 > "$OUT/serve_mtp.log" 2>&1 &
+pid=$!
+trap cleanup EXIT
+for _ in $(seq 1 600); do
+  [ -s "$OUT/ports_mtp.json" ] && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -s "$OUT/ports_mtp.json" ]; then
+  addr=127.0.0.1:$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$OUT/ports_mtp.json")
+  if cl generate --prompt-ids "$ids" --max-tokens 96 --temperature 0 --json > "$OUT/gen_mtp.json" 2> "$OUT/gen_mtp.err" \
+     && [ -s "$OUT/gen_plain.json" ]; then
+    m=$(python3 - "$OUT/gen_mtp.json" "$OUT/gen_plain.json" <<'EOF'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+s = a["stats"]
+print("%s %d tokens, acceptance %.3f, mean accepted length %.2f, draft %d" % (
+    "EQUAL" if a["ids"] == b["ids"] else "DIFFER", len(a["ids"]), s["acceptance_rate"], s["mean_acceptance_length"],
+    s["draft_tokens"]))
+EOF
+)
+    case "$m" in
+      EQUAL*" draft 0") record mtp_eq_plain FAIL "no drafts: $m" ;;
+      EQUAL*) record mtp_eq_plain ok "${m#EQUAL }" ;;
+      *) record mtp_eq_plain FAIL "$m" ;;
+    esac
+  else
+    record mtp_eq_plain FAIL "$(tail -1 "$OUT/gen_mtp.err")"
+  fi
+  kill -TERM "$pid"; wait "$pid"; rc=$?
+  if [ "$rc" = 0 ]; then record mtp_sigterm ok "exit 0"; else record mtp_sigterm FAIL "exit $rc"; fi
+else
+  tail -20 "$OUT/serve_mtp.log"
+  record mtp_serve FAIL "--drafter mtp did not start (serve_mtp.log)"
+fi
+trap - EXIT
 summary
 exit "$failed"

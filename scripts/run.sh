@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the main job: the gRPC daemon `specd serve` on its embedded default
-# model pair (models/demo: a small Qwen3.5 target and draft trained on Python source) on an
-# ephemeral loopback port; once it is healthy, one streamed speculative generation with
+# model (models/demo: a small Qwen3.5 target trained on Python source with its own MTP head, and a
+# draft model) on an ephemeral loopback port, drafting with the target's MTP head, the demo's best
+# drafter (docs/PERFORMANCE.md); once it is healthy, one streamed speculative generation with
 # `specd-client` (Python code on stdout, the acceptance rate on stderr) and the same request's
 # JSON; then the daemon is stopped with SIGTERM (it drains and exits 0).
 set -euo pipefail
@@ -11,8 +12,8 @@ bash scripts/setup.sh
 TARGETS="specd specd-client" bash scripts/build.sh
 
 work=$(mktemp -d)
-./build/server/specd serve --host 127.0.0.1 --port 0 --metrics-port 0 --port-file "$work/ports.json" \
-  >"$work/serve.log" 2>&1 &
+./build/server/specd serve --drafter mtp --k 3 --host 127.0.0.1 --port 0 --metrics-port 0 \
+  --port-file "$work/ports.json" >"$work/serve.log" 2>&1 &
 pid=$!
 cleanup() {
   kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
@@ -36,9 +37,9 @@ done
 
 prompt=$'import os\n\n\ndef read_config(path):\n    """Read a config file and return a dict."""\n'
 printf '%s' "$prompt"
-"$client" --address "$addr" generate --prompt "$prompt" --max-tokens 160 --temperature 0.7 --seed 1 --k 4
+"$client" --address "$addr" generate --prompt "$prompt" --max-tokens 160 --temperature 0.7 --seed 1
 echo
-"$client" --address "$addr" generate --prompt "$prompt" --max-tokens 64 --k 4 --json
+"$client" --address "$addr" generate --prompt "$prompt" --max-tokens 64 --json
 
 kill -TERM "$pid"
 rc=0

@@ -62,8 +62,9 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
   ServingModels m;
   SPECD_RETURN_IF_ERROR(ResolveModels(o, m));
   if (m.embedded) {
-    spdlog::info("no --model: serving the embedded demo pair from {} (a 4.7M-parameter Qwen3.5 trained on "
-                 "Python source and its 0.95M draft: plausible-looking Python, not a real model)",
+    spdlog::info("no --model: serving the embedded demo pair from {} (a 4.2M-parameter Qwen3.5 trained on "
+                 "Python source with its own 0.6M MTP head, and a 0.95M draft: plausible-looking Python, not a "
+                 "real model)",
                  m.model_dir);
   }
   BackendOptions bo;

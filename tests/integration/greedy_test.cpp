@@ -66,6 +66,20 @@ TEST(GreedyOverGrpcMtp, MatchesFixtureGreedyIds) {
   }
 }
 
+// The embedded demo target carries an MTP head trained with it: `specd serve --drafter mtp` with no
+// model serves it, with transformers' greedy ids and drafts that are kept.
+TEST(GreedyOverGrpcMtp, EmbeddedDemoHead) {
+  auto srv = Server::Start({"--drafter", "mtp", "--k", "3"});
+  ASSERT_TRUE(srv);
+  const auto prompt = FixtureIds("../demo/refs.safetensors", "prompt_ids");
+  const auto want = FixtureIds("../demo/refs.safetensors", "greedy_ids");
+  auto stub = srv->Stub();
+  const StreamResult r = Generate(*stub, IdsRequest(prompt, static_cast<uint32_t>(want.size())));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, want);
+  EXPECT_GT(r.final_msg.stats().acceptance_rate(), 0.2) << "a trained head's drafts are kept";
+}
+
 // A checkpoint without a head stops at startup, saying so.
 TEST(GreedyOverGrpcMtp, CheckpointWithoutHeadStopsAtStartup) {
   const CommandResult a = RunCommand(SpecdBinary(), {"serve", "--model", FixtureDir("dense/model"), "--drafter", "mtp"});

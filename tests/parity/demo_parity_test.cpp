@@ -1,8 +1,9 @@
 // The embedded demo pair (models/demo, trained by tools/train_demo.py): the engine reproduces the
 // training script's transformers reference (fp32 forward of the saved bf16 weights), and greedy
-// speculation with the demo draft equals plain greedy.
+// speculation with the demo draft and with the target's MTP head equals plain greedy.
 #include <gtest/gtest.h>
 
+#include "engine_run.h"
 #include "runtime/backend.h"
 #include "speculative/engine.h"
 #include "test_util.h"
@@ -86,6 +87,29 @@ TEST(DemoPair, GreedySpeculationWithTheDemoDraftEqualsPlainGreedy) {
     // A trained draft agrees with its target a good part of the time (the random fixture
     // drafts do not): the figures the README quotes come from here and bench/demo_bench.py.
     EXPECT_GT(st.acceptance_rate(), 0.15) << "k=" << k;
+  }
+}
+
+// The demo target's own MTP head (trained with it, tools/train_demo.py): greedy speculation with it
+// gives plain greedy's tokens for k = 1..4, and its drafts are kept a good part of the time.
+TEST(DemoPair, GreedySpeculationWithTheDemoMtpHeadEqualsPlainGreedy) {
+  auto be = MakeCpuBackend();
+  const std::string dir = DemoDir("target");
+  auto m = std::move(Qwen35Model::Load(dir, be.get())).value();
+  const Status st = m->LoadMtpHead(dir);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  const auto prompt = D().refs.Ids("prompt_ids");
+  std::vector<GenerationRequest> reqs = {Req(prompt, 48), Req({prompt.begin(), prompt.begin() + 9}, 48)};
+  const EngineRun plain = RunEngine(m.get(), nullptr, true, "none", 0, reqs, {}, 16);
+  auto want = D().refs.Ids("greedy_ids");
+  EXPECT_EQ(std::vector<int32_t>(plain.out[0].begin(), plain.out[0].begin() + want.size()), want);
+  for (int k = 1; k <= 4; ++k) {
+    const EngineRun mtp = RunEngine(m.get(), nullptr, true, "mtp", k, reqs, {}, 16);
+    EXPECT_EQ(mtp.out, plain.out) << "k=" << k;
+    const double rate = static_cast<double>(mtp.accepted) / static_cast<double>(mtp.proposed);
+    std::printf("[demo mtp k=%d] acceptance %.3f (%lld / %lld)\n", k, rate, static_cast<long long>(mtp.accepted),
+                static_cast<long long>(mtp.proposed));
+    EXPECT_GT(rate, 0.2) << "k=" << k;
   }
 }
 
