@@ -1,7 +1,9 @@
 // Figures of the embedded demo pair (models/demo) on the CPU: acceptance rate and mean
 // acceptance length for k = 1..8 (greedy and temperature 0.7) with the target's MTP head, the
 // demo draft and the n-gram drafter, and tokens/s with and without speculation.
-// Usage: demo_bench [SOURCE_DIR] [PROMPT_FILES...]  (prompts: the first 40 lines of each file)
+// Usage: demo_bench [SOURCE_DIR] [--mtp-vocab=FILE ...] [PROMPT_FILES...]  (prompts: the first 40
+// lines of each file; each --mtp-vocab adds the MTP head's acceptance with that reduced draft
+// vocabulary, `specd draft-vocab`)
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "bench_util.h"
 #include "qwen35/model.h"
 #include "runtime/backend.h"
+#include "speculative/draft_vocab.h"
 #include "speculative/engine.h"
 #include "tokenizer/tokenizer.h"
 
@@ -30,8 +33,15 @@ std::string Head(const std::string& path, int lines) {
 
 int main(int argc, char** argv) {
   const std::string src = argc > 1 ? argv[1] : ".";
-  std::vector<std::string> files;
-  for (int i = 2; i < argc; ++i) files.push_back(argv[i]);
+  std::vector<std::string> files, vocabs;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--mtp-vocab=", 0) == 0) {
+      vocabs.push_back(arg.substr(12));
+    } else {
+      files.push_back(arg);
+    }
+  }
   if (files.empty()) {
     for (const char* f : {"colorsys.py", "ftplib.py", "tracemalloc.py", "ipaddress.py", "ast.py"}) {
       files.push_back(std::string("/usr/lib/python3.11/") + f);
@@ -94,6 +104,24 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
   }
+  for (const auto& path : vocabs) {
+    auto ids = LoadDraftVocab(path, V);
+    if (!ids.ok() || !target->SetMtpVocab(*ids).ok()) {
+      std::fprintf(stderr, "demo_bench: %s: %s\n", path.c_str(), ids.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("mtp with the reduced draft vocabulary %s (%zu of %lld tokens): acceptance / tokens per step\n",
+                path.c_str(), target->mtp_vocab().size(), static_cast<long long>(V));
+    std::printf("|k|greedy acc|greedy len|T 0.7 acc|T 0.7 len|\n|---|---|---|---|---|\n");
+    for (int k = 1; k <= 4; ++k) {
+      const SpeculativeStats g = run("mtp", k, 0.f, nullptr), t = run("mtp", k, 0.7f, nullptr);
+      std::printf("|%d|%.3f|%.2f|%.3f|%.2f|\n", k, g.acceptance_rate(), g.mean_acceptance_length(), t.acceptance_rate(),
+                  t.mean_acceptance_length());
+    }
+    std::printf("\n");
+    (void)target->SetMtpVocab({});
+  }
+  if (!vocabs.empty()) return 0;  // the vocabulary tables only
   const double n_tokens = 64.0 * static_cast<double>(prompts.size());
   std::printf("|setting (greedy, batch 1)|tokens/s|\n|---|---|\n");
   for (auto [name, k] : {std::pair<std::string, int>{"none", 0}, {"mtp", 2}, {"mtp", 3}, {"draft", 2}, {"draft", 4},

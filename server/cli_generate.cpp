@@ -7,6 +7,7 @@
 
 #include "qwen35/model.h"
 #include "server/cli_text.h"
+#include "speculative/draft_vocab.h"
 #include "speculative/engine.h"
 
 namespace specd::cli {
@@ -48,6 +49,12 @@ Status RunGenerate(const GenerateArgs& a) {
   if (drafter == "mtp") {
     Status st = target->LoadMtpHead(a.model);
     if (!st.ok()) return Status(st.code(), fmt::format("--drafter mtp: {}: {}", a.model, st.message()));
+    if (!a.mtp_vocab.empty()) {
+      SPECD_ASSIGN_OR_RETURN(std::vector<int32_t> ids, LoadDraftVocab(a.mtp_vocab, target->config().vocab_size));
+      SPECD_RETURN_IF_ERROR(target->SetMtpVocab(std::move(ids)));
+    }
+  } else if (!a.mtp_vocab.empty()) {
+    return InvalidArgument("--mtp-vocab needs --drafter mtp");
   }
   SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d, MakeDrafter(drafter, target.get(), draft_model.get(), 1, max_ctx, a.k));
   EngineOptions eo;

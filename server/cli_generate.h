@@ -7,7 +7,7 @@
 namespace specd::cli {
 
 struct GenerateArgs {
-  std::string model, draft, drafter, prompt, prompt_ids, device = "cpu", sampling_mode = "rejection";
+  std::string model, draft, drafter, mtp_vocab, prompt, prompt_ids, device = "cpu", sampling_mode = "rejection";
   std::string stop_ids;
   int k = 4, max_tokens = 32, min_tokens = 0, top_k = 0;
   float temperature = 0.f, top_p = 1.f, min_p = 0.f;

@@ -8,6 +8,7 @@
 
 #include "server/cli_generate.h"
 #include "server/cli_logits.h"
+#include "server/cli_draft_vocab.h"
 #include "server/cli_tokenize.h"
 #ifdef SPECD_HAVE_SERVE
 #include "server/serve_main.h"
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   gen->add_option("--model", ga.model, "Target model directory")->required();
   gen->add_option("--draft", ga.draft, "Draft model directory (implies --drafter draft)");
   gen->add_option("--drafter", ga.drafter, "none | ngram | draft | mtp");
+  gen->add_option("--mtp-vocab", ga.mtp_vocab, "With --drafter mtp: a reduced draft vocabulary (specd draft-vocab)");
   gen->add_option("--k", ga.k, "Drafts per step (0..16)");
   gen->add_flag("--adaptive-k", ga.adaptive_k, "Choose k per step from the running acceptance");
   auto* p_text = gen->add_option("--prompt", ga.prompt, "Prompt text (needs the model's tokenizer.json)");
@@ -54,6 +56,14 @@ int main(int argc, char** argv) {
   auto* t_text = tokz->add_option("--text", ta.text, "One text");
   auto* t_in = tokz->add_option("--input", ta.input, "A JSON file with a list of strings");
   t_text->excludes(t_in);
+
+  specd::cli::DraftVocabArgs dva;
+  auto* dvoc = app.add_subcommand("draft-vocab", "The most frequent tokens of a corpus: a reduced draft vocabulary "
+                                                 "for the MTP head (--mtp-vocab)");
+  dvoc->add_option("--tokenizer", dva.tokenizer, "tokenizer.json or the model folder holding it")->required();
+  dvoc->add_option("--size", dva.size, "Tokens to keep")->check(CLI::PositiveNumber);
+  dvoc->add_option("--out", dva.out, "The vocabulary file to write (JSON)")->required();
+  dvoc->add_option("files", dva.files, "Corpus text files")->required();
 
 #ifdef SPECD_HAVE_SERVE
   specd::serve::ServeOptions so;
@@ -82,6 +92,7 @@ int main(int argc, char** argv) {
   if (*logits) st = specd::cli::RunLogits(la);
   if (*gen) st = specd::cli::RunGenerate(ga);
   if (*tokz) st = specd::cli::RunTokenize(ta);
+  if (*dvoc) st = specd::cli::RunDraftVocab(dva);
 #ifdef SPECD_HAVE_SERVE
   if (*serve) st = specd::serve::RunServe(so);
 #endif

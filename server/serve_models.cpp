@@ -7,6 +7,7 @@
 
 #include "checkpoint/presets.h"
 #include "server/default_model.h"
+#include "speculative/draft_vocab.h"
 #include "speculative/drafter.h"
 
 namespace specd::serve {
@@ -89,6 +90,14 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
     Status st = m.target->LoadMtpHead(m.model_dir);
     if (!st.ok()) return Status(st.code(), fmt::format("--drafter mtp: {}: {}", m.model_dir, st.message()));
     spdlog::info("MTP head of {}: {:.1f} MB", m.model_dir, static_cast<double>(m.target->mtp_head()->bytes) / 1e6);
+    if (!o.mtp_vocab.empty()) {
+      SPECD_ASSIGN_OR_RETURN(std::vector<int32_t> ids, LoadDraftVocab(o.mtp_vocab, m.target->config().vocab_size));
+      const size_t n = ids.size();
+      SPECD_RETURN_IF_ERROR(m.target->SetMtpVocab(std::move(ids)));
+      spdlog::info("MTP draft vocabulary {}: {} of {} tokens", o.mtp_vocab, n, m.target->config().vocab_size);
+    }
+  } else if (!o.mtp_vocab.empty()) {
+    return InvalidArgument("--mtp-vocab needs --drafter mtp");
   }
   if (m.drafter == "draft") {
     SPECD_ASSIGN_OR_RETURN(m.draft, LoadModel(m.draft_dir, m.backend.get(), 2));

@@ -38,6 +38,9 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
   s->add_option("--draft", o->draft, "Draft model folder or random:NAME[:SEED] (implies --drafter draft)");
   s->add_option("--drafter", o->drafter, "none | ngram | draft | mtp (the checkpoint's own MTP head, checked at startup)")
       ->check(CLI::IsMember({"none", "ngram", "draft", "mtp"}));
+  s->add_option("--mtp-vocab", o->mtp_vocab,
+                "With --drafter mtp: a reduced draft vocabulary (JSON {\"ids\": [...]}, `specd draft-vocab`); the head "
+                "drafts only those tokens, verification still uses all");
   s->add_option("--tokenizer", o->tokenizer, "tokenizer.json or folder; 'none' = token ids only");
   s->add_option("--k", o->k, "Default drafts per step")->check(CLI::Range(0, 16));
   s->add_option("--max-k", o->max_k, "Largest k a request may ask for")->check(CLI::Range(0, 16));

@@ -20,7 +20,8 @@ namespace specd::serve {
 struct ServeOptions {
   std::string model;      // target model folder; empty = the embedded default pair
   std::string draft;      // draft model folder (implies drafter "draft")
-  std::string drafter;    // none | ngram | draft; empty = draft when a draft model is known, else ngram
+  std::string drafter;    // none | ngram | draft | mtp; empty = draft when a draft model is known, else ngram
+  std::string mtp_vocab;  // a reduced draft vocabulary for the MTP head (speculative/draft_vocab.h)
   std::string tokenizer;  // "" = the model folder's tokenizer.json, "none", or a file/folder
   std::string device = "cpu";
   std::string host = "0.0.0.0";

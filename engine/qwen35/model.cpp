@@ -23,8 +23,13 @@ Qwen35Model::~Qwen35Model() {
 Status Qwen35Model::LoadMtpHead(const std::string& dir) {
   SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
   SPECD_ASSIGN_OR_RETURN(MtpWeights m, LoadMtpWeights(cfg_, *ckpt, backend_));
-  mtp_ = std::move(m);
+  SetMtpHead(std::move(m));
   return Status::Ok();
+}
+
+void Qwen35Model::SetMtpHead(MtpWeights m) {
+  backend_->DropGraphs(fmt::format(":mtp{}:", id_));  // they read the old head's weights
+  mtp_ = std::move(m);
 }
 
 StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string& dir, Backend* backend) {

@@ -48,7 +48,12 @@ class Qwen35Model {
   Status LoadMtpHead(const std::string& dir);
   const MtpWeights* mtp_head() const { return mtp_ ? &*mtp_ : nullptr; }
   // A random head of the model's shapes (benchmarks at real sizes).
-  void RandomMtpHead(uint64_t seed) { mtp_ = RandomMtpWeights(cfg_, backend_, seed); }
+  void RandomMtpHead(uint64_t seed) { SetMtpHead(RandomMtpWeights(cfg_, backend_, seed)); }
+  // Restricts the head's draft logits to `ids` (sorted, distinct; speculative/draft_vocab.h): the
+  // head then reads only those rows of the lm_head, and its logits column j is token ids[j].
+  // Empty: the full vocabulary again.
+  Status SetMtpVocab(std::vector<int32_t> ids);
+  const std::vector<int32_t>& mtp_vocab() const { return mtp_vocab_; }
 
   const ModelConfig& config() const { return cfg_; }
   Backend* backend() const { return backend_; }
@@ -92,6 +97,7 @@ class Qwen35Model {
 
  private:
   Qwen35Model(ModelConfig cfg, ModelWeights w, Backend* be);
+  void SetMtpHead(MtpWeights m);
   // A validated batch (Forward and MtpForward): spans, ids, logit rows; KV rows reserved.
   struct PreparedBatch {
     BatchInfo b;
@@ -100,7 +106,8 @@ class Qwen35Model {
     std::vector<int64_t> logit_rows;
   };
   StatusOr<PreparedBatch> PrepareBatch(const std::vector<SeqInput>& seqs, ModelCache& cache) const;
-  // normed == nullptr: the cache rows only (no output norm, no lm_head); returns an empty tensor.
+  // normed == nullptr: the cache rows only (the attention's K/V writes; nothing after it runs);
+  // returns an empty tensor.
   Tensor MtpOps(const BatchInfo& b, const Tensor& tok, const Tensor& hidden, const Tensor& rows, int64_t R,
                 ModelCache& cache, Tensor* normed);
   // Spans of at most this many tokens (decode, verify, draft steps) run as captured graphs.
@@ -132,6 +139,8 @@ class Qwen35Model {
   std::optional<MtpWeights> mtp_;
   bool keep_hidden_ = false;
   Tensor mtp_in_;  // the MTP graphs' hidden input rows (fixed address; grows, dropping those graphs)
+  std::vector<int32_t> mtp_vocab_;  // the reduced draft vocabulary (empty: all tokens)
+  Tensor mtp_lm_head_;              // its lm_head rows [ids, H]
   Tensor last_hidden_;
   Backend* backend_;
   uint64_t id_;

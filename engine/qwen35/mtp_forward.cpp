@@ -43,7 +43,12 @@ StatusOr<Qwen35Model::MtpOutput> Qwen35Model::MtpForward(const std::vector<SeqIn
       }
       Tensor dst = mtp_in_.Rows(0, real_tokens);
       be.CopyRows(hidden, dst);
-      in = mtp_in_.Rows(0, p.b.num_tokens);  // dummy spans read stale (finite) rows
+      // Dummy spans read zero rows: the same every time, so an MoE head routes them alike.
+      if (p.b.num_tokens > real_tokens) {
+        Tensor pad = mtp_in_.Rows(real_tokens, p.b.num_tokens - real_tokens);
+        be.Zero(pad);
+      }
+      in = mtp_in_.Rows(0, p.b.num_tokens);
       key = fmt::format(":mtp{}:c{}:n{}:s{}:l{}:r{}:{}", id_, mtp_cache.id(), p.b.num_tokens, p.b.seqs.size(),
                         p.b.max_len, p.logit_rows.size(), want_logits ? "logits" : "cache");
     }
@@ -98,18 +103,39 @@ Tensor Qwen35Model::MtpOps(const BatchInfo& b, const Tensor& tok, const Tensor& 
   Tensor mix = be.Empty(act, {N, H});
   be.RmsNorm(z, L.input_norm, eps, true, a);
   AttnLayer(L, cache.attn()[cache.state_index(0)], a, b, mix);
+  // Rows that only fill the cache: their K/V are written; nothing reads the rest of the layer.
+  if (normed == nullptr) return Tensor{};
   be.AddRmsNorm(z, mix, L.post_norm, eps, true, a);
   Ffn(L, a, mix);
   be.Add(z, mix, z);
-  if (normed == nullptr) return Tensor{};
 
   Tensor zs = be.Empty(res, {R, H});
   be.GatherRows(z, rows, zs);
   *normed = be.Empty(act, {R, H});
   be.RmsNorm(zs, m.norm, eps, true, *normed);
-  Tensor logits = be.Empty(DType::kF32, {R, cfg_.vocab_size});
-  be.Gemm(*normed, w_.lm_head, logits);
+  const Tensor& lm_head = mtp_lm_head_.defined() ? mtp_lm_head_ : w_.lm_head;
+  Tensor logits = be.Empty(DType::kF32, {R, lm_head.dim(0)});
+  be.Gemm(*normed, lm_head, logits);
   return logits;
+}
+
+Status Qwen35Model::SetMtpVocab(std::vector<int32_t> ids) {
+  if (!mtp_) return FailedPrecondition("the model has no MTP head loaded (LoadMtpHead)");
+  Backend& be = *backend_;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size || (i > 0 && ids[i] <= ids[i - 1])) {
+      return InvalidArgument("MTP vocabulary: ids must be sorted, distinct and in [0, {})", cfg_.vocab_size);
+    }
+  }
+  be.DropGraphs(fmt::format(":mtp{}:", id_));  // they read the old lm_head
+  mtp_lm_head_ = Tensor{};
+  mtp_vocab_ = std::move(ids);
+  if (mtp_vocab_.empty()) return Status::Ok();
+  const std::vector<int64_t> rows(mtp_vocab_.begin(), mtp_vocab_.end());
+  Tensor idx = be.Upload(rows.data(), DType::kI64, {static_cast<int64_t>(rows.size())}, DType::kI64);
+  mtp_lm_head_ = be.Empty(w_.lm_head.dtype, {idx.dim(0), cfg_.hidden_size});
+  be.GatherRows(w_.lm_head, idx, mtp_lm_head_);
+  return be.TakeError();
 }
 
 }  // namespace specd

@@ -404,6 +404,11 @@ Status SpeculativeEngine::RunStep() {
     // After Accept (which dropped the drafter's speculative rows): the rows of the sequences that
     // go on, their emitted tokens included.
     std::erase_if(seen, [&](const TargetRows& t) { return seqs_[t.seq_id].reason != FinishReason::kNone; });
+    // The rows are this forward's: one per input token (a stale tensor would pair wrong rows).
+    const int64_t tokens = tok0.back() + static_cast<int64_t>(in.back().tokens.size());
+    if (!target_->last_hidden().defined() || target_->last_hidden().dim(0) != tokens) {
+      return Internal("the target kept no hidden rows, or not one per token, for a forward of {} tokens", tokens);
+    }
     if (!seen.empty()) SPECD_RETURN_IF_ERROR(drafter_->ObserveTarget(target_->last_hidden(), seen));
   }
   for (int id : decode_ids) {

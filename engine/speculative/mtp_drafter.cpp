@@ -116,6 +116,7 @@ class MtpDrafter final : public Drafter {
       }
       SPECD_ASSIGN_OR_RETURN(std::vector<int32_t> tok,
                              AppendDraftTokens(be, mo.logits.logits, mo.logits.row0, rq, j, dst));
+      if (!model_->mtp_vocab().empty()) ToFullVocab(tok, dst);
       std::vector<SeqInput> next;
       std::vector<size_t> next_who;
       std::vector<int64_t> next_rows;
@@ -137,19 +138,17 @@ class MtpDrafter final : public Drafter {
       batch = std::move(next);
       who = std::move(next_who);
     }
-    for (size_t r = 0; r < reqs.size(); ++r) {
-      if (reqs[r].k > 0) seqs_[reqs[r].seq_id].proposed = static_cast<int>(out[r].tokens.size());
-    }
     return Status::Ok();
   }
 
   Status Accept(const std::vector<DraftOutcome>& outcomes) override {
     for (const auto& o : outcomes) {
       auto it = seqs_.find(o.seq_id);
-      if (it == seqs_.end() || o.proposed <= 0) continue;
+      // Whether the head drafted is the slot's own state, not the verify's count: a step whose
+      // drafts were all dropped before the verify (o.proposed = 0) still rolls back.
+      if (it == seqs_.end() || !cache_->logging(it->second.slot)) continue;
       // Only rows from real target states stay; ObserveTarget brings the accepted ones.
       SPECD_RETURN_IF_ERROR(cache_->Commit(it->second.slot, 0));
-      it->second.proposed = 0;
     }
     return Status::Ok();
   }
@@ -161,10 +160,25 @@ class MtpDrafter final : public Drafter {
   }
 
  private:
+  // With a reduced draft vocabulary the head's logits column j is token vocab[j]: the drawn
+  // tokens, and a rejection row's q (the verify divides by q(d)), go back to full-vocabulary ids.
+  void ToFullVocab(std::vector<int32_t>& tok, const std::vector<DraftProposal*>& dst) const {
+    const std::vector<int32_t>& vocab = model_->mtp_vocab();
+    for (size_t b = 0; b < tok.size(); ++b) {
+      tok[b] = vocab[static_cast<size_t>(tok[b])];
+      dst[b]->tokens.back() = tok[b];
+      if (dst[b]->probs.size() == dst[b]->tokens.size()) {
+        std::vector<float> q(static_cast<size_t>(model_->config().vocab_size), 0.f);
+        const std::vector<float>& sub = dst[b]->probs.back();
+        for (size_t j = 0; j < sub.size(); ++j) q[static_cast<size_t>(vocab[j])] = sub[j];
+        dst[b]->probs.back() = std::move(q);
+      }
+    }
+  }
+
   struct Seq {
     int slot = 0;
     bool has_pending = false;  // pending_'s row of the slot holds the last real hidden state
-    int proposed = 0;
   };
   Tensor Gather(const Tensor& src, const std::vector<int64_t>& rows) {
     Backend& be = *model_->backend();

@@ -4,9 +4,12 @@
 // several sequences, and the head's cache equal to a sequential run's after every step.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "engine_run.h"
 #include "mtp_fixture.h"
 #include "mtp_oracle.h"
+#include "speculative/draft_vocab.h"
 
 namespace specd::testing {
 namespace {
@@ -95,6 +98,34 @@ TEST_P(MtpSpeculation, DraftsAreTheReferenceHeads) {
   // Rolled back to the real rows only: the chained rows go.
   ASSERT_TRUE(dr.Accept({DraftOutcome{3, 3, 2}}).ok());
   EXPECT_EQ(dr.state_cache()->length(dr.slot_of(3)), n - 1);
+}
+
+// A step whose drafts were all dropped before the verify (the engine reports proposed = 0) still
+// rolls the head back: the slot leaves its speculation step at the real rows, and the next
+// target rows go in.
+TEST_P(MtpSpeculation, AcceptRollsBackWhenNoDraftWasVerified) {
+  Loaded l = LoadWithHead(GetParam());
+  ASSERT_TRUE(l.model);
+  Qwen35Model& m = *l.model;
+  const std::vector<int32_t> ctx = LoadRefs(GetParam() + "_mtp").Ids("prompt_ids");
+  const int64_t n = static_cast<int64_t>(ctx.size());
+  auto d = std::move(MakeMtpDrafter(&m, 1, 512, 8)).value();
+  ASSERT_TRUE(d->AddSequence(0).ok());
+  const std::vector<int32_t> consumed(ctx.begin(), ctx.end() - 1);
+  ASSERT_TRUE(d->ObserveTarget(TargetHidden(m, consumed), {TargetRows{0, 0, n - 1, 0, &ctx}}).ok());
+  SamplingParams greedy;
+  std::vector<DraftProposal> props;
+  ASSERT_TRUE(d->Propose({DraftRequest{0, &ctx, 3, &greedy}}, props).ok());
+  ASSERT_TRUE(d->Accept({DraftOutcome{0, 0, 0}}).ok());
+  ModelCache& head = *d->state_cache();
+  EXPECT_FALSE(head.logging(d->slot_of(0)));
+  EXPECT_EQ(head.length(d->slot_of(0)), n - 1);
+  // The plain decode step of t0: its hidden row and the emitted token.
+  std::vector<int32_t> next = ctx;
+  next.push_back(ctx[0]);
+  const Tensor h = TargetHidden(m, {ctx.begin(), ctx.end()});
+  const Status st = d->ObserveTarget(h.Rows(n - 1, 1), {TargetRows{0, n - 1, 1, 0, &next}});
+  EXPECT_TRUE(st.ok()) << st.ToString();
 }
 
 std::vector<GenerationRequest> Requests(const std::vector<int32_t>& prompt, int n) {
@@ -224,6 +255,81 @@ TEST_P(MtpSpeculation, HeadCacheEqualsASequentialRunAfterEveryStep) {
   for (int id : ids) kept += e->Stats(id).accepted_tokens;
   EXPECT_GT(kept, 20) << "verifies kept drafts";
   for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(e->Generated(ids[i]), plain.out[i]);
+}
+
+// A reduced draft vocabulary (here the even ids): d1 is the argmax of transformers' head logits
+// over those ids only, every draft is in the set, a rejection row's q lives on the set (zero
+// elsewhere, sums to 1), and greedy output still equals plain greedy.
+TEST_P(MtpSpeculation, ReducedDraftVocabulary) {
+  Loaded l = LoadWithHead(GetParam());
+  ASSERT_TRUE(l.model);
+  Qwen35Model& m = *l.model;
+  const int64_t V = m.config().vocab_size;
+  std::vector<int32_t> even;
+  for (int32_t i = 0; i < V; i += 2) even.push_back(i);
+  ASSERT_TRUE(m.SetMtpVocab(even).ok());
+  const Refs refs = LoadRefs(GetParam() + "_mtp");
+  const std::vector<int32_t> ctx = refs.Ids("prompt_ids");
+  const std::vector<float> ref_logits = refs.F("mtp_logits");
+  const int64_t n = static_cast<int64_t>(ctx.size());
+  int32_t want = 0;
+  for (int32_t i = 2; i < V; i += 2) {
+    if (ref_logits[(n - 2) * V + i] > ref_logits[(n - 2) * V + want]) want = i;
+  }
+  for (bool sampled : {false, true}) {
+    auto d = std::move(MakeMtpDrafter(&m, 2, 512, 8)).value();
+    ASSERT_TRUE(d->AddSequence(1).ok());
+    const std::vector<int32_t> consumed(ctx.begin(), ctx.end() - 1);
+    ASSERT_TRUE(d->ObserveTarget(TargetHidden(m, consumed), {TargetRows{1, 0, n - 1, 0, &ctx}}).ok());
+    SamplingParams sp;
+    if (sampled) {
+      sp.temperature = 1.f;
+      sp.seed = 3;
+    }
+    std::vector<DraftProposal> props;
+    ASSERT_TRUE(d->Propose({DraftRequest{1, &ctx, 3, &sp}}, props).ok());
+    ASSERT_EQ(props[0].tokens.size(), 3u);
+    if (!sampled) {
+      EXPECT_EQ(props[0].tokens[0], want) << "argmax of transformers' logits over the set";
+    }
+    for (int32_t t : props[0].tokens) EXPECT_EQ(t % 2, 0) << t;
+    if (sampled) {
+      ASSERT_EQ(props[0].probs.size(), 3u);
+      for (const auto& q : props[0].probs) {
+        ASSERT_EQ(static_cast<int64_t>(q.size()), V);
+        double sum = 0, odd = 0;
+        for (int64_t i = 0; i < V; ++i) (i % 2 ? odd : sum) += q[i];
+        EXPECT_NEAR(sum, 1.0, 1e-4);
+        EXPECT_EQ(odd, 0.0);
+      }
+    }
+  }
+  const std::vector<int32_t> prompt = refs.Ids("prompt_ids");
+  const auto reqs = Requests(prompt, 32);
+  const EngineRun plain = RunEngine(&m, nullptr, true, "none", 0, reqs, {}, 7);
+  EXPECT_EQ(RunEngine(&m, nullptr, true, "mtp", 3, reqs, {}, 7).out, plain.out);
+  EXPECT_EQ(m.SetMtpVocab({3, 1}).code(), StatusCode::kInvalidArgument) << "not sorted";
+  EXPECT_EQ(m.SetMtpVocab({1, static_cast<int32_t>(V)}).code(), StatusCode::kInvalidArgument) << "out of range";
+  ASSERT_TRUE(m.SetMtpVocab({}).ok());
+}
+
+TEST(DraftVocab, FileAndTopK) {
+  EXPECT_EQ(TopDraftVocab({5, 1, 5, 0, 3}, 3), (std::vector<int32_t>{0, 2, 4}));
+  EXPECT_EQ(TopDraftVocab({1, 1, 1}, 2), (std::vector<int32_t>{0, 1})) << "ties: the smaller id";
+  EXPECT_EQ(TopDraftVocab({1, 2}, 9).size(), 2u);
+  const std::string path = ::testing::TempDir() + "/specd_draft_vocab.json";
+  auto load = [&](const std::string& text) {
+    std::ofstream(path) << text;
+    return LoadDraftVocab(path, 10);
+  };
+  auto ok = load(R"({"ids": [7, 2, 5], "vocab_size": 10})");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(*ok, (std::vector<int32_t>{2, 5, 7}));
+  for (const char* bad : {"[1, 2]", R"({"ids": []})", R"({"ids": [1, 1]})", R"({"ids": [10]})", R"({"ids": [-1]})",
+                          R"({"ids": ["a"]})", "{not json"}) {
+    EXPECT_EQ(load(bad).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(LoadDraftVocab(path + ".missing", 10).status().code(), StatusCode::kNotFound);
 }
 
 TEST(MtpDrafterErrors, NeedsTheHead) {
