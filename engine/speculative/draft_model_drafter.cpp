@@ -8,26 +8,21 @@
 #include "qwen35/model.h"
 #include "speculative/draft_choice.h"
 #include "speculative/drafter.h"
+#include "speculative/slot_drafter.h"
 
 namespace specd {
 namespace {
 
-class DraftModelDrafter final : public Drafter {
- public:
-  DraftModelDrafter(Qwen35Model* m, std::unique_ptr<ModelCache> c) : model_(m), cache_(std::move(c)) {}
-  std::string name() const override { return "draft"; }
+struct DraftSeq {
+  int slot = 0;
+  int64_t consumed = 0;  // context tokens the draft's slot has consumed
+  int proposed = 0;
+};
 
-  Status AddSequence(int seq_id) override {
-    SPECD_ASSIGN_OR_RETURN(int slot, cache_->AllocSlot());
-    seqs_[seq_id] = Seq{slot, 0, 0};
-    return Status::Ok();
-  }
-  void RemoveSequence(int seq_id) override {
-    auto it = seqs_.find(seq_id);
-    if (it == seqs_.end()) return;
-    cache_->FreeSlot(it->second.slot);
-    seqs_.erase(it);
-  }
+class DraftModelDrafter final : public SlotDrafter<DraftSeq> {
+ public:
+  DraftModelDrafter(Qwen35Model* m, std::unique_ptr<ModelCache> c) : SlotDrafter(std::move(c)), model_(m) {}
+  std::string name() const override { return "draft"; }
 
   Status Propose(const std::vector<DraftRequest>& reqs, std::vector<DraftProposal>& out) override {
     out.assign(reqs.size(), {});
@@ -37,7 +32,7 @@ class DraftModelDrafter final : public Drafter {
       if (reqs[r].k <= 0) continue;
       auto it = seqs_.find(reqs[r].seq_id);
       if (it == seqs_.end()) return Internal("draft: unknown sequence {}", reqs[r].seq_id);
-      Seq& s = it->second;
+      DraftSeq& s = it->second;
       const auto& ctx = *reqs[r].context;
       if (s.consumed >= static_cast<int64_t>(ctx.size())) return Internal("draft: nothing new to consume");
       batch.push_back(SeqInput{s.slot, {ctx.begin() + s.consumed, ctx.end()}, StateMode::kUpdate, false});
@@ -57,7 +52,7 @@ class DraftModelDrafter final : public Drafter {
       std::vector<size_t> next_who;
       for (size_t b = 0; b < batch.size(); ++b) {
         const size_t r = who[b];
-        Seq& s = seqs_[reqs[r].seq_id];
+        DraftSeq& s = seqs_[reqs[r].seq_id];
         if (j == 1) {
           s.consumed = static_cast<int64_t>(reqs[r].context->size());
           SPECD_RETURN_IF_ERROR(cache_->BeginLog(s.slot, /*checkpoint=*/true));
@@ -80,7 +75,7 @@ class DraftModelDrafter final : public Drafter {
     for (const auto& o : outcomes) {
       auto it = seqs_.find(o.seq_id);
       if (it == seqs_.end() || o.proposed <= 0) continue;
-      Seq& s = it->second;
+      DraftSeq& s = it->second;
       // The draft consumed d1..d_{k-1}; keep those the target accepted. An accepted d_k was never
       // consumed: it stays pending and goes into the next step's first forward.
       const int keep = std::min(o.accepted, o.proposed - 1);
@@ -91,21 +86,8 @@ class DraftModelDrafter final : public Drafter {
     return Status::Ok();
   }
 
-  ModelCache* state_cache() override { return cache_.get(); }
-  int slot_of(int seq_id) const override {
-    auto it = seqs_.find(seq_id);
-    return it == seqs_.end() ? -1 : it->second.slot;
-  }
-
  private:
-  struct Seq {
-    int slot = 0;
-    int64_t consumed = 0;  // context tokens the draft's slot has consumed
-    int proposed = 0;
-  };
   Qwen35Model* model_;
-  std::unique_ptr<ModelCache> cache_;
-  std::map<int, Seq> seqs_;
 };
 
 }  // namespace

@@ -14,35 +14,27 @@
 //   Accept: Commit(slot, 0). The chained rows were computed from the head's own outputs, not
 //     from the target's; the accepted positions come back with real states at the next
 //     ObserveTarget. The rollback is the KV length, nothing is re-run.
-#include <map>
-
 #include "qwen35/model.h"
 #include "speculative/draft_choice.h"
 #include "speculative/drafter.h"
+#include "speculative/slot_drafter.h"
 
 namespace specd {
 namespace {
 
-class MtpDrafter final : public Drafter {
+struct MtpSeq {
+  int slot = 0;
+  bool has_pending = false;  // pending_'s row of the slot holds the last real hidden state
+};
+
+class MtpDrafter final : public SlotDrafter<MtpSeq> {
  public:
-  MtpDrafter(Qwen35Model* m, std::unique_ptr<ModelCache> c) : model_(m), cache_(std::move(c)) {
+  MtpDrafter(Qwen35Model* m, std::unique_ptr<ModelCache> c) : SlotDrafter(std::move(c)), model_(m) {
     Backend& be = *model_->backend();
     pending_ = be.Alloc(be.act_dtype(), {cache_->num_slots(), model_->config().hidden_size});
   }
   std::string name() const override { return "mtp"; }
   bool reads_target_hidden() const override { return true; }
-
-  Status AddSequence(int seq_id) override {
-    SPECD_ASSIGN_OR_RETURN(int slot, cache_->AllocSlot());
-    seqs_[seq_id] = Seq{slot, false};
-    return Status::Ok();
-  }
-  void RemoveSequence(int seq_id) override {
-    auto it = seqs_.find(seq_id);
-    if (it == seqs_.end()) return;
-    cache_->FreeSlot(it->second.slot);
-    seqs_.erase(it);
-  }
 
   Status ObserveTarget(const Tensor& hidden, const std::vector<TargetRows>& rows) override {
     Backend& be = *model_->backend();
@@ -56,7 +48,7 @@ class MtpDrafter final : public Drafter {
     for (const TargetRows& r : rows) {
       auto it = seqs_.find(r.seq_id);
       if (it == seqs_.end()) return Internal("mtp: unknown sequence {}", r.seq_id);
-      Seq& s = it->second;
+      MtpSeq& s = it->second;
       const int64_t c = cache_->length(s.slot), p1 = r.pos0 + r.kept;
       if (r.kept < 1 || p1 > static_cast<int64_t>(r.context->size()) || r.row0 + r.kept > hidden.dim(0) ||
           c != r.pos0 - (s.has_pending ? 1 : 0)) {
@@ -92,7 +84,7 @@ class MtpDrafter final : public Drafter {
       if (reqs[r].k <= 0) continue;
       auto it = seqs_.find(reqs[r].seq_id);
       if (it == seqs_.end()) return Internal("mtp: unknown sequence {}", reqs[r].seq_id);
-      Seq& s = it->second;
+      MtpSeq& s = it->second;
       const auto& ctx = *reqs[r].context;
       // Decoding: the target consumed all but t0, so the head waits at the row of t0's pair.
       if (!s.has_pending || cache_->length(s.slot) + 2 != static_cast<int64_t>(ctx.size())) {
@@ -122,7 +114,7 @@ class MtpDrafter final : public Drafter {
       std::vector<int64_t> next_rows;
       for (size_t b = 0; b < batch.size(); ++b) {
         const size_t r = who[b];
-        Seq& s = seqs_[reqs[r].seq_id];
+        MtpSeq& s = seqs_[reqs[r].seq_id];
         if (j == 1) {
           s.has_pending = false;  // consumed: the head now waits at t0's position
           SPECD_RETURN_IF_ERROR(cache_->BeginLog(s.slot, /*checkpoint=*/false));
@@ -153,11 +145,6 @@ class MtpDrafter final : public Drafter {
     return Status::Ok();
   }
 
-  ModelCache* state_cache() override { return cache_.get(); }
-  int slot_of(int seq_id) const override {
-    auto it = seqs_.find(seq_id);
-    return it == seqs_.end() ? -1 : it->second.slot;
-  }
 
  private:
   // With a reduced draft vocabulary the head's logits column j is token vocab[j]: the drawn
@@ -176,10 +163,6 @@ class MtpDrafter final : public Drafter {
     }
   }
 
-  struct Seq {
-    int slot = 0;
-    bool has_pending = false;  // pending_'s row of the slot holds the last real hidden state
-  };
   Tensor Gather(const Tensor& src, const std::vector<int64_t>& rows) {
     Backend& be = *model_->backend();
     const int64_t n = static_cast<int64_t>(rows.size());
@@ -190,9 +173,7 @@ class MtpDrafter final : public Drafter {
   }
 
   Qwen35Model* model_;
-  std::unique_ptr<ModelCache> cache_;
   Tensor pending_;  // [slots, H]: each sequence's last real target hidden state
-  std::map<int, Seq> seqs_;
 };
 
 }  // namespace
