@@ -8,7 +8,11 @@
 //       of one verify step at its floor (weights streamed once + the GDN state read and written
 //       once per sequence, at the copy bandwidth measured here), and measured / ideal;
 //   (d) (a)-(c) at batch 8 and 32 (all sequences in one batched step);
-//   (e) the speculative scratch (replay log) of a 9B target at k = 8, batch 32, GPU layout.
+//   (e) the speculative scratch (replay log) of a 9B target at k = 8, batch 32, GPU layout;
+//   (f) drafters at their real cost, 9B target, batch 1, k = 1..3, alpha = 0.8: a 0.8B-shaped
+//       draft model, the MTP head (full vocabulary, and a reduced one of kMtpVocab ids), each run
+//       in full with its drafts replaced by the acceptance drafter's
+//       (speculative/controlled_drafter.h), beside the free oracle and plain decoding.
 // Every timed run repeats an identical untimed run first on the same engine, so CUDA graphs are
 // captured before the clock starts. Random weights: no real drafter would ever be accepted,
 // which is why acceptance is set by the drafter, not measured from one.
@@ -19,6 +23,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,6 +31,7 @@
 #include "qwen35/model.h"
 #include "runtime/backend.h"
 #include "speculative/acceptance_drafter.h"
+#include "speculative/controlled_drafter.h"
 #include "speculative/engine.h"
 #include "gpu_bench_util.h"
 
@@ -40,6 +46,7 @@ constexpr int kPrompt = 128;
 constexpr int kNewTokens = 128;
 constexpr int kK = 4;
 constexpr double kAlpha = 0.8;
+constexpr int kMtpVocab = 32768;  // the reduced MTP draft vocabulary of (f)
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "gpu_e2e_bench: %s\n", what.c_str());
@@ -72,24 +79,30 @@ struct Run {
 // (several rounds at small batch, so a figure averages over more steps). All rounds run twice
 // on the same engine and slots and only the second pass is timed: the passes are identical
 // (greedy, counter-based drafts), so every CUDA graph is captured before the clock starts.
-// `refs` null: plain greedy (k = 0); else greedy speculation at k = kK with the acceptance
-// drafter replaying `refs` (prompt + continuation per sequence).
+// `refs` null: plain greedy (k = 0); else greedy speculation at k with the acceptance drafter
+// replaying `refs` (prompt + continuation per sequence), alone (`real` empty) or in place of the
+// drafts of the drafter `real` makes, which runs in full (ControlledDrafter).
+using MakeReal = std::function<std::unique_ptr<Drafter>(int max_seqs, int64_t max_ctx, int max_k)>;
 Run RunBatch(Qwen35Model& m, int batch, const std::vector<std::vector<int32_t>>& prompts,
-             const std::vector<std::vector<int32_t>>* refs) {
+             const std::vector<std::vector<int32_t>>* refs, int k = kK, const MakeReal& real = {}) {
   EngineOptions o;
   o.max_seqs = batch;
   o.max_ctx = kPrompt + kNewTokens + 8;
-  o.default_k = refs ? kK : 0;
-  o.max_k = kK;
+  o.default_k = refs ? k : 0;
+  o.max_k = std::max(k, 1);
   o.prefill_chunk = kPrompt;
   o.max_prefill_tokens = static_cast<int64_t>(batch) * kPrompt;  // every prompt in the first step
-  AcceptanceDrafter* drafter = nullptr;
+  const AcceptanceDrafter* drafter = nullptr;
   std::unique_ptr<Drafter> owned;
   if (refs) {
     auto d = AcceptanceDrafter::Create(*refs, {kAlpha, 2024, m.config().vocab_size});
     if (!d.ok()) Die(d.status().ToString());
     drafter = d->get();
     owned = std::move(d).value();
+    if (real) {
+      std::unique_ptr<AcceptanceDrafter> oracle(static_cast<AcceptanceDrafter*>(owned.release()));
+      owned = std::make_unique<ControlledDrafter>(real(batch, o.max_ctx, o.max_k), std::move(oracle));
+    }
   }
   auto eo = SpeculativeEngine::Create(&m, std::move(owned), o);
   if (!eo.ok()) Die(eo.status().ToString());
@@ -178,6 +191,37 @@ struct Row {
   int equal_plain = 0;  // sequences whose speculative output equals the plain greedy output
 };
 
+// Fills row.spec: speculation at k with the references being the target's own greedy
+// continuations. If bf16 numerics of the verify spans differ from the plain decode's at a
+// near-tie, the speculative output (itself the target's greedy output under verify numerics)
+// becomes the next reference.
+void Speculate(Qwen35Model& m, Row& row, const std::vector<std::vector<int32_t>>& prompts, int k,
+               const MakeReal& real = {}) {
+  auto refs = Concat(prompts, row.plain.outputs);
+  row.retries = 0;
+  for (;;) {
+    row.spec = RunBatch(m, row.batch, prompts, &refs, k, real);
+    const int bad = Mismatches(row.spec.outputs, row.plain.outputs);
+    const int off = Mismatches(Concat(prompts, row.spec.outputs), refs);
+    if (row.spec.diverged == 0 && off == 0) break;
+    const bool again = ++row.retries < 3;
+    std::printf("  note: batch %d: %d sequence(s) left their reference (%d differ from plain greedy); %s\n", row.batch,
+                std::max(row.spec.diverged, off), bad,
+                again ? "re-running with the speculative outputs as references"
+                      : "giving up: the figures below include sequences that drafted nothing after leaving");
+    if (!again) break;
+    refs = Concat(prompts, row.spec.outputs);
+  }
+  row.equal_plain = static_cast<int>(prompts.size()) - Mismatches(row.spec.outputs, row.plain.outputs);
+}
+
+// (f): one drafter configuration at k, batch 1.
+struct DrafterRow {
+  std::string drafter;
+  int k = 0;
+  Row row;
+};
+
 }  // namespace
 
 // `--smoke`: the same runs on the CPU backend with a tiny model, to check the program's logic on a
@@ -209,6 +253,7 @@ int main(int argc, char** argv) {
   const double E = (1 - std::pow(kAlpha, kK + 1)) / (1 - kAlpha);
 
   std::vector<Row> rows;
+  std::vector<DrafterRow> drafter_rows;
   double scratch_mib = 0, scratch_slot_mib = 0;
   const std::vector<std::string> names = smoke ? std::vector<std::string>{"tiny"} : std::vector<std::string>{"0.8B", "9B"};
   for (const std::string& name_s : names) {
@@ -248,24 +293,7 @@ int main(int argc, char** argv) {
       row.batch = B;
       row.floor_ms = (streamed + 2.0 * state * B) / bw * 1e3;
       row.plain = RunBatch(*model, B, prompts, nullptr);
-      // The references are the target's own greedy continuations. If bf16 numerics of the
-      // verify spans differ from the plain decode's at a near-tie, the speculative output (itself
-      // the target's greedy output under verify numerics) becomes the next reference.
-      auto refs = Concat(prompts, row.plain.outputs);
-      for (;;) {
-        row.spec = RunBatch(*model, B, prompts, &refs);
-        const int bad = Mismatches(row.spec.outputs, row.plain.outputs);
-        const int off = Mismatches(Concat(prompts, row.spec.outputs), refs);
-        if (row.spec.diverged == 0 && off == 0) break;
-        const bool again = ++row.retries < 3;
-        std::printf("  note: batch %d: %d sequence(s) left their reference (%d differ from plain greedy); %s\n", B,
-                    std::max(row.spec.diverged, off), bad,
-                    again ? "re-running with the speculative outputs as references"
-                          : "giving up: the figures below include sequences that drafted nothing after leaving");
-        if (!again) break;
-        refs = Concat(prompts, row.spec.outputs);
-      }
-      row.equal_plain = B * rounds - Mismatches(row.spec.outputs, row.plain.outputs);
+      Speculate(*model, row, prompts, kK);
       std::printf("  batch %2d: plain %.1f tok/s (%.2f ms/step); speculative %.1f tok/s (%.2f ms/step, %.2f tokens "
                   "per step, measured alpha %.3f over %lld drafts)\n",
                   B, row.plain.tok_s(), row.plain.step_ms(), row.spec.tok_s(), row.spec.step_ms(),
@@ -283,6 +311,42 @@ int main(int argc, char** argv) {
       if (!cache.ok()) Die(cache.status().ToString());
       scratch_slot_mib = static_cast<double>((*cache)->scratch_bytes_per_slot()) / 1048576.0;
       scratch_mib = scratch_slot_mib * co.num_slots;
+
+      // (f) drafters at their real cost, batch 1: a 0.8B-shaped draft model (the tiny config
+      // itself in the smoke run), the MTP head with the full and a reduced vocabulary.
+      ModelConfig dc = smoke ? c : ReleasedShapes("0.8B").value();
+      dc.vocab_size = c.vocab_size;
+      auto draft = Qwen35Model::Random(dc, &be, 9);
+      model->RandomMtpHead(8);
+      const auto prompts = Prompts(4, c.vocab_size);
+      Row plain_row;
+      plain_row.model = name;
+      plain_row.batch = 1;
+      model->set_keep_hidden(false);
+      plain_row.plain = RunBatch(*model, 1, prompts, nullptr);
+      Qwen35Model* target = model.get();
+      const MakeReal draft_model = [&](int n, int64_t ctx, int k) {
+        return std::move(MakeDraftModelDrafter(draft.get(), c.vocab_size, n, ctx, k)).value();
+      };
+      const MakeReal mtp = [&](int n, int64_t ctx, int k) { return std::move(MakeMtpDrafter(target, n, ctx, k)).value(); };
+      std::vector<int32_t> reduced(static_cast<size_t>(std::min<int64_t>(kMtpVocab, c.vocab_size / 4)));
+      for (size_t i = 0; i < reduced.size(); ++i) reduced[i] = static_cast<int32_t>(i);
+      const std::string reduced_name = fmt::format("mtp, {} ids", reduced.size());
+      for (int k = 1; k <= 3; ++k) {
+        for (const std::string drafter : {"oracle (free)", "draft 0.8B", "mtp", reduced_name.c_str()}) {
+          Status vs = model->SetMtpVocab(drafter == reduced_name ? reduced : std::vector<int32_t>{});
+          if (!vs.ok()) Die(vs.ToString());
+          DrafterRow d{drafter, k, plain_row};
+          Speculate(*model, d.row, prompts, k,
+                    drafter == "draft 0.8B" ? draft_model : drafter.starts_with("mtp") ? mtp : MakeReal{});
+          model->set_keep_hidden(false);  // the MTP engine turned it on
+          std::printf("  (f) %s, k %d: %.1f tok/s (%.2f ms/step, %.2f tokens per step, alpha %.3f)\n", drafter.c_str(),
+                      k, d.row.spec.tok_s(), d.row.spec.step_ms(), d.row.spec.stats.mean_acceptance_length(),
+                      d.row.spec.alpha);
+          std::fflush(stdout);
+          drafter_rows.push_back(std::move(d));
+        }
+      }
     }
   }
 
@@ -301,6 +365,19 @@ int main(int argc, char** argv) {
                 r.spec.step_ms() / r.floor_ms, ideal, ideal / r.spec.tok_s(),
                 r.retries ? fmt::format(" (refs re-run x{})", r.retries).c_str() : "", r.equal_plain,
                 r.plain.outputs.size());
+  }
+  std::printf("\n## Drafters at their real cost, Qwen3.5-%s target, batch 1, alpha = %.2f (%s)\n\n",
+              names.back().c_str(), kAlpha, device.c_str());
+  std::printf("Each drafter runs in full (draft steps, rollback, the MTP head's cache rows); the verifier sees "
+              "the acceptance drafter's tokens in place of its drafts. oracle (free): the acceptance drafter "
+              "alone, no drafting cost. Plain: %.1f tok/s.\n\n",
+              drafter_rows.empty() ? 0.0 : drafter_rows[0].row.plain.tok_s());
+  std::printf("| drafter | k | spec tok/s | speedup over plain | measured alpha | tokens/step | spec step ms | "
+              "spec == plain |\n|---|---|---|---|---|---|---|---|\n");
+  for (const DrafterRow& d : drafter_rows) {
+    std::printf("| %s | %d | %.1f | %.2fx | %.3f | %.2f | %.2f | %d/%zu |\n", d.drafter.c_str(), d.k, d.row.spec.tok_s(),
+                d.row.spec.tok_s() / d.row.plain.tok_s(), d.row.spec.alpha, d.row.spec.stats.mean_acceptance_length(),
+                d.row.spec.step_ms(), d.row.equal_plain, d.row.plain.outputs.size());
   }
   std::printf("\nSpeculative scratch (replay log; %s layout), Qwen3.5-%s target, k = 8 (9 logged tokens): "
               "%.1f MiB per sequence, %.1f MiB at batch 32.\n",

@@ -1,8 +1,9 @@
 // The MTP head's draft step on the GPU at released shapes (random weights; issue "MTP drafter",
 // item 5): one chained head step per sequence (the decoder layer + the lm_head over the full
-// vocabulary), replayed from its graph, against its floor (the bytes it must read / copy
-// bandwidth) and against the target's own decode step, at batch 1 and 8; and what keeping the
-// target's hidden rows (the head's input) adds to the target's decode step.
+// vocabulary, and a reduced draft vocabulary of kReduced ids), replayed from its graph, against
+// its floor (the bytes it must read / copy bandwidth) and against the target's own decode step, at
+// batch 1 and 8; and what keeping the target's hidden rows (the head's input) adds to the
+// target's decode step.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -20,6 +21,8 @@ using specd::bench::Median;
 using specd::bench::Now;
 
 namespace {
+
+constexpr int64_t kReduced = 32768;  // ids of the reduced draft vocabulary (--mtp-vocab)
 
 template <typename T>
 T Check(StatusOr<T> v, const char* what) {
@@ -46,15 +49,15 @@ double TimeMs(Backend& be, F f) {
 }
 
 // Bytes one head step reads at batch B: every head weight, except the MoE experts no row routes
-// to (at most B x top_k of them), and the lm_head.
-double HeadBytes(const ModelConfig& c, const MtpWeights& h, int B) {
+// to (at most B x top_k of them), and the lm_head rows of its vocabulary (`vocab` ids).
+double HeadBytes(const ModelConfig& c, const MtpWeights& h, int B, int64_t vocab) {
   double bytes = static_cast<double>(h.bytes);
   if (c.is_moe) {
     const double expert = 3.0 * c.moe_intermediate_size * c.hidden_size * 2;
     const int hit = std::min(c.num_experts, B * c.num_experts_per_tok);
     bytes -= expert * (c.num_experts - hit);
   }
-  return bytes + static_cast<double>(c.vocab_size) * c.hidden_size * 2;
+  return bytes + static_cast<double>(vocab) * c.hidden_size * 2;
 }
 
 }  // namespace
@@ -71,8 +74,8 @@ int main() {
   cudaGetDeviceProperties(&prop, 0);
   const double bw = CopyBandwidth();
   std::printf("device: %s; copy bandwidth (read+write) %.0f GB/s\n\n", prop.name, bw / 1e9);
-  std::printf("| shapes | batch | head MB read | floor ms | head step ms | step/floor | target decode ms | "
-              "decode + hidden ms | head step / decode |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| shapes | batch | draft vocabulary | head MB read | floor ms | head step ms | step/floor | target decode ms | "
+              "decode + hidden ms | head step / decode |\n|---|---|---|---|---|---|---|---|---|---|\n");
   for (const char* name : {"9B", "35B-A3B"}) {
     const ModelConfig c = Check(ReleasedShapes(name), "shapes");
     auto model = Qwen35Model::Random(c, &be, 7);
@@ -111,11 +114,22 @@ int main() {
         auto o = Check(model->MtpForward(in, hidden, *head), "head step");
         hidden = o.hidden;  // chained: the head's own output feeds the next step
       };
-      const double head_ms = TimeMs(be, head_step);
-      const double bytes = HeadBytes(c, *model->mtp_head(), B);
-      const double floor_ms = bytes / bw * 1e3;
-      std::printf("| %s | %d | %.0f | %.3f | %.3f | %.2f | %.3f | %.3f | %.3f |\n", name, B, bytes / 1e6, floor_ms,
-                  head_ms, head_ms / floor_ms, dec_ms, dec_h_ms, head_ms / dec_ms);
+      for (const int64_t vocab : {c.vocab_size, kReduced}) {
+        std::vector<int32_t> ids;
+        if (vocab < c.vocab_size) {  // the first `vocab` ids: which ones does not change the cost
+          for (int32_t i = 0; i < vocab; ++i) ids.push_back(i);
+        }
+        if (Status st = model->SetMtpVocab(ids); !st.ok()) {
+          std::fprintf(stderr, "SetMtpVocab: %s\n", st.ToString().c_str());
+          return 1;
+        }
+        const double head_ms = TimeMs(be, head_step);
+        const double bytes = HeadBytes(c, *model->mtp_head(), B, vocab);
+        const double floor_ms = bytes / bw * 1e3;
+        std::printf("| %s | %d | %s | %.0f | %.3f | %.3f | %.2f | %.3f | %.3f | %.3f |\n", name, B,
+                    vocab == c.vocab_size ? "full" : std::to_string(vocab).c_str(), bytes / 1e6, floor_ms, head_ms,
+                    head_ms / floor_ms, dec_ms, dec_h_ms, head_ms / dec_ms);
+      }
     }
   }
   const auto gs = be.graph_stats();

@@ -43,7 +43,7 @@ fi
 if [ "${SKIP_MTP:-0}" != 1 ]; then
   ./build-gpu/bench/mtp_bench > "$OUT/mtp.log" 2>&1
   echo "mtp bench rc=$?"
-  tail -12 "$OUT/mtp.log"
+  tail -16 "$OUT/mtp.log"
 fi
 if [ "${SKIP_E2E:-0}" != 1 ]; then
   ./build-gpu/bench/gpu_e2e_bench > "$OUT/e2e.log" 2>&1

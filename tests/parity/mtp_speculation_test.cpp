@@ -8,6 +8,7 @@
 
 #include "engine_run.h"
 #include "mtp_fixture.h"
+#include "mtp_head_check.h"
 #include "mtp_oracle.h"
 #include "speculative/draft_vocab.h"
 
@@ -30,17 +31,6 @@ Loaded LoadWithHead(const std::string& base) {
   const Status st = l.model->LoadMtpHead(dir);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return l;
-}
-
-// The target's final-normed hidden states of `tokens` from a fresh cache, [n, H].
-Tensor TargetHidden(Qwen35Model& m, const std::vector<int32_t>& tokens) {
-  CacheOptions o;
-  o.max_ctx = 512;
-  auto c = m.NewCache(o);
-  EXPECT_TRUE(c.ok());
-  m.set_keep_hidden(true);
-  RunForward(m, **c, *(*c)->AllocSlot(), tokens, /*all_logits=*/false);
-  return m.last_hidden();
 }
 
 class MtpSpeculation : public ::testing::TestWithParam<std::string> {};
@@ -133,16 +123,6 @@ std::vector<GenerationRequest> Requests(const std::vector<int32_t>& prompt, int 
   return {Req(prompt, n), Req({prompt.begin(), prompt.begin() + 6}, n), Req({prompt[3]}, n)};
 }
 
-// Prompt + plain greedy continuation of each request: what the oracle drafts from.
-std::vector<std::vector<int32_t>> References(const std::vector<GenerationRequest>& reqs, const EngineRun& plain) {
-  std::vector<std::vector<int32_t>> refs;
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    refs.push_back(reqs[i].prompt);
-    refs.back().insert(refs.back().end(), plain.out[i].begin(), plain.out[i].end());
-  }
-  return refs;
-}
-
 // Greedy speculation with MTP gives plain greedy's tokens, whatever k, with prompts prefilled in
 // chunks of 7 (the head's cache is filled across chunks) and three sequences batched together.
 // The fixture heads are random, so their drafts are all rejected; the oracle run has the verifier
@@ -212,49 +192,10 @@ TEST_P(MtpSpeculation, HeadCacheEqualsASequentialRunAfterEveryStep) {
   o.max_ctx = 512;
   o.default_k = 3;
   o.prefill_chunk = 9;
-  auto e = std::move(SpeculativeEngine::Create(&m, MakeOracleMtp(&m, References(reqs, plain), 0.7, 4), o)).value();
-  std::vector<int> ids;
-  for (const auto& r : reqs) ids.push_back(*e->Add(r));
-  Drafter& dr = *e->drafter();
-  ModelCache& head = *dr.state_cache();
-  int checked = 0;
-  while (e->HasWork()) {
-    ASSERT_TRUE(e->Step().ok());
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (e->Finished(ids[i])) continue;
-      const int slot = dr.slot_of(ids[i]);
-      const int64_t c = head.length(slot);
-      // The tokens the target consumed: the prompt chunks so far, or all but the pending one.
-      const auto& gen = e->Generated(ids[i]);
-      std::vector<int32_t> seq = Requests(prompt, 24)[i].prompt;
-      seq.insert(seq.end(), gen.begin(), gen.end());
-      const int64_t consumed = e->target_cache().length(e->target_slot(ids[i]));
-      if (!gen.empty()) {
-        ASSERT_EQ(consumed, static_cast<int64_t>(seq.size()) - 1) << "sequence " << i;
-      }
-      ASSERT_EQ(c + 1, consumed) << "sequence " << i;
-      if (c == 0) continue;
-      const Tensor h = TargetHidden(m, {seq.begin(), seq.begin() + consumed});
-      CacheOptions co;
-      co.max_ctx = 512;
-      auto ref = m.NewMtpCache(co);
-      ASSERT_TRUE(ref.ok());
-      const int rs = *(*ref)->AllocSlot();
-      ASSERT_TRUE(m.MtpForward({SeqInput{rs, {seq.begin() + 1, seq.begin() + c + 1}, StateMode::kUpdate, false}},
-                               h.Rows(0, c), **ref)
-                      .ok());
-      for (bool values : {false, true}) {
-        const auto got = head.SlotKvF32(0, values, slot, c), want = (*ref)->SlotKvF32(0, values, rs, c);
-        EXPECT_LE(RelL2(got, want), 1e-4) << "sequence " << i << " rows " << c << (values ? " V" : " K");
-      }
-      ++checked;
-    }
-  }
-  EXPECT_GT(checked, 10);
-  int64_t kept = 0;
-  for (int id : ids) kept += e->Stats(id).accepted_tokens;
-  EXPECT_GT(kept, 20) << "verifies kept drafts";
-  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(e->Generated(ids[i]), plain.out[i]);
+  const HeadCacheRun r = RunCheckingHeadCache(m, MakeOracleMtp(&m, References(reqs, plain), 0.7, 4), reqs, o, 1e-4);
+  EXPECT_GT(r.checked, 10);
+  EXPECT_GT(r.kept, 20) << "verifies kept drafts";
+  EXPECT_EQ(r.out, plain.out);
 }
 
 // A reduced draft vocabulary (here the even ids): d1 is the argmax of transformers' head logits
