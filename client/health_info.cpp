@@ -52,6 +52,7 @@ int RunInfo(const std::string& address, int64_t timeout_ms) {
       {"num_layers", info.num_layers()},
       {"hidden_size", info.hidden_size()},
       {"drafter", info.drafter()},
+      {"drafters", std::vector<std::string>(info.drafters().begin(), info.drafters().end())},
       {"draft_model", info.draft_model()},
       {"default_k", info.default_k()},
       {"max_k", info.max_k()},

@@ -18,7 +18,7 @@ void AddSamplingFlags(CLI::App* a, SamplingFlags* f, bool full) {
   f->o_seed = a->add_option("--seed", f->seed);
   a->add_flag("--ignore-eos", f->ignore_eos, "Do not stop at the end-of-sequence token");
   f->o_mode = a->add_option("--sampling-mode", f->sampling_mode, "rejection | coupled");
-  f->o_drafter = a->add_option("--drafter", f->drafter, "none | ngram | draft (must match the server's, or none)");
+  f->o_drafter = a->add_option("--drafter", f->drafter, "none, or one of the server's drafters (specd-client info: drafters)");
   f->o_k = a->add_option("--k", f->k, "Drafts per step (0 = no speculation for this request)");
   a->add_flag("--adaptive-k", f->adaptive_k, "Let the server choose k per step");
   if (full) {

@@ -200,6 +200,7 @@ struct Result {
 struct Server {
   int64_t vocab = 0, max_context = 0, max_k = 0, max_batch = 0, max_queue = 0, default_k = 0;
   std::string drafter, device, model;
+  std::vector<std::string> drafters;  // all a request may name (ModelInfo.drafters)
 };
 
 Result RunOne(v1::Specd::Stub& stub, const Planned& p, int64_t timeout_s) {
@@ -480,21 +481,24 @@ int RunSoak(const SoakArgs& a) {
       return 2;
     }
     srv = {static_cast<int64_t>(info.vocab_size()), static_cast<int64_t>(info.max_context()), info.max_k(),
-           info.max_batch(), info.max_queue(), info.default_k(), info.drafter(), info.device(), info.model()};
+           info.max_batch(), info.max_queue(), info.default_k(), info.drafter(), info.device(), info.model(),
+           {info.drafters().begin(), info.drafters().end()}};
+    if (srv.drafters.empty() && srv.drafter != "none") srv.drafters.push_back(srv.drafter);  // an older server
   }
   if (srv.vocab <= 3 || srv.max_context < 4) {
     std::fprintf(stderr, "soak: the server's vocabulary (%lld) or context (%lld) is too small\n",
                  static_cast<long long>(srv.vocab), static_cast<long long>(srv.max_context));
     return 2;
   }
-  // A request may name the server's drafter or "none" (server/validate.cpp); the others would
-  // be INVALID_ARGUMENT, which the soak would count as unexpected.
+  // A request may name one of the server's drafters or "none" (server/validate.cpp); the others
+  // would be INVALID_ARGUMENT, which the soak would count as unexpected.
   std::vector<std::string> drafters;
   for (const std::string& d : SplitNames(a.drafters)) {
-    if (d == "none" || d == srv.drafter) {
+    if (d == "none" || std::find(srv.drafters.begin(), srv.drafters.end(), d) != srv.drafters.end()) {
       drafters.push_back(d);
     } else {
-      std::fprintf(stderr, "soak: not sending drafter '%s' (the server runs '%s')\n", d.c_str(), srv.drafter.c_str());
+      std::fprintf(stderr, "soak: not sending drafter '%s' (the server serves '%s')\n", d.c_str(),
+                   srv.drafter.c_str());
     }
   }
   const int64_t k_lo = std::min<int64_t>(kr[0], srv.max_k), k_hi = std::min<int64_t>(kr[1], srv.max_k);

@@ -6,7 +6,8 @@
 # ids must be equal), a text prompt (must be INVALID_ARGUMENT: no tokenizer in this build),
 # a small bench, the OpenAI-compatible HTTP API (completions by token ids, one body and SSE; chat
 # refused without a tokenizer), /metrics, and SIGTERM (exit 0); then a second daemon with
-# --drafter mtp (the demo target's own MTP head), whose greedy ids must equal the plain ones. Logs
+# --drafter mtp,draft,ngram (the demo target's own MTP head as the default, the draft model and
+# n-gram beside it, each request naming one), whose greedy ids must equal the plain ones. Logs
 # under $OUT; a summary table last; exit non-zero on any failure.
 #
 #   bash scripts/gpu_daemon_check.sh              # on the GPU machine
@@ -262,7 +263,7 @@ grep -iE "error|warn|device|cuda|listening|serving" "$OUT/serve.log" | head -15
 
 # --- the demo target's own MTP head as the drafter: greedy output equals plain greedy's ----------
 rm -f "$OUT/ports_mtp.json"
-"$specd" serve --device "$DEVICE" --host 127.0.0.1 --port 0 --metrics-port 0 --drafter mtp --k 3 \
+"$specd" serve --device "$DEVICE" --host 127.0.0.1 --port 0 --metrics-port 0 --drafter mtp,draft,ngram --k 3 \
   --port-file "$OUT/ports_mtp.json" --grace-seconds 10 > "$OUT/serve_mtp.log" 2>&1 &
 pid=$!
 trap cleanup EXIT
@@ -289,6 +290,21 @@ EOF
       EQUAL*) record mtp_eq_plain ok "${m#EQUAL }" ;;
       *) record mtp_eq_plain FAIL "$m" ;;
     esac
+    # The same daemon serves the draft model and n-gram beside the head: a request names one.
+    for d in draft ngram; do
+      if cl generate --prompt-ids "$ids" --max-tokens 96 --temperature 0 --drafter "$d" --json > "$OUT/gen_mixed_$d.json" \
+         2> "$OUT/gen_mixed_$d.err"; then
+        m=$(python3 -c 'import json,sys; a,b=(json.load(open(p)) for p in sys.argv[1:3]); print(("EQUAL" if a["ids"]==b["ids"] else "DIFFER"), "draft", a["stats"]["draft_tokens"], "accepted", a["stats"]["accepted_tokens"])' \
+          "$OUT/gen_mixed_$d.json" "$OUT/gen_plain.json")
+        case "$m" in
+          EQUAL*" draft 0 "*) record "mixed_${d}_eq_plain" FAIL "no drafts: $m" ;;
+          EQUAL*) record "mixed_${d}_eq_plain" ok "${m#EQUAL }" ;;
+          *) record "mixed_${d}_eq_plain" FAIL "$m" ;;
+        esac
+      else
+        record "mixed_${d}_eq_plain" FAIL "$(tail -1 "$OUT/gen_mixed_$d.err")"
+      fi
+    done
   else
     record mtp_eq_plain FAIL "$(tail -1 "$OUT/gen_mtp.err")"
   fi

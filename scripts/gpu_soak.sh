@@ -12,7 +12,10 @@
 #   PHASE=rest  the n-gram drafter (a daemon of its own: one drafter per daemon), the same varied
 #               traffic with graphs on and with --cuda-graph-limit 0 (tokens/s, same seed), and an
 #               injected allocation failure (--debug-fail-alloc): RESOURCE_EXHAUSTED, then serving.
-#   PHASE=all   both (longer than one 10-minute device call).
+#   PHASE=mixed the embedded demo pair (trained: real acceptance, a meaningful greedy control) with
+#               three drafters in one daemon (--drafter mtp,draft,ngram, CUDA graphs on), each
+#               request naming one of them or none: the MTP head under concurrency and graphs.
+#   PHASE=all   main and rest (longer than one 10-minute device call).
 # Logs under $OUT/<phase>; a summary table last; exit non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +39,8 @@ N_MAIN=${N_MAIN:-400}  # requests per round of the main soak (5 rounds)
 N_AB=${N_AB:-200}      # requests per round of each A/B arm (2 rounds)
 N_NGRAM=${N_NGRAM:-120}
 N_ALLOC=${N_ALLOC:-64}
+N_MIXED=${N_MIXED:-300}
+MIXED_SERVE=${MIXED_SERVE:-"--device cuda --drafter mtp,draft,ngram --max-batch 32 --max-queue 512 --k 3"}
 FAIL_ALLOC=${FAIL_ALLOC:-3000}
 results=()
 failed=0
@@ -70,6 +75,15 @@ if [ "$PHASE" = main ] || [ "$PHASE" = all ]; then
   rc=$?
   record "soak: draft, graphs on" "$([ $rc = 0 ] && echo ok || echo FAIL)" \
     "$(( $(date +%s) - t0 )) s, $(tokps "$OUT/main/soak.json") tok/s, see main/soak.log"
+fi
+
+if [ "$PHASE" = mixed ]; then
+  t0=$(date +%s)
+  soak mixed "$MIXED_SERVE" "--rounds 3 --requests-per-round $N_MIXED --concurrency-levels 1,8,32,64 --min-prompt-tokens 4 --max-prompt-tokens 200 --max-tokens-range 16,160 --k-range 1,5 --drafters none,mtp,draft,ngram --seed 5"
+  rc=$?
+  record "soak: mtp+draft+ngram" "$([ $rc = 0 ] && echo ok || echo FAIL)" \
+    "$(( $(date +%s) - t0 )) s, $(tokps "$OUT/mixed/soak.json") tok/s, see mixed/soak.log"
+  grep -E '^specd:spec_decode_drafter_(draft|accepted)_tokens_total' "$OUT/mixed/metrics_after.txt" 2>/dev/null
 fi
 
 if [ "$PHASE" = rest ] || [ "$PHASE" = all ]; then

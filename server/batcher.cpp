@@ -254,6 +254,9 @@ void Batcher::Admit() {
       continue;
     }
     e->engine_id = *id;
+    // The drafter its speculation metrics count under ("" asks for the engine's default).
+    const std::string& asked = e->req.gen.drafter;
+    e->drafter = !asked.empty() ? asked : engine_->drafter() ? engine_->drafter()->name() : "none";
     e->text = text_->NewStream(e->req.text);
     e->last_chunk = Clock::now();
     metrics_->AddPromptTokens(static_cast<int64_t>(e->prompt_tokens));
@@ -312,7 +315,7 @@ void Batcher::RecordSpecDelta(Entry& e) {
   auto at = [](const std::vector<int64_t>& v, size_t i) { return i < v.size() ? v[i] : 0; };
   std::vector<int64_t> per_pos(cur.accepted_at.size());
   for (size_t i = 0; i < per_pos.size(); ++i) per_pos[i] = cur.accepted_at[i] - at(last.accepted_at, i);
-  metrics_->AddSpecDelta(at(cur.drafted_at, 0) - at(last.drafted_at, 0), cur.draft_tokens - last.draft_tokens,
+  metrics_->AddSpecDelta(e.drafter, at(cur.drafted_at, 0) - at(last.drafted_at, 0), cur.draft_tokens - last.draft_tokens,
                          cur.accepted_tokens - last.accepted_tokens, per_pos);
   e.last_stats = cur;
 }

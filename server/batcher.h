@@ -31,7 +31,7 @@ using EngineFactory = std::function<StatusOr<std::unique_ptr<SpeculativeEngine>>
 struct BatcherOptions {
   int max_batch = 16;
   int max_queue = 256;
-  std::string drafter;  // for logs
+  std::string drafter;  // the served drafters, default first, comma-separated (for logs)
   // Testing only (--debug-fail-step N): step N (1-based) reports a failure instead of running,
   // so that tests can check the recovery path: in-flight requests get INTERNAL, the engine is
   // rebuilt, serving goes on.
@@ -70,6 +70,7 @@ class Batcher {
     size_t prompt_tokens = 0;
     bool admitted = false;  // left the queue: counts in running_
     int engine_id = -1;
+    std::string drafter;  // the drafter that serves it (metrics label)
     size_t sent = 0;  // generated tokens already streamed
     std::unique_ptr<cli::TextStream> text;
     std::chrono::steady_clock::time_point last_chunk;

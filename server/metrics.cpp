@@ -53,14 +53,19 @@ void Histogram::Render(std::string& out, const std::string& name) const {
 
 Metrics::Metrics() : ttft_(kTtftBuckets), itl_(kItlBuckets), e2e_(kE2eBuckets) {}
 
-void Metrics::AddSpecDelta(int64_t drafts, int64_t draft_tokens, int64_t accepted_tokens,
+void Metrics::SpecCounts::Add(int64_t d, int64_t dt, int64_t at, const std::vector<int64_t>& per_pos) {
+  drafts += static_cast<uint64_t>(d);
+  draft_tokens += static_cast<uint64_t>(dt);
+  accepted_tokens += static_cast<uint64_t>(at);
+  if (accepted_per_pos.size() < per_pos.size()) accepted_per_pos.resize(per_pos.size(), 0);
+  for (size_t i = 0; i < per_pos.size(); ++i) accepted_per_pos[i] += static_cast<uint64_t>(per_pos[i]);
+}
+
+void Metrics::AddSpecDelta(const std::string& drafter, int64_t drafts, int64_t draft_tokens, int64_t accepted_tokens,
                            const std::vector<int64_t>& accepted_per_pos) {
   std::lock_guard lk(mu_);
-  drafts_ += static_cast<uint64_t>(drafts);
-  draft_tokens_ += static_cast<uint64_t>(draft_tokens);
-  accepted_tokens_ += static_cast<uint64_t>(accepted_tokens);
-  if (accepted_per_pos_.size() < accepted_per_pos.size()) accepted_per_pos_.resize(accepted_per_pos.size(), 0);
-  for (size_t i = 0; i < accepted_per_pos.size(); ++i) accepted_per_pos_[i] += static_cast<uint64_t>(accepted_per_pos[i]);
+  spec_.Add(drafts, draft_tokens, accepted_tokens, accepted_per_pos);
+  spec_by_drafter_[drafter].Add(drafts, draft_tokens, accepted_tokens, accepted_per_pos);
 }
 
 void Metrics::AddPromptTokens(int64_t n) {
@@ -135,16 +140,33 @@ std::string Metrics::Render() const {
   std::lock_guard lk(mu_);
   std::string out;
   Scalar(out, "specd:spec_decode_num_drafts_total", "counter", "Speculative steps that proposed drafts.",
-         static_cast<double>(drafts_));
+         static_cast<double>(spec_.drafts));
   Scalar(out, "specd:spec_decode_num_draft_tokens_total", "counter", "Draft tokens proposed.",
-         static_cast<double>(draft_tokens_));
+         static_cast<double>(spec_.draft_tokens));
   Scalar(out, "specd:spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted by the target.",
-         static_cast<double>(accepted_tokens_));
+         static_cast<double>(spec_.accepted_tokens));
   Header(out, "specd:spec_decode_num_accepted_tokens_per_pos", "counter",
          "Accepted draft tokens by position in the draft (0 = first).");
-  for (size_t i = 0; i < accepted_per_pos_.size(); ++i) {
+  for (size_t i = 0; i < spec_.accepted_per_pos.size(); ++i) {
     out += fmt::format("specd:spec_decode_num_accepted_tokens_per_pos{{position=\"{}\"}} {}\n", i,
-                       accepted_per_pos_[i]);
+                       spec_.accepted_per_pos[i]);
+  }
+  // The same per drafter (a server may serve several; requests choose).
+  const std::pair<const char*, uint64_t SpecCounts::*> per_drafter[] = {
+      {"specd:spec_decode_drafter_drafts_total", &SpecCounts::drafts},
+      {"specd:spec_decode_drafter_draft_tokens_total", &SpecCounts::draft_tokens},
+      {"specd:spec_decode_drafter_accepted_tokens_total", &SpecCounts::accepted_tokens}};
+  for (const auto& [name, field] : per_drafter) {
+    Header(out, name, "counter", "As the spec_decode_num_ counter of the same name, by drafter.");
+    for (const auto& [d, c] : spec_by_drafter_) out += fmt::format("{}{{drafter=\"{}\"}} {}\n", name, d, c.*field);
+  }
+  Header(out, "specd:spec_decode_drafter_accepted_tokens_per_pos", "counter",
+         "Accepted draft tokens by drafter and position in the draft (0 = first).");
+  for (const auto& [d, c] : spec_by_drafter_) {
+    for (size_t i = 0; i < c.accepted_per_pos.size(); ++i) {
+      out += fmt::format("specd:spec_decode_drafter_accepted_tokens_per_pos{{drafter=\"{}\",position=\"{}\"}} {}\n",
+                         d, i, c.accepted_per_pos[i]);
+    }
   }
   Header(out, "specd:request_success_total", "counter", "Requests that completed, by finish reason.");
   for (const char* r : {"length", "eos", "stop", "abort"}) {

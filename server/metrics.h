@@ -28,8 +28,10 @@ class Metrics {
  public:
   Metrics();
 
-  // Per engine step, per request: the speculative work done since the last step.
-  void AddSpecDelta(int64_t drafts, int64_t draft_tokens, int64_t accepted_tokens,
+  // Per engine step, per request: the speculative work done since the last step by `drafter`
+  // (the request's drafter: a server may serve several). Rendered as the vLLM-named totals and
+  // again per drafter.
+  void AddSpecDelta(const std::string& drafter, int64_t drafts, int64_t draft_tokens, int64_t accepted_tokens,
                     const std::vector<int64_t>& accepted_per_pos);
   void AddPromptTokens(int64_t n);
   void AddGenerationTokens(int64_t n);
@@ -60,9 +62,14 @@ class Metrics {
   int64_t slots_in_use() const;
 
  private:
+  struct SpecCounts {
+    uint64_t drafts = 0, draft_tokens = 0, accepted_tokens = 0;
+    std::vector<uint64_t> accepted_per_pos;
+    void Add(int64_t d, int64_t dt, int64_t at, const std::vector<int64_t>& per_pos);
+  };
   mutable std::mutex mu_;
-  uint64_t drafts_ = 0, draft_tokens_ = 0, accepted_tokens_ = 0;
-  std::vector<uint64_t> accepted_per_pos_;
+  SpecCounts spec_;                                 // all drafters
+  std::map<std::string, SpecCounts> spec_by_drafter_;
   uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, step_failures_ = 0;
   std::map<std::string, uint64_t> success_, failure_;
   int64_t waiting_ = 0, running_ = 0, slots_ = 0;

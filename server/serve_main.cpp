@@ -62,8 +62,9 @@ v1::ModelInfo DescribeModel(const ServeOptions& o, const ServingModels& m) {
   info.set_vocab_size(static_cast<uint64_t>(cfg.vocab_size));
   info.set_num_layers(static_cast<uint32_t>(cfg.num_hidden_layers));
   info.set_hidden_size(static_cast<uint32_t>(cfg.hidden_size));
-  info.set_drafter(m.drafter);
-  info.set_draft_model(m.drafter == "draft" ? (m.embedded ? "embedded-default draft" : m.draft_dir) : "");
+  info.set_drafter(m.drafters.empty() ? "none" : m.drafters.front());
+  for (const std::string& d : m.drafters) info.add_drafters(d);
+  info.set_draft_model(m.serves("draft") ? (m.embedded ? "embedded-default draft" : m.draft_dir) : "");
   info.set_default_k(static_cast<uint32_t>(m.engine.default_k));
   info.set_max_context(static_cast<uint64_t>(m.max_context));
   info.set_device(o.device);
@@ -108,7 +109,7 @@ Status RunServe(const ServeOptions& o) {
   SPECD_ASSIGN_OR_RETURN(Security security, LoadSecurity(o));
   SPECD_ASSIGN_OR_RETURN(ServingModels models, LoadServingModels(o));
   const ModelConfig& cfg = models.target->config();
-  const std::string& drafter = models.drafter;
+  const std::string drafter = models.drafter_list();
 
   Metrics metrics;
   Batcher batcher(models.MakeEngineFactory(), models.text.get(), &metrics,
@@ -117,7 +118,7 @@ Status RunServe(const ServeOptions& o) {
   if (o.debug_fail_alloc > 0) models.backend->InjectAllocFailures(o.debug_fail_alloc - 1, 1);
 
   const v1::ModelInfo info = DescribeModel(o, models);
-  ServeLimits limits{cfg.vocab_size, models.max_context, o.max_k, drafter};
+  ServeLimits limits{cfg.vocab_size, models.max_context, o.max_k, models.drafters};
   SpecdService service(&batcher, models.text.get(), &metrics, limits, info, security.api_key);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string_view>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "checkpoint/presets.h"
@@ -17,18 +18,36 @@ namespace {
 Status ResolveModels(const ServeOptions& o, ServingModels& p) {
   p.model_dir = o.model;
   p.draft_dir = o.draft;
+  // --drafter: one name, or several served side by side (the first is the default).
+  std::vector<std::string> asked;
+  for (size_t at = 0; !o.drafter.empty() && at <= o.drafter.size();) {
+    const size_t comma = std::min(o.drafter.find(',', at), o.drafter.size());
+    std::string name = o.drafter.substr(at, comma - at);
+    SPECD_RETURN_IF_ERROR(CheckDrafterName(name));
+    if (std::find(asked.begin(), asked.end(), name) != asked.end()) {
+      return InvalidArgument("--drafter {}: '{}' is listed twice", o.drafter, name);
+    }
+    asked.push_back(std::move(name));
+    at = comma + 1;
+  }
+  if (asked.size() > 1 && std::find(asked.begin(), asked.end(), "none") != asked.end()) {
+    return InvalidArgument("--drafter {}: 'none' cannot be listed with drafters (every request may ask for none)",
+                           o.drafter);
+  }
+  const bool wants_draft = std::find(asked.begin(), asked.end(), "draft") != asked.end();
   if (o.model.empty()) {
     if (!o.draft.empty()) return InvalidArgument("--draft needs --model (the embedded default brings its own draft)");
     SPECD_ASSIGN_OR_RETURN(DefaultModelDirs d, MaterializeDefaultModel());
     p.model_dir = d.target;
     p.embedded = true;
-    // The embedded draft is used unless another drafter is asked for.
-    if (o.drafter.empty() || o.drafter == "draft") p.draft_dir = d.draft;
+    // The embedded draft is used unless other drafters are asked for.
+    if (asked.empty() || wants_draft) p.draft_dir = d.draft;
   }
-  p.drafter = o.drafter.empty() ? (p.draft_dir.empty() ? "ngram" : "draft") : o.drafter;
-  if (p.drafter == "draft" && p.draft_dir.empty()) return InvalidArgument("--drafter draft needs --draft DIR");
-  if (p.drafter != "draft" && !o.draft.empty()) {
-    return InvalidArgument("--draft given with --drafter {}; drop one of them", p.drafter);
+  if (asked.empty()) asked.push_back(p.draft_dir.empty() ? "ngram" : "draft");
+  if (asked.front() != "none") p.drafters = asked;
+  if (p.serves("draft") && p.draft_dir.empty()) return InvalidArgument("--drafter draft needs --draft DIR");
+  if (!p.serves("draft") && !o.draft.empty()) {
+    return InvalidArgument("--draft given with --drafter {}; drop one of them", p.drafter_list());
   }
   return Status::Ok();
 }
@@ -83,7 +102,7 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
                  o.cuda_graph_limit, o.cuda_graph_capture_after, int64_t{o.max_batch} * kMaxVerifySpan);
   }
   SPECD_ASSIGN_OR_RETURN(m.target, LoadModel(m.model_dir, m.backend.get(), 1));
-  if (m.drafter == "mtp") {
+  if (m.serves("mtp")) {
     // The head is loaded and checked at startup, so a checkpoint without one (or with a broken
     // one) stops here with the tensor named, never at the first request.
     if (m.model_dir.starts_with("random:")) return InvalidArgument("--drafter mtp needs a checkpoint with mtp.* tensors");
@@ -99,7 +118,7 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
   } else if (!o.mtp_vocab.empty()) {
     return InvalidArgument("--mtp-vocab needs --drafter mtp");
   }
-  if (m.drafter == "draft") {
+  if (m.serves("draft")) {
     SPECD_ASSIGN_OR_RETURN(m.draft, LoadModel(m.draft_dir, m.backend.get(), 2));
   }
   SPECD_ASSIGN_OR_RETURN(m.text, cli::TextCodec::ForModel(m.model_dir, o.tokenizer));
@@ -116,19 +135,30 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
   eo.max_seqs = o.max_batch;
   eo.max_ctx = m.max_context;
   eo.max_k = o.max_k;
-  eo.default_k = m.drafter == "none" ? 0 : o.k;
+  eo.default_k = m.drafters.empty() ? 0 : o.k;
   eo.prefill_chunk = o.prefill_chunk;
   eo.max_prefill_tokens = o.max_prefill_tokens;
   eo.kv_cache_tokens = o.kv_cache_tokens;
   return m;
 }
 
+bool ServingModels::serves(std::string_view drafter) const {
+  return std::find(drafters.begin(), drafters.end(), drafter) != drafters.end();
+}
+
+std::string ServingModels::drafter_list() const {
+  return drafters.empty() ? std::string("none") : fmt::format("{}", fmt::join(drafters, ","));
+}
+
 EngineFactory ServingModels::MakeEngineFactory() const {
-  return [drafter = drafter, target = target.get(), draft = draft.get(),
+  return [names = drafters, target = target.get(), draft = draft.get(),
           eo = engine]() -> StatusOr<std::unique_ptr<SpeculativeEngine>> {
-    SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d,
-                           MakeDrafter(drafter, target, draft, eo.max_seqs, eo.max_ctx, eo.max_k));
-    return SpeculativeEngine::Create(target, std::move(d), eo);
+    std::vector<std::unique_ptr<Drafter>> ds;
+    for (const std::string& n : names) {
+      SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d, MakeDrafter(n, target, draft, eo.max_seqs, eo.max_ctx, eo.max_k));
+      ds.push_back(std::move(d));
+    }
+    return SpeculativeEngine::Create(target, std::move(ds), eo);
   };
 }
 

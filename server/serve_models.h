@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "qwen35/model.h"
 #include "runtime/backend.h"
@@ -17,14 +19,18 @@
 namespace specd::serve {
 
 struct ServingModels {
-  std::string model_dir, draft_dir, drafter;
+  std::string model_dir, draft_dir;
+  std::vector<std::string> drafters;  // served, the default first; empty: plain decoding only
+  bool serves(std::string_view drafter) const;
+  // "mtp,draft", or "none".
+  std::string drafter_list() const;
   bool embedded = false;  // no --model: the demo pair linked into the binary
   std::unique_ptr<Backend> backend;
-  std::unique_ptr<Qwen35Model> target, draft;  // draft: only with drafter "draft"
+  std::unique_ptr<Qwen35Model> target, draft;  // draft: only when drafter "draft" is served
   std::unique_ptr<cli::TextCodec> text;
   int64_t max_context = 0;
   EngineOptions engine;
-  // Builds a drafter + engine over target/draft (which must outlive it).
+  // Builds the drafters + engine over target/draft (which must outlive it).
   EngineFactory MakeEngineFactory() const;
 };
 

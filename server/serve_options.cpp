@@ -36,8 +36,9 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
                  "Target model folder, or random:NAME[:SEED] for random weights of a released shape "
                  "(0.8B, 2B, 4B, 9B, 27B: benchmarks and soaks) (default: the embedded demo pair)");
   s->add_option("--draft", o->draft, "Draft model folder or random:NAME[:SEED] (implies --drafter draft)");
-  s->add_option("--drafter", o->drafter, "none | ngram | draft | mtp (the checkpoint's own MTP head, checked at startup)")
-      ->check(CLI::IsMember({"none", "ngram", "draft", "mtp"}));
+  s->add_option("--drafter", o->drafter,
+                "none | ngram | draft | mtp (the checkpoint's own MTP head, checked at startup), or several served side "
+                "by side, comma-separated (e.g. mtp,draft,ngram): the first is the default, a request may name any or none");
   s->add_option("--mtp-vocab", o->mtp_vocab,
                 "With --drafter mtp: a reduced draft vocabulary (JSON {\"ids\": [...]}, `specd draft-vocab`); the head "
                 "drafts only those tokens, verification still uses all");

@@ -20,7 +20,9 @@ namespace specd::serve {
 struct ServeOptions {
   std::string model;      // target model folder; empty = the embedded default pair
   std::string draft;      // draft model folder (implies drafter "draft")
-  std::string drafter;    // none | ngram | draft | mtp; empty = draft when a draft model is known, else ngram
+  // none | ngram | draft | mtp, or a comma-separated list of the last three (the first is the
+  // default; requests may choose); empty = draft when a draft model is known, else ngram.
+  std::string drafter;
   std::string mtp_vocab;  // a reduced draft vocabulary for the MTP head (speculative/draft_vocab.h)
   std::string tokenizer;  // "" = the model folder's tokenizer.json, "none", or a file/folder
   std::string device = "cpu";

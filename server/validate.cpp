@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <fmt/ranges.h>
+
 namespace specd::serve {
 namespace {
 
@@ -158,15 +160,17 @@ StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const Se
   out.text.skip_special_tokens = s.has_skip_special_tokens() ? s.skip_special_tokens() : true;
 
   // ---- speculation ----
-  // The engine runs one drafter for all sequences; a request may name it or turn it off.
+  // The server serves one or more drafters (the first is the default); a request may name any of
+  // them or turn drafting off.
   const v1::SpeculationParams& sp = r.speculation();
   if (sp.has_drafter()) {
     const std::string& d = sp.drafter();
     SPECD_RETURN_IF_ERROR(CheckDrafterName(d));
-    if (d != "none" && d != lim.drafter) {
-      return InvalidArgument("this server runs drafter '{}'; a request may ask for '{}' or 'none'", lim.drafter,
-                             lim.drafter);
+    if (d != "none" && std::find(lim.drafters.begin(), lim.drafters.end(), d) == lim.drafters.end()) {
+      return InvalidArgument("drafter '{}' is not served here; a request may ask for {}'none'", d,
+                             lim.drafters.empty() ? std::string() : fmt::format("'{}' or ", fmt::join(lim.drafters, "', '")));
     }
+    g.drafter = d;
     if (d == "none") g.k = 0;
   }
   if (sp.has_k()) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "server/cli_text.h"
 #include "server/prepared_request.h"
@@ -17,7 +18,7 @@ struct ServeLimits {
   int64_t vocab_size = 0;
   int64_t max_context = 0;  // prompt + max_tokens must fit
   int max_k = 16;
-  std::string drafter;  // the server's: none | ngram | draft
+  std::vector<std::string> drafters;  // the server's, default first (empty: none)
 };
 
 struct PrepareDefaults {

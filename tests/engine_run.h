@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,14 +28,19 @@ inline EngineRun RunEngineWith(Qwen35Model* target, std::unique_ptr<Drafter> d, 
                                int64_t prefill_chunk = 512) {
   EngineOptions o;
   o.prefill_chunk = prefill_chunk;
-  o.max_seqs = 8;
+  o.max_seqs = std::max<int>(8, static_cast<int>(reqs.size()));
   o.max_ctx = 512;
   o.default_k = k;
   o.device_token_choice = device_token_choice;
   o.eos_ids = std::move(eos);
   auto e = std::move(SpeculativeEngine::Create(target, std::move(d), o)).value();
   std::vector<int> ids;
-  for (const auto& r : reqs) ids.push_back(*e->Add(r));
+  for (const auto& r : reqs) {
+    auto id = e->Add(r);
+    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    if (!id.ok()) return {};
+    ids.push_back(*id);
+  }
   while (e->HasWork()) {
     const Status st = e->Step();
     EXPECT_TRUE(st.ok()) << st.ToString();
@@ -56,8 +62,9 @@ inline EngineRun RunEngine(Qwen35Model* target, Qwen35Model* near, bool device_t
                            std::vector<int32_t> eos = {}, int64_t prefill_chunk = 512) {
   std::unique_ptr<Drafter> d;
   if (drafter == "ngram") d = MakeNgramDrafter();
-  if (drafter == "near") d = std::move(MakeDraftModelDrafter(near, 512, 8, 512, 16)).value();
-  if (drafter == "mtp") d = std::move(MakeMtpDrafter(target, 8, 512, 16)).value();
+  const int seqs = std::max<int>(8, static_cast<int>(reqs.size()));
+  if (drafter == "near") d = std::move(MakeDraftModelDrafter(near, 512, seqs, 512, 16)).value();
+  if (drafter == "mtp") d = std::move(MakeMtpDrafter(target, seqs, 512, 16)).value();
   return RunEngineWith(target, std::move(d), device_token_choice, k, reqs, std::move(eos), prefill_chunk);
 }
 

@@ -55,7 +55,12 @@ inline HeadCacheRun RunCheckingHeadCache(Qwen35Model& m, std::unique_ptr<Drafter
   if (!made.ok()) return r;
   SpeculativeEngine& e = **made;
   std::vector<int> ids;
-  for (const auto& q : reqs) ids.push_back(*e.Add(q));
+  for (const auto& q : reqs) {
+    auto id = e.Add(q);
+    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    if (!id.ok()) return r;
+    ids.push_back(*id);
+  }
   Drafter& dr = *e.drafter();
   ModelCache& head = *dr.state_cache();
   while (e.HasWork()) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <fmt/ranges.h>
+
 #include "speculative/verifier.h"
 
 namespace specd {
@@ -20,6 +22,22 @@ const char* FinishReasonName(FinishReason r) {
 
 StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
                                                          const EngineOptions& opt) {
+  std::vector<std::unique_ptr<Drafter>> drafters;
+  if (drafter) drafters.push_back(std::move(drafter));
+  return Create(target, std::move(drafters), opt);
+}
+
+StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Model* target,
+                                                         std::vector<std::unique_ptr<Drafter>> drafters,
+                                                         const EngineOptions& opt) {
+  std::erase_if(drafters, [](const auto& d) { return d == nullptr; });
+  for (size_t i = 0; i < drafters.size(); ++i) {
+    const std::string n = drafters[i]->name();
+    if (n.empty() || n == "none") return InvalidArgument("a drafter may not be named '{}'", n);
+    for (size_t j = 0; j < i; ++j) {
+      if (drafters[j]->name() == n) return InvalidArgument("two drafters are named '{}'", n);
+    }
+  }
   if (opt.max_k < 0 || opt.max_k > kMaxDraftTokens) {
     return InvalidArgument("max_k must be in [0, {}] (got {})", kMaxDraftTokens, opt.max_k);
   }
@@ -30,7 +48,7 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
   if (opt.max_prefill_tokens <= 0) return InvalidArgument("max prefill tokens per step must be positive");
   auto e = std::unique_ptr<SpeculativeEngine>(new SpeculativeEngine());
   e->target_ = target;
-  e->drafter_ = std::move(drafter);
+  e->drafters_ = std::move(drafters);
   e->opt_ = opt;
   if (e->opt_.eos_ids.empty()) e->opt_.eos_ids = target->config().eos_token_ids;
   CacheOptions co;
@@ -42,8 +60,23 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
   SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
   // The MTP head reads the target's hidden states; the target keeps them only when asked (a
   // graph then has them as a second output).
-  if (e->drafter_ && e->drafter_->reads_target_hidden()) target->set_keep_hidden(true);
+  for (const auto& d : e->drafters_) {
+    if (d->reads_target_hidden()) target->set_keep_hidden(true);
+  }
   return e;
+}
+
+Drafter* SpeculativeEngine::drafter(std::string_view name) {
+  for (const auto& d : drafters_) {
+    if (d->name() == name) return d.get();
+  }
+  return nullptr;
+}
+
+std::vector<std::string> SpeculativeEngine::drafter_names() const {
+  std::vector<std::string> names;
+  for (const auto& d : drafters_) names.push_back(d->name());
+  return names;
 }
 
 StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
@@ -61,8 +94,21 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
     return InvalidArgument("min_tokens must be in [0, max_tokens] (got {})", req.min_tokens);
   }
   if (req.k < -1 || req.k > opt_.max_k) return InvalidArgument("k must be in [0, {}] (got {})", opt_.max_k, req.k);
+  Drafter* drafter = nullptr;
+  if (req.drafter.empty()) {
+    drafter = this->drafter();
+  } else if (req.drafter != "none") {
+    drafter = this->drafter(req.drafter);
+    if (!drafter) {
+      return InvalidArgument("drafter '{}' is not served here (served: {}; or 'none')", req.drafter,
+                             drafters_.empty() ? std::string("none") : fmt::format("{}", fmt::join(drafter_names(), ", ")));
+    }
+  }
   if (req.k == -1) req.k = opt_.default_k;
-  if (!drafter_) req.k = 0;
+  if (!drafter) {
+    req.k = 0;
+    req.adaptive_k = false;
+  }
   const int64_t need = static_cast<int64_t>(req.prompt.size()) + req.max_tokens;
   if (need > opt_.max_ctx) {
     return InvalidArgument("prompt ({} tokens) + max_tokens ({}) exceed the context length {}",
@@ -83,8 +129,8 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   }
   SPECD_ASSIGN_OR_RETURN(int slot, cache_->AllocSlot());
   const int id = next_id_++;
-  if (drafter_) {
-    Status st = drafter_->AddSequence(id);
+  if (drafter) {
+    Status st = drafter->AddSequence(id);
     if (!st.ok()) {
       cache_->FreeSlot(slot);
       return st;
@@ -92,6 +138,7 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   }
   Seq s;
   s.slot = slot;
+  s.drafter = drafter;
   s.kv_reserved = blocks;
   kv_reserved_ += blocks;
   s.context = req.prompt;
@@ -124,7 +171,7 @@ void SpeculativeEngine::Finish(int id, Seq& s, FinishReason r) {
   s.kv_reserved = 0;
   if (s.slot >= 0) cache_->FreeSlot(s.slot);
   s.slot = -1;
-  if (drafter_) drafter_->RemoveSequence(id);
+  if (s.drafter) s.drafter->RemoveSequence(id);
 }
 
 void SpeculativeEngine::Release(int id) {
@@ -285,6 +332,25 @@ Status SpeculativeEngine::Step() {
   }
 }
 
+// One batched Propose per drafter over its own sequences; proposals land at their request's index.
+Status SpeculativeEngine::ProposeByDrafter(const std::vector<int>& decode_ids, const std::vector<DraftRequest>& dreq,
+                                           std::vector<DraftProposal>& props) {
+  for (const auto& d : drafters_) {
+    std::vector<DraftRequest> mine;
+    std::vector<size_t> at;
+    for (size_t i = 0; i < decode_ids.size(); ++i) {
+      if (seqs_[decode_ids[i]].drafter != d.get()) continue;
+      mine.push_back(dreq[i]);
+      at.push_back(i);
+    }
+    if (mine.empty()) continue;
+    std::vector<DraftProposal> got(mine.size());
+    SPECD_RETURN_IF_ERROR(d->Propose(mine, got));
+    for (size_t j = 0; j < at.size(); ++j) props[at[j]] = std::move(got[j]);
+  }
+  return Status::Ok();
+}
+
 Status SpeculativeEngine::RunStep() {
   const int64_t V = target_->config().vocab_size;
   std::vector<int> prefill_ids, decode_ids;
@@ -303,7 +369,7 @@ Status SpeculativeEngine::RunStep() {
     dreq.push_back(DraftRequest{decode_ids[i], &s.context, dk[i], &s.req.sampling});
   }
   std::vector<DraftProposal> props(decode_ids.size());
-  if (drafter_ && !dreq.empty()) SPECD_RETURN_IF_ERROR(drafter_->Propose(dreq, props));
+  SPECD_RETURN_IF_ERROR(ProposeByDrafter(decode_ids, dreq, props));
 
   // ---- ONE target forward: prefill chunks + verify spans ----
   // Prompt tokens per step are capped in total (oldest requests first), so a burst of new
@@ -399,17 +465,29 @@ Status SpeculativeEngine::RunStep() {
     if (!done) Emit(s, vr.next);
   }
   // Finished sequences free their slots only after the drafter has seen their outcome.
-  if (drafter_ && !outcomes.empty()) SPECD_RETURN_IF_ERROR(drafter_->Accept(outcomes));
-  if (drafter_ && drafter_->reads_target_hidden()) {
-    // After Accept (which dropped the drafter's speculative rows): the rows of the sequences that
-    // go on, their emitted tokens included.
-    std::erase_if(seen, [&](const TargetRows& t) { return seqs_[t.seq_id].reason != FinishReason::kNone; });
+  for (const auto& d : drafters_) {
+    std::vector<DraftOutcome> mine;
+    for (const DraftOutcome& o : outcomes) {
+      if (seqs_[o.seq_id].drafter == d.get()) mine.push_back(o);
+    }
+    if (!mine.empty()) SPECD_RETURN_IF_ERROR(d->Accept(mine));
+  }
+  // After Accept (which dropped the drafter's speculative rows): the rows of the sequences that
+  // go on, their emitted tokens included.
+  std::erase_if(seen, [&](const TargetRows& t) { return seqs_[t.seq_id].reason != FinishReason::kNone; });
+  for (const auto& d : drafters_) {
+    if (!d->reads_target_hidden()) continue;
+    std::vector<TargetRows> mine;
+    for (const TargetRows& t : seen) {
+      if (seqs_[t.seq_id].drafter == d.get()) mine.push_back(t);
+    }
+    if (mine.empty()) continue;
     // The rows are this forward's: one per input token (a stale tensor would pair wrong rows).
     const int64_t tokens = tok0.back() + static_cast<int64_t>(in.back().tokens.size());
     if (!target_->last_hidden().defined() || target_->last_hidden().dim(0) != tokens) {
       return Internal("the target kept no hidden rows, or not one per token, for a forward of {} tokens", tokens);
     }
-    if (!seen.empty()) SPECD_RETURN_IF_ERROR(drafter_->ObserveTarget(target_->last_hidden(), seen));
+    SPECD_RETURN_IF_ERROR(d->ObserveTarget(target_->last_hidden(), mine));
   }
   for (int id : decode_ids) {
     Seq& s = seqs_[id];

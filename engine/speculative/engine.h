@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cache/model_cache.h"
@@ -29,6 +30,9 @@ struct GenerationRequest {
   std::vector<int32_t> stop_ids;
   int k = -1;               // drafts per step; -1 = the engine's default
   bool adaptive_k = false;  // choose k per step from the running acceptance
+  // Which of the engine's drafters proposes for this sequence, by Drafter::name(): "" = the
+  // engine's default (its first), "none" = plain decoding (k = 0, no drafter slot taken).
+  std::string drafter;
 };
 
 struct EngineOptions {
@@ -57,6 +61,11 @@ class SpeculativeEngine {
   // `drafter` may be null (plain decoding).
   static StatusOr<std::unique_ptr<SpeculativeEngine>> Create(Qwen35Model* target, std::unique_ptr<Drafter> drafter,
                                                       const EngineOptions& opt);
+  // Several drafters side by side (names distinct), each request choosing one
+  // (GenerationRequest::drafter); the first is the default. Empty: plain decoding.
+  static StatusOr<std::unique_ptr<SpeculativeEngine>> Create(Qwen35Model* target,
+                                                      std::vector<std::unique_ptr<Drafter>> drafters,
+                                                      const EngineOptions& opt);
 
   // Validates and queues a request; it starts prefilling at the next Step().
   StatusOr<int> Add(GenerationRequest req);
@@ -78,7 +87,11 @@ class SpeculativeEngine {
   int64_t kv_blocks_total() const { return cache_->kv_blocks_total(); }
   int active() const;
   const EngineOptions& options() const { return opt_; }
-  Drafter* drafter() { return drafter_.get(); }
+  // The default drafter (null: none), and any by name (null: not served).
+  Drafter* drafter() { return drafters_.empty() ? nullptr : drafters_.front().get(); }
+  Drafter* drafter(std::string_view name);
+  // The names of the drafters, default first.
+  std::vector<std::string> drafter_names() const;
   Backend* backend() const { return target_->backend(); }
   ModelCache& target_cache() { return *cache_; }
   int target_slot(int id) const { return seqs_.at(id).slot; }
@@ -88,6 +101,7 @@ class SpeculativeEngine {
  private:
   struct Seq {
     int slot = -1;
+    Drafter* drafter = nullptr;  // one of drafters_, or null (plain decoding)
     GenerationRequest req;
     std::vector<int32_t> context;  // prompt + generated; the last token is pending in decode
     std::vector<int32_t> generated;
@@ -110,6 +124,8 @@ class SpeculativeEngine {
   };
   SpeculativeEngine() = default;
   Status RunStep();
+  Status ProposeByDrafter(const std::vector<int>& decode_ids, const std::vector<DraftRequest>& dreq,
+                          std::vector<DraftProposal>& props);
   StatusOr<TokenRows> FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
                                      const std::vector<int64_t>& chunk_len, const std::vector<int>& decode_ids,
                                      const std::vector<DraftProposal>& props);
@@ -123,7 +139,7 @@ class SpeculativeEngine {
   void Finish(int id, Seq& s, FinishReason r);
 
   Qwen35Model* target_ = nullptr;
-  std::unique_ptr<Drafter> drafter_;
+  std::vector<std::unique_ptr<Drafter>> drafters_;
   std::unique_ptr<ModelCache> cache_;
   EngineOptions opt_;
   std::map<int, Seq> seqs_;

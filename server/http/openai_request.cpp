@@ -176,7 +176,7 @@ Status ParseCommon(const Fields& f, Endpoint ep, v1::GenerateRequest* r, ApiRequ
       return InvalidArgument("'sampling_mode' must be \"rejection\" or \"coupled\"");
     }
   }
-  if (f.Has("speculative")) {  // specd: {"k": int, "drafter": "none" | the server's, "adaptive_k": bool}
+  if (f.Has("speculative")) {  // specd: {"k": int, "drafter": "none" | one the server serves, "adaptive_k": bool}
     const Json& v = f.Get("speculative");
     if (!v.is_object()) return InvalidArgument("'speculative' must be an object");
     Fields sp(v, "speculative");

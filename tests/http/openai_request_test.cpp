@@ -20,7 +20,7 @@ class OpenAIRequest : public ::testing::Test {
     text_ = t->release();
   }
   static void TearDownTestSuite() { delete text_; }
-  ApiContext Ctx() const { return ApiContext{ServeLimits{4096, 4096, 16, "draft"}, text_, "specd-demo"}; }
+  ApiContext Ctx() const { return ApiContext{ServeLimits{4096, 4096, 16, {"draft"}}, text_, "specd-demo"}; }
   StatusOr<ApiRequest> Chat(const Json& body) const { return ParseApiRequest(Endpoint::kChat, body, Ctx()); }
   StatusOr<ApiRequest> Completion(const Json& body) const {
     return ParseApiRequest(Endpoint::kCompletion, body, Ctx());

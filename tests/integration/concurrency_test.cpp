@@ -106,5 +106,77 @@ TEST(Concurrency, SmallKvCacheQueuesRequestsUntilTheirRowsFit) {
   EXPECT_NE(big.status.error_message().find("KV cache holds"), std::string::npos) << big.status.error_message();
 }
 
+
+// One server with three drafters side by side (`--drafter mtp,draft,ngram` on the embedded demo
+// pair: the target's MTP head, the demo draft model, n-gram) and 64 concurrent streams, each
+// naming mtp, draft, ngram, none or nothing (the default, mtp): every stream equals its plain
+// ("none") result, each drafter drafts for its own requests and the metrics count them apart.
+TEST(Concurrency, SixtyFourStreamsMixingDrafters) {
+  auto srv = Server::Start({"--drafter", "mtp,draft,ngram", "--k", "3", "--max-batch", "32", "--max-queue", "64",
+                            "--prefill-chunk", "16"});
+  ASSERT_TRUE(srv);
+  auto stub = srv->Stub();
+  v1::ModelInfo info;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, {}, &info).ok());
+  }
+  EXPECT_EQ(info.drafter(), "mtp");
+  EXPECT_EQ(std::vector<std::string>(info.drafters().begin(), info.drafters().end()),
+            (std::vector<std::string>{"mtp", "draft", "ngram"}));
+  const auto prompt = FixtureIds("../demo/refs.safetensors", "prompt_ids");
+  const char* names[] = {"mtp", "draft", "ngram", "none", ""};
+  std::vector<v1::GenerateRequest> reqs;
+  for (int i = 0; i < 64; ++i) {
+    const size_t len = 4 + static_cast<size_t>(i * 5) % (prompt.size() - 4);
+    v1::GenerateRequest r = IdsRequest({prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(len)},
+                                       16 + static_cast<uint32_t>(i % 4) * 8);
+    if (i % 8 == 7) {  // sampled in coupled mode: speculation still gives plain sampling's draws
+      r.mutable_sampling()->set_temperature(0.8f);
+      r.mutable_sampling()->set_seed(500 + static_cast<uint64_t>(i));
+      r.mutable_sampling()->set_mode(v1::SamplingParams::MODE_COUPLED);
+    }
+    reqs.push_back(r);
+  }
+  // The plain result of each (its own request, drafting off), one at a time.
+  std::vector<std::vector<int32_t>> plain(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    v1::GenerateRequest r = reqs[i];
+    r.mutable_speculation()->set_drafter("none");
+    const StreamResult got = Generate(*stub, r);
+    ASSERT_TRUE(got.status.ok()) << i << ": " << got.status.error_message();
+    plain[i] = got.ids;
+  }
+  const double none_drafts = srv->Metric("specd:spec_decode_num_draft_tokens_total");
+  EXPECT_EQ(none_drafts, 0) << "requests with drafter none drafted";
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (*names[i % 5]) reqs[i].mutable_speculation()->set_drafter(names[i % 5]);
+  }
+  std::vector<StreamResult> par(reqs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) threads.emplace_back([&, i] { par[i] = Generate(*stub, reqs[i]); });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(par[i].status.ok()) << i << ": " << par[i].status.error_message();
+    EXPECT_EQ(par[i].ids, plain[i]) << "request " << i << " drafter '" << names[i % 5] << "'";
+    const bool drafts = std::string(names[i % 5]) != "none";
+    EXPECT_EQ(par[i].final_msg.stats().draft_tokens() > 0, drafts) << "request " << i << " " << names[i % 5];
+  }
+  double per_drafter = 0;
+  for (const char* d : {"mtp", "draft", "ngram"}) {
+    const std::string label = std::string("{drafter=\"") + d + "\"}";
+    const double proposed = srv->Metric("specd:spec_decode_drafter_draft_tokens_total" + label);
+    EXPECT_GT(proposed, 0) << d;
+    EXPECT_GT(srv->Metric("specd:spec_decode_drafter_accepted_tokens_total" + label), 0) << d;
+    per_drafter += proposed;
+  }
+  EXPECT_EQ(per_drafter, srv->Metric("specd:spec_decode_num_draft_tokens_total"));
+  EXPECT_EQ(srv->WaitMetric("specd:cache_slots_in_use", 0, std::chrono::seconds(2)), 0);
+  // A drafter the server does not serve is refused by name, and serving goes on.
+  auto bad = IdsRequest({1, 2, 3}, 4);
+  bad.mutable_speculation()->set_drafter("eagle");
+  EXPECT_EQ(Generate(*stub, bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 }  // namespace
 }  // namespace specd::itest

@@ -49,7 +49,7 @@ TEST(Validation, MalformedRequestsAreInvalidArgumentWhileOthersStream) {
       {"unknown sampling mode", [](auto& r) { r.mutable_sampling()->set_mode(static_cast<v1::SamplingParams::Mode>(9)); },
        "sampling mode"},
       {"unknown drafter", [](auto& r) { r.mutable_speculation()->set_drafter("eagle"); }, "unknown drafter 'eagle'"},
-      {"other drafter", [](auto& r) { r.mutable_speculation()->set_drafter("ngram"); }, "runs drafter 'draft'"},
+      {"other drafter", [](auto& r) { r.mutable_speculation()->set_drafter("ngram"); }, "drafter 'ngram' is not served here"},
       {"k 99", [](auto& r) { r.mutable_speculation()->set_k(99); }, "k must be in [0, 16]"},
       {"text without tokenizer", [](auto& r) { r.set_text("hello"); }, "model has no tokenizer"},
       {"chat without tokenizer", [](auto& r) { r.mutable_chat()->add_messages()->set_content("hi"); },

@@ -3,6 +3,8 @@
 // speculation with the demo draft and with the target's MTP head equals plain greedy.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "engine_run.h"
 #include "runtime/backend.h"
 #include "speculative/engine.h"
@@ -110,6 +112,75 @@ TEST(DemoPair, GreedySpeculationWithTheDemoMtpHeadEqualsPlainGreedy) {
     std::printf("[demo mtp k=%d] acceptance %.3f (%lld / %lld)\n", k, rate, static_cast<long long>(mtp.accepted),
                 static_cast<long long>(mtp.proposed));
     EXPECT_GT(rate, 0.2) << "k=" << k;
+  }
+}
+
+
+// One engine serving the demo's three drafters side by side, each request naming one (or "none",
+// or "" for the default): what the daemon runs with `--drafter mtp,draft,ngram`. Greedy and
+// coupled-sampled output equal plain decoding's for every request, each drafter drafts only for
+// its own requests, and a drafter the engine does not hold is refused by name.
+TEST(DemoPair, MixedDraftersInOneEngineEqualPlainDecoding) {
+  auto be = MakeCpuBackend();
+  const std::string dir = DemoDir("target");
+  auto m = std::move(Qwen35Model::Load(dir, be.get())).value();
+  ASSERT_TRUE(m->LoadMtpHead(dir).ok());
+  const int64_t V = m->config().vocab_size;
+  const auto prompt = D().refs.Ids("prompt_ids");
+  const char* names[] = {"", "mtp", "draft", "ngram", "none"};
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 15; ++i) {
+    const size_t len = 4 + (static_cast<size_t>(i) * 7) % (prompt.size() - 4);
+    GenerationRequest r = Req({prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(len)}, 24 + i % 5);
+    r.drafter = names[i % 5];
+    if (i >= 10) {  // the last five sample, coupled to plain sampling's draws
+      r.sampling.temperature = 0.8f;
+      r.sampling.seed = 100 + i;
+      r.sampling.mode = SamplingMode::kCoupled;
+    }
+    reqs.push_back(std::move(r));
+  }
+  std::vector<GenerationRequest> plain_reqs = reqs;
+  for (auto& r : plain_reqs) r.drafter.clear();
+  const EngineRun plain = RunEngine(m.get(), nullptr, true, "none", 0, plain_reqs, {}, 16);
+  for (bool device_choice : {true, false}) {
+    std::vector<std::unique_ptr<Drafter>> ds;
+    ds.push_back(std::move(MakeMtpDrafter(m.get(), 16, 512, 16)).value());
+    ds.push_back(std::move(MakeDraftModelDrafter(D().draft.get(), V, 16, 512, 16)).value());
+    ds.push_back(MakeNgramDrafter());
+    EngineOptions o;
+    o.max_seqs = 16;
+    o.max_ctx = 512;
+    o.default_k = 3;
+    o.prefill_chunk = 16;
+    o.device_token_choice = device_choice;
+    auto e = std::move(SpeculativeEngine::Create(m.get(), std::move(ds), o)).value();
+    EXPECT_EQ(e->drafter_names(), (std::vector<std::string>{"mtp", "draft", "ngram"}));
+    GenerationRequest bad = reqs[0];
+    bad.drafter = "eagle";
+    const auto refused = e->Add(bad);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.status().message().find("'eagle'"), std::string::npos) << refused.status().ToString();
+    std::vector<int> ids;
+    for (const auto& r : reqs) ids.push_back(*e->Add(r));
+    // Each drafter holds exactly its own requests' slots ("" = the default, mtp).
+    EXPECT_EQ(e->drafter("mtp")->state_cache()->slots_in_use(), 6);
+    EXPECT_EQ(e->drafter("draft")->state_cache()->slots_in_use(), 3);
+    while (e->HasWork()) ASSERT_TRUE(e->Step().ok());
+    std::map<std::string, int64_t> drafted, kept;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      EXPECT_EQ(e->Generated(ids[i]), plain.out[i]) << "request " << i << " drafter '" << reqs[i].drafter << "'";
+      drafted[reqs[i].drafter] += e->Stats(ids[i]).draft_tokens;
+      kept[reqs[i].drafter] += e->Stats(ids[i]).accepted_tokens;
+    }
+    EXPECT_EQ(drafted["none"], 0);
+    for (const char* n : {"", "mtp", "draft", "ngram"}) {
+      EXPECT_GT(drafted[n], 0) << "drafter '" << n << "'";
+      EXPECT_GT(kept[n], 0) << "drafter '" << n << "'";
+    }
+    EXPECT_EQ(e->drafter("mtp")->state_cache()->slots_in_use(), 0);
+    EXPECT_EQ(e->drafter("draft")->state_cache()->slots_in_use(), 0);
   }
 }
 
