@@ -53,6 +53,7 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::CreateUnchecked(const ModelCon
   c->pad_rows_ = pad_rows;
   c->free_blocks_.reserve(static_cast<size_t>(num_blocks));
   for (int64_t i = num_blocks - 1; i >= 0; --i) c->free_blocks_.push_back(static_cast<int32_t>(i));
+  c->block_refs_.assign(static_cast<size_t>(num_blocks), 0);
   const int64_t S = opt.num_slots + 1;  // + the pad slot
   c->table_.assign(static_cast<size_t>(S * max_blocks), -1);
   for (int64_t j = 0; j < pad_blocks; ++j) c->table_[opt.num_slots * max_blocks + j] = static_cast<int32_t>(num_blocks + j);
@@ -195,6 +196,7 @@ Status ModelCache::ReserveKv(const std::vector<std::pair<int, int64_t>>& slot_ro
     const int64_t want = (rows + B - 1) / B;
     while (slot_blocks_[slot] < want) {
       table_[slot * max_blocks_per_slot_ + slot_blocks_[slot]] = free_blocks_.back();
+      block_refs_[free_blocks_.back()] = 1;
       free_blocks_.pop_back();
       ++slot_blocks_[slot];
       table_dirty_ = true;
@@ -210,10 +212,62 @@ void ModelCache::TrimKv(int slot, int64_t rows) {
   while (n > keep) {
     --n;
     int32_t& e = table_[slot * max_blocks_per_slot_ + n];
-    free_blocks_.push_back(e);
+    // The pad slot's own blocks lie past the pool and are never shared or returned.
+    if (e < kv_blocks_total_) UnrefBlock(e);
     e = -1;
     table_dirty_ = true;
   }
+}
+
+void ModelCache::RefBlock(int32_t block) { ++block_refs_.at(block); }
+
+void ModelCache::UnrefBlock(int32_t block) {
+  int32_t& r = block_refs_.at(block);
+  if (r <= 0) throw std::logic_error(fmt::format("KV block {} released more often than held", block));
+  if (--r == 0) free_blocks_.push_back(block);
+}
+
+StatusOr<int32_t> ModelCache::CopyBlock(int32_t src) {
+  if (src < 0 || src >= kv_blocks_total_ || block_refs_[src] <= 0) {
+    return InvalidArgument("KV block {} is not a held block of the pool", src);
+  }
+  if (free_blocks_.empty()) return ResourceExhausted("KV cache pool exhausted: no free block to copy into");
+  const int32_t dst = free_blocks_.back();
+  free_blocks_.pop_back();
+  block_refs_[dst] = 1;
+  for (auto& a : attn_) {
+    for (Tensor* pool : {&a.k, &a.v}) {
+      Tensor to = pool->Rows(dst, 1);
+      backend_->CopyRows(pool->Rows(src, 1), to);
+    }
+  }
+  return dst;
+}
+
+Status ModelCache::AdoptKvPrefix(int slot, const std::vector<int32_t>& blocks, int64_t rows) {
+  const int64_t B = opt_.kv_block_size;
+  auto& m = meta_.at(slot);
+  if (!m.in_use || m.length != 0 || slot_blocks_[slot] != 0) {
+    return FailedPrecondition("slot {} must be in use and empty to adopt a prefix", slot);
+  }
+  const int64_t n = (rows + B - 1) / B;
+  if (rows <= 0 || n > max_blocks_per_slot_ || static_cast<int64_t>(blocks.size()) != n) {
+    return InvalidArgument("a prefix of {} rows needs {} blocks (got {})", rows, n, blocks.size());
+  }
+  const bool partial = rows % B != 0;
+  int32_t last = -1;
+  if (partial) {
+    SPECD_ASSIGN_OR_RETURN(last, CopyBlock(blocks.back()));
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const bool copied = partial && j == n - 1;
+    if (!copied) RefBlock(blocks[j]);
+    table_[slot * max_blocks_per_slot_ + j] = copied ? last : blocks[j];
+  }
+  slot_blocks_[slot] = static_cast<int32_t>(n);
+  table_dirty_ = true;
+  m.length = rows;
+  return Status::Ok();
 }
 
 void ModelCache::SyncBlockTable() {

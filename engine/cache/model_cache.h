@@ -42,6 +42,7 @@ class ModelCache {
   uint64_t id() const { return id_; }
 
   const CacheOptions& options() const { return opt_; }
+  Backend* backend() const { return backend_; }
   int num_slots() const { return opt_.num_slots; }
   // A slot past the others that no sequence gets: dummy spans that pad a batch to a graph shape
   // run on it (qwen35/graph_padding.h), in verify mode from position 0, at most pad_rows() tokens.
@@ -82,6 +83,19 @@ class ModelCache {
   int64_t kv_blocks_max_per_slot() const { return max_blocks_per_slot_; }
   // The slot's blocks, in row order.
   std::vector<int32_t> kv_blocks(int slot) const;
+  // ---- shared blocks (the prefix store, cache/prefix_store.h) ----
+  // A block may be held by several owners (slots' tables and the prefix store): it returns to the
+  // pool when the last lets go. Rows of a shared block are never written: a slot writes only rows
+  // at or past its length, and a shared block lies wholly below the length of every slot holding it.
+  void RefBlock(int32_t block);
+  void UnrefBlock(int32_t block);
+  // A fresh block (one reference, the caller's) holding a copy of `src`'s rows in every attention
+  // layer; ResourceExhausted when the pool has none free.
+  StatusOr<int32_t> CopyBlock(int32_t src);
+  // An empty slot (length 0) takes rows [0, rows) from blocks: full blocks shared (`blocks`
+  // covers ceil(rows / B) of them), a partial last block copied into a block of its own. Its
+  // length becomes `rows`; its GDN state is the caller's business (it must match).
+  Status AdoptKvPrefix(int slot, const std::vector<int32_t>& blocks, int64_t rows);
   // K and V bytes of one block over all attention layers (a pool's cost per block).
   int64_t kv_block_bytes() const { return kv_block_bytes_; }
   // Rows [0, rows) of one slot in attn()[state] as fp32 [Hkv, rows, D], gathered through the
@@ -123,6 +137,7 @@ class ModelCache {
   int64_t live_bytes_ = 0, scratch_bytes_ = 0;
   int64_t kv_blocks_total_ = 0, max_blocks_per_slot_ = 0, kv_block_bytes_ = 0, pad_rows_ = 0;
   std::vector<int32_t> free_blocks_;  // a stack: the most recently returned block is reused first
+  std::vector<int32_t> block_refs_;   // owners of each pool block (0 = free)
   std::vector<int32_t> table_;        // [slots, max_blocks_per_slot], -1 = none
   std::vector<int32_t> slot_blocks_;  // blocks each slot holds (a prefix of its table row)
   Tensor table_tensor_;               // the backend's copy, shared by every attention layer

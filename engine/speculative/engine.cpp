@@ -56,8 +56,22 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
   co.max_ctx = opt.max_ctx;
   co.log_capacity = opt.max_k + 1;
   if (opt.kv_cache_tokens < 0) return InvalidArgument("KV cache tokens must be >= 0 (got {})", opt.kv_cache_tokens);
-  if (opt.kv_cache_tokens > 0) co.kv_blocks = (opt.kv_cache_tokens + co.kv_block_size - 1) / co.kv_block_size;
+  const int64_t B = co.kv_block_size;
+  e->kv_request_blocks_ = opt.kv_cache_tokens > 0 ? (opt.kv_cache_tokens + B - 1) / B
+                                                  : (opt.max_ctx + B - 1) / B * opt.max_seqs;
+  int64_t store_blocks = 0;
+  if (opt.prefix_cache_entries < 0 || opt.prefix_cache_tokens < 0 || opt.prefix_cache_interval <= 0) {
+    return InvalidArgument("prefix cache: entries and tokens must be >= 0 and the interval positive");
+  }
+  if (opt.prefix_cache_entries > 0) {
+    const int64_t rows = opt.prefix_cache_tokens > 0 ? opt.prefix_cache_tokens : 4 * opt.max_ctx;
+    store_blocks = (rows + B - 1) / B;
+  }
+  co.kv_blocks = e->kv_request_blocks_ + store_blocks;
   SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
+  if (opt.prefix_cache_entries > 0) {
+    SPECD_ASSIGN_OR_RETURN(e->prefix_, PrefixStore::Create(e->cache_.get(), {opt.prefix_cache_entries, store_blocks}));
+  }
   // The MTP head reads the target's hidden states; the target keeps them only when asked (a
   // graph then has them as a second output).
   for (const auto& d : e->drafters_) {
@@ -118,14 +132,14 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   const int64_t B = cache_->kv_block_size();
   const int64_t rows = std::min(need + req.k + 1, cache_->kv_blocks_max_per_slot() * B);
   const int64_t blocks = (rows + B - 1) / B;
-  if (blocks > cache_->kv_blocks_total()) {
+  if (blocks > kv_request_blocks_) {
     return InvalidArgument("prompt ({} tokens) + max_tokens ({}) need {} KV rows; this server's KV cache holds {}",
-                           req.prompt.size(), req.max_tokens, rows, cache_->kv_blocks_total() * B);
+                           req.prompt.size(), req.max_tokens, rows, kv_request_blocks_ * B);
   }
-  if (kv_reserved_ + blocks > cache_->kv_blocks_total()) {
+  if (kv_reserved_ + blocks > kv_request_blocks_) {
     return Status(StatusCode::kUnavailable,
                   fmt::format("KV cache full: {} blocks needed, {} of {} reserved by running requests", blocks,
-                              kv_reserved_, cache_->kv_blocks_total()));
+                              kv_reserved_, kv_request_blocks_));
   }
   SPECD_ASSIGN_OR_RETURN(int slot, cache_->AllocSlot());
   const int id = next_id_++;
@@ -137,6 +151,22 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
     }
   }
   Seq s;
+  // The longest stored prefix of the prompt, short of its last token (whose logits the first
+  // generated token needs). Not for a drafter that reads the target's hidden rows: the MTP head's
+  // own cache would lack the prefix's rows (docs/prefix-cache.md).
+  if (prefix_ && req.prefix_cache && !(drafter && drafter->reads_target_hidden())) {
+    const PrefixStore::Hit hit = prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1);
+    if (hit.length > 0) {
+      Status st = prefix_->Restore(hit, slot);
+      if (!st.ok()) {
+        if (drafter) drafter->RemoveSequence(id);
+        cache_->FreeSlot(slot);
+        return st;
+      }
+      s.prefilled = hit.length;
+      s.cached_tokens = hit.length;
+    }
+  }
   s.slot = slot;
   s.drafter = drafter;
   s.kv_reserved = blocks;
@@ -169,7 +199,13 @@ void SpeculativeEngine::Finish(int id, Seq& s, FinishReason r) {
   s.reason = r;
   kv_reserved_ -= s.kv_reserved;
   s.kv_reserved = 0;
-  if (s.slot >= 0) cache_->FreeSlot(s.slot);
+  if (s.slot >= 0) {
+    // What the sequence consumed is a prefix the next turn of a chat starts with.
+    if (prefix_ && s.req.prefix_cache && !cache_->logging(s.slot) && cache_->length(s.slot) > 0) {
+      (void)prefix_->Insert(s.context, cache_->length(s.slot), s.slot);
+    }
+    cache_->FreeSlot(s.slot);
+  }
   s.slot = -1;
   if (s.drafter) s.drafter->RemoveSequence(id);
 }
@@ -382,7 +418,13 @@ Status SpeculativeEngine::RunStep() {
     if (budget <= 0) break;
     Seq& s = seqs_[id];
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
-    const int64_t len = std::min({P - s.prefilled, opt_.prefill_chunk, budget});
+    int64_t len = std::min({P - s.prefilled, opt_.prefill_chunk, budget});
+    if (prefix_ && s.req.prefix_cache) {
+      // A chunk that crosses an interval multiple ends at the last one it crosses: every chunk
+      // end is stored, so a prompt sharing only part of this one still finds a prefix.
+      const int64_t I = opt_.prefix_cache_interval, end = s.prefilled + len;
+      if (end % I != 0 && end / I * I > s.prefilled) len = end / I * I - s.prefilled;
+    }
     budget -= len;
     prefilling.push_back(id);
     chunk_len.push_back(len);
@@ -416,6 +458,7 @@ Status SpeculativeEngine::RunStep() {
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
     s.prefilled += chunk_len[i];
     const size_t r = row++;
+    if (prefix_ && s.req.prefix_cache) SPECD_RETURN_IF_ERROR(prefix_->Insert(s.req.prompt, s.prefilled, s.slot));
     seen.push_back(TargetRows{id, s.prefilled - chunk_len[i], chunk_len[i], tok0[r], &s.context});
     if (s.prefilled < P) continue;
     // The prompt is in: its last logits give the first generated token (position P).

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cache/model_cache.h"
+#include "cache/prefix_store.h"
 #include "qwen35/model.h"
 #include "specd/limits.h"
 #include "speculative/drafter.h"
@@ -33,6 +34,7 @@ struct GenerationRequest {
   // Which of the engine's drafters proposes for this sequence, by Drafter::name(): "" = the
   // engine's default (its first), "none" = plain decoding (k = 0, no drafter slot taken).
   std::string drafter;
+  bool prefix_cache = true;  // may reuse (and stores) prompt prefixes when the engine has a prefix store
 };
 
 struct EngineOptions {
@@ -54,6 +56,13 @@ struct EngineOptions {
   // host; the others copy just their own logits rows. false = every row through the host path
   // (the reference: full logits download, ProcessedProbs, Verify). Tokens are identical.
   bool device_token_choice = true;
+  // Prefix cache (cache/prefix_store.h, docs/prefix-cache.md): 0 entries = off. The store's KV
+  // blocks come on top of the requests' pool (prefix_cache_tokens rows; 0 = 4 x max_ctx), so
+  // admission never competes with it. Prompt chunks are cut at multiples of the interval, and the
+  // state after every prompt chunk and at every request's end is stored.
+  int prefix_cache_entries = 0;
+  int64_t prefix_cache_tokens = 0;
+  int64_t prefix_cache_interval = 128;
 };
 
 class SpeculativeEngine {
@@ -78,13 +87,16 @@ class SpeculativeEngine {
   FinishReason Reason(int id) const;
   const std::vector<int32_t>& Generated(int id) const;
   const SpeculativeStats& Stats(int id) const;
+  // Prompt tokens the sequence took from the prefix store instead of computing them.
+  int64_t CachedTokens(int id) const { return seqs_.at(id).cached_tokens; }
+  PrefixStore* prefix_store() { return prefix_.get(); }
   // Forgets the sequence (aborting it if it still runs) and frees its slots.
   void Release(int id);
 
   int slots_in_use() const { return cache_->slots_in_use(); }
   // KV blocks of the target's pool: reserved by admitted requests, and in all.
   int64_t kv_blocks_reserved() const { return kv_reserved_; }
-  int64_t kv_blocks_total() const { return cache_->kv_blocks_total(); }
+  int64_t kv_blocks_total() const { return kv_request_blocks_; }
   int active() const;
   const EngineOptions& options() const { return opt_; }
   // The default drafter (null: none), and any by name (null: not served).
@@ -112,6 +124,7 @@ class SpeculativeEngine {
     double alpha = 0.6;  // running per-draft acceptance, for adaptive k
     int probe = 0;
     int64_t kv_reserved = 0;  // KV blocks reserved at admission, returned when it finishes
+    int64_t cached_tokens = 0;  // prompt tokens restored from the prefix store
   };
   // What the token choice of one step reads: with the backend's token choice, one (token,
   // accept) per logits row; otherwise a host copy of every row for the host path.
@@ -141,6 +154,8 @@ class SpeculativeEngine {
   Qwen35Model* target_ = nullptr;
   std::vector<std::unique_ptr<Drafter>> drafters_;
   std::unique_ptr<ModelCache> cache_;
+  std::unique_ptr<PrefixStore> prefix_;  // after cache_: released first, it holds the cache's blocks
+  int64_t kv_request_blocks_ = 0;        // the pool's blocks that requests reserve (the rest: the store's)
   EngineOptions opt_;
   std::map<int, Seq> seqs_;
   int next_id_ = 0;

@@ -1,0 +1,265 @@
+// The prefix store (cache/prefix_store.h) on the CPU reference, with the demo pair: a restored
+// prefix is the state it was stored from (logits after it bitwise equal to the run that stored
+// it), and an engine with the store gives every request exactly the ids it gives without one —
+// hits at a stored chunk end, between them, on a whole prompt, on the prefix of a request still
+// running, on a chat's next turn, under eviction, with 64 requests sharing a system prompt, and
+// with every drafter.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/prefix_store.h"
+#include "engine_run.h"
+#include "runtime/backend.h"
+#include "speculative/engine.h"
+#include "test_util.h"
+
+namespace specd::testing {
+namespace {
+
+std::string DemoDir(const char* which) { return std::string(SPECD_SOURCE_DIR) + "/models/demo/" + which; }
+
+struct Pair {
+  std::unique_ptr<Backend> be = MakeCpuBackend();
+  std::unique_ptr<Qwen35Model> target, draft;
+  Pair() {
+    target = std::move(Qwen35Model::Load(DemoDir("target"), be.get())).value();
+    draft = std::move(Qwen35Model::Load(DemoDir("draft"), be.get())).value();
+  }
+};
+Pair& P() {
+  static Pair p;
+  return p;
+}
+
+// Deterministic token ids in the demo vocabulary (4096), different per seed.
+std::vector<int32_t> Ids(size_t n, uint64_t seed) {
+  std::vector<int32_t> v(n);
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 7;
+  for (auto& t : v) {
+    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+    t = static_cast<int32_t>((s >> 20) % 4000) + 10;
+  }
+  return v;
+}
+
+std::vector<int32_t> Cat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// A restored prefix is exactly the stored state: the logits of the tokens after it equal, bit
+// for bit, those of the slot that stored it going on with the same tokens — at a block boundary
+// (48 = 3 x 16) and inside a block (37, whose partial block the store copied while its writer
+// went on writing).
+TEST(PrefixStore, RestoredStateGivesBitwiseEqualLogits) {
+  Qwen35Model& m = *P().target;
+  CacheOptions co;
+  co.num_slots = 3;
+  co.max_ctx = 256;
+  co.kv_blocks = 64;
+  auto cache = std::move(m.NewCache(co)).value();
+  auto store = std::move(PrefixStore::Create(cache.get(), {4, 32})).value();
+  const auto toks = Ids(90, 1);
+  for (const int64_t cut : {48, 37}) {
+    const int a = *cache->AllocSlot();
+    RunForward(m, *cache, a, {toks.begin(), toks.begin() + cut});
+    ASSERT_TRUE(store->Insert(toks, cut, a).ok());
+    // The writer goes on (into the shared or copied block), and gives the reference logits.
+    const auto want = RunForward(m, *cache, a, {toks.begin() + cut, toks.end()});
+    const int b = *cache->AllocSlot();
+    const PrefixStore::Hit hit = store->Lookup(toks, cut + 5);  // 37 lies on 48's path
+    EXPECT_EQ(hit.length, cut);
+    ASSERT_TRUE(store->Restore(hit, b).ok());
+    EXPECT_EQ(cache->length(b), cut);
+    const auto got = RunForward(m, *cache, b, {toks.begin() + cut, toks.end()});
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(got, want) << "cut " << cut;
+    // The partial block is the store's own copy, and the slots' blocks return to the pool.
+    cache->FreeSlot(a);
+    cache->FreeSlot(b);
+  }
+  EXPECT_EQ(cache->kv_blocks_free(), 64 - store->stats().blocks_held);
+  // Lookups find the longest stored prefix, never past max_len, and nothing on a different start.
+  EXPECT_EQ(store->Lookup(toks, 47).length, 37);
+  EXPECT_EQ(store->Lookup(toks, 36).length, 0);
+  EXPECT_EQ(store->Lookup(Ids(90, 2), 89).length, 0);
+  std::vector<int32_t> diverged = toks;
+  diverged[40] += 1;
+  EXPECT_EQ(store->Lookup(diverged, 89).length, 37);
+  store.reset();
+  EXPECT_EQ(cache->kv_blocks_free(), 64) << "the store let go of every block";
+}
+
+struct WaveRun {
+  std::vector<std::vector<int32_t>> out;
+  std::vector<int64_t> cached;
+  PrefixStoreStats stats;
+};
+
+// Runs `waves` of requests on one engine (each wave to completion, so later waves can hit what
+// earlier ones stored); `drafter`: none, ngram, draft.
+WaveRun RunWaves(const std::vector<std::vector<GenerationRequest>>& waves, int entries, const std::string& drafter = "none",
+             int k = 0, int64_t store_tokens = 0) {
+  EngineOptions o;
+  o.max_seqs = 64;
+  o.max_ctx = 512;
+  o.default_k = k;
+  o.prefill_chunk = 64;
+  o.prefix_cache_entries = entries;
+  o.prefix_cache_tokens = store_tokens;
+  o.prefix_cache_interval = 32;
+  std::unique_ptr<Drafter> d;
+  if (drafter == "ngram") d = MakeNgramDrafter();
+  if (drafter == "draft") d = std::move(MakeDraftModelDrafter(P().draft.get(), 4096, 64, 512, 16)).value();
+  auto e = std::move(SpeculativeEngine::Create(P().target.get(), std::move(d), o)).value();
+  WaveRun r;
+  for (const auto& wave : waves) {
+    std::vector<int> ids;
+    for (const auto& q : wave) ids.push_back(*e->Add(q));
+    while (e->HasWork()) {
+      const Status st = e->Step();
+      EXPECT_TRUE(st.ok()) << st.ToString();
+      if (!st.ok()) return r;
+      if (PrefixStore* ps = e->prefix_store()) EXPECT_LE(ps->stats().blocks_held, ps->options().max_blocks);
+    }
+    for (int id : ids) {
+      r.out.push_back(e->Generated(id));
+      r.cached.push_back(e->CachedTokens(id));
+      e->Release(id);
+    }
+  }
+  if (e->prefix_store()) r.stats = e->prefix_store()->stats();
+  return r;
+}
+
+GenerationRequest Greedy(std::vector<int32_t> prompt, int n) { return Req(std::move(prompt), n); }
+GenerationRequest Sampled(std::vector<int32_t> prompt, int n, uint64_t seed) {
+  GenerationRequest r = Req(std::move(prompt), n);
+  r.sampling.temperature = 0.8f;
+  r.sampling.seed = seed;
+  return r;
+}
+
+// Hits at a stored chunk end (96: the first wave's chunk was cut at that interval multiple),
+// between stored prefixes (the shared 80 tokens end mid-chunk: the hit is at 64, and 16+ tokens
+// are recomputed), on a whole prompt seen before (the hit must stop short of its last token, whose
+// logits start the reply: here the chunk end at 64), and on a chat's next turn (prompt + reply + a new message: the hit is everything the first
+// turn consumed). Greedy and sampled; every output equal to the engine without a store.
+TEST(PrefixCacheEngine, HitsGiveTheUncachedIds) {
+  const auto sys = Ids(80, 3), a = Ids(16, 4), b = Ids(23, 5);
+  const std::vector<GenerationRequest> first = {Greedy(Cat(sys, a), 24), Sampled(Cat(sys, b), 24, 9)};
+  std::vector<GenerationRequest> second = {Greedy(Cat(sys, b), 24),           // shares 80 + 16: hit at 96
+                                           Sampled(Cat(sys, Ids(30, 6)), 24, 10),  // shares 80: hit at 64
+                                           Greedy(Cat(sys, a), 24)};            // the same prompt again
+  const WaveRun plain = RunWaves({first, second}, 0);
+  // The next turn of the first chat: its prompt, its reply, a new message.
+  second.push_back(Greedy(Cat(Cat(Cat(sys, a), plain.out[0]), Ids(9, 7)), 16));
+  const WaveRun plain2 = RunWaves({first, second}, 0);
+  const WaveRun cached = RunWaves({first, second}, 8);
+  EXPECT_EQ(cached.out, plain2.out);
+  ASSERT_EQ(cached.cached.size(), 6u);
+  EXPECT_EQ(cached.cached[0], 0);
+  EXPECT_EQ(cached.cached[1], 0) << "admitted together with the first: nothing stored yet";
+  EXPECT_EQ(cached.cached[2], 96);
+  EXPECT_EQ(cached.cached[3], 64);
+  EXPECT_EQ(cached.cached[4], 64) << "a whole prompt (96 tokens): the last stored chunk end before its last token";
+  EXPECT_EQ(cached.cached[5], 96 + 24 - 1) << "the next turn: prompt + reply, all but the pending token";
+  EXPECT_GT(cached.stats.hit_tokens, 0);
+}
+
+// A request whose prompt extends one still decoding shares the running one's blocks, and both
+// give their uncached ids.
+TEST(PrefixCacheEngine, HitOnAPrefixOfARunningRequest) {
+  const auto sys = Ids(70, 8);
+  EngineOptions o;
+  o.max_seqs = 4;
+  o.max_ctx = 512;
+  o.default_k = 0;
+  o.prefill_chunk = 64;
+  o.prefix_cache_entries = 4;
+  o.prefix_cache_interval = 32;
+  auto e = std::move(SpeculativeEngine::Create(P().target.get(), nullptr, o)).value();
+  const int a = *e->Add(Greedy(sys, 40));
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(e->Step().ok());
+  ASSERT_FALSE(e->Finished(a));
+  const int b = *e->Add(Greedy(Cat(sys, Ids(5, 9)), 20));
+  EXPECT_EQ(e->CachedTokens(b), 70) << "the running request's whole prompt was stored";
+  while (e->HasWork()) ASSERT_TRUE(e->Step().ok());
+  const WaveRun plain = RunWaves({{Greedy(sys, 40), Greedy(Cat(sys, Ids(5, 9)), 20)}}, 0);
+  EXPECT_EQ(e->Generated(a), plain.out[0]);
+  EXPECT_EQ(e->Generated(b), plain.out[1]);
+}
+
+// Two snapshots and a 12-block budget for 20 distinct prompts: entries are evicted (least
+// recently used first), the budget is never exceeded (RunWaves checks after every step), and the
+// ids are the uncached ones.
+TEST(PrefixCacheEngine, EvictionUnderPressure) {
+  std::vector<std::vector<GenerationRequest>> waves;
+  for (int w = 0; w < 5; ++w) {
+    std::vector<GenerationRequest> wave;
+    for (int i = 0; i < 4; ++i) wave.push_back(Greedy(Ids(40 + 13 * i, 100 + w * 4 + i), 12));
+    waves.push_back(wave);
+  }
+  const WaveRun first = RunWaves(waves, 0);
+  // Then the next turn of the last wave's chats: the newest entries (their ends) are still there.
+  std::vector<GenerationRequest> next;
+  for (int i = 0; i < 4; ++i) next.push_back(Greedy(Cat(Cat(waves[4][i].prompt, first.out[16 + i]), Ids(5, 50 + i)), 12));
+  waves.push_back(next);
+  const WaveRun plain = RunWaves(waves, 0);
+  const WaveRun cached = RunWaves(waves, 2, "none", 0, 12 * 16);
+  EXPECT_EQ(cached.out, plain.out);
+  EXPECT_GT(cached.stats.evictions, 10);
+  EXPECT_LE(cached.stats.entries, 2);
+  int next_hits = 0;
+  for (size_t i = 20; i < 24; ++i) next_hits += cached.cached[i] > 0;
+  EXPECT_GE(next_hits, 1);
+}
+
+// 64 concurrent requests sharing a 100-token system prompt (half greedy, half sampled): one
+// engine step admits them all; later waves of the same hit the stored system prompt.
+TEST(PrefixCacheEngine, SixtyFourRequestsSharingASystemPrompt) {
+  const auto sys = Ids(100, 11);
+  std::vector<GenerationRequest> wave;
+  for (int i = 0; i < 64; ++i) {
+    auto p = Cat(sys, Ids(3 + i % 7, 200 + i));
+    wave.push_back(i % 2 ? Sampled(p, 10, 300 + i) : Greedy(p, 10));
+  }
+  const WaveRun plain = RunWaves({wave, wave}, 0);
+  const WaveRun cached = RunWaves({wave, wave}, 160, "none", 0, 64 * 160);
+  EXPECT_EQ(cached.out, plain.out);
+  int64_t second_wave_hits = 0;
+  for (size_t i = 64; i < 128; ++i) second_wave_hits += cached.cached[i] >= 96;
+  EXPECT_EQ(second_wave_hits, 64);
+}
+
+// With speculation: the n-gram and draft-model drafters over cached prefixes (the draft model
+// computes its own prefix: docs/prefix-cache.md) give plain greedy's ids.
+TEST(PrefixCacheEngine, WithDrafters) {
+  const auto sys = Ids(90, 12);
+  const std::vector<GenerationRequest> w1 = {Greedy(Cat(sys, Ids(10, 13)), 32)};
+  const std::vector<GenerationRequest> w2 = {Greedy(Cat(sys, Ids(12, 14)), 32), Greedy(Cat(sys, Ids(10, 13)), 32)};
+  const WaveRun plain = RunWaves({w1, w2}, 0);
+  for (const char* d : {"ngram", "draft"}) {
+    const WaveRun cached = RunWaves({w1, w2}, 4, d, 3);
+    EXPECT_EQ(cached.out, plain.out) << d;
+    EXPECT_GT(cached.cached[1], 0) << d;
+  }
+}
+
+// A request may opt out: it neither looks up nor stores.
+TEST(PrefixCacheEngine, PerRequestOptOut) {
+  const auto sys = Ids(90, 15);
+  GenerationRequest off = Greedy(Cat(sys, Ids(4, 16)), 8);
+  off.prefix_cache = false;
+  const WaveRun r = RunWaves({{Greedy(sys, 8)}, {off}, {off}}, 4);
+  EXPECT_EQ(r.cached[1], 0);
+  EXPECT_EQ(r.cached[2], 0);
+  const WaveRun plain = RunWaves({{Greedy(sys, 8)}, {off}, {off}}, 0);
+  EXPECT_EQ(r.out, plain.out);
+}
+
+}  // namespace
+}  // namespace specd::testing
