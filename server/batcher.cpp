@@ -373,6 +373,7 @@ void Batcher::EndWithOutcome(Entry& e, FinishReason reason, const std::string& s
   if (e.engine_id >= 0 && engine_) {
     RecordSpecDelta(e);
     out.stats = engine_->Stats(e.engine_id);
+    out.cached_prompt_tokens = static_cast<size_t>(engine_->CachedTokens(e.engine_id));
     engine_->Release(e.engine_id);
     e.engine_id = -1;
   }
@@ -415,6 +416,17 @@ void Batcher::PublishGauges() {
                         ? static_cast<double>(engine_->kv_blocks_reserved()) / static_cast<double>(engine_->kv_blocks_total())
                         : 0.0;
   metrics_->SetGauges(waiting, running, slots, kv);
+  if (PrefixStore* ps = engine_ ? engine_->prefix_store() : nullptr) {
+    // The counters go on across engine rebuilds (a rebuilt engine's store starts at zero).
+    if (prefix_engine_ != engine_.get()) prefix_seen_ = {};
+    const PrefixStoreStats now = ps->stats();
+    metrics_->AddPrefixCache(now.lookup_tokens - prefix_seen_.lookup_tokens, now.hit_tokens - prefix_seen_.hit_tokens,
+                             now.evictions - prefix_seen_.evictions,
+                             now.blocks_held * engine_->target_cache().kv_block_bytes() +
+                                 static_cast<int64_t>(now.entries) * ps->snapshot_bytes());
+    prefix_seen_ = now;
+    prefix_engine_ = engine_.get();
+  }
   // Going idle: hand the heap's free pages back to the system. Graph captures and evictions and
   // varied request sizes leave the allocator's arenas fragmented; without this the resident size
   // creeps up under varied traffic although nothing leaks.

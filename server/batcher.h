@@ -64,6 +64,8 @@ class Batcher {
   void Stop();
 
  private:
+  const SpeculativeEngine* prefix_engine_ = nullptr;  // whose prefix-store counters prefix_seen_ holds
+  PrefixStoreStats prefix_seen_;
   struct Entry {
     PreparedRequest req;
     std::unique_ptr<RequestSink> sink;

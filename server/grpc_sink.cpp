@@ -61,6 +61,7 @@ void GrpcSink::OnFinished(std::span<const int32_t> ids, std::string text, const 
   last.set_stop_string(o.stop_string);
   last.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(o.prompt_tokens));
   last.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(o.completion_tokens));
+  last.mutable_usage()->set_cached_prompt_tokens(static_cast<uint32_t>(o.cached_prompt_tokens));
   FillStats(o.stats, last.mutable_stats());
   call_->Write(last);
   call_->Close(grpc::Status::OK);

@@ -113,6 +113,15 @@ void Metrics::SetGauges(int64_t waiting, int64_t running, int64_t slots, double 
   kv_usage_ = kv_usage;
 }
 
+void Metrics::AddPrefixCache(int64_t queried_tokens, int64_t hit_tokens, int64_t evictions, int64_t bytes) {
+  std::lock_guard lk(mu_);
+  prefix_queries_ += static_cast<uint64_t>(queried_tokens);
+  prefix_hits_ += static_cast<uint64_t>(hit_tokens);
+  prefix_evictions_ += static_cast<uint64_t>(evictions);
+  prefix_bytes_ = bytes;
+  have_prefix_ = true;
+}
+
 void Metrics::SetMemory(const MemoryGauges& m) {
   std::lock_guard lk(mu_);
   mem_ = m;
@@ -197,6 +206,16 @@ std::string Metrics::Render() const {
          kv_usage_);
   Scalar(out, "specd:process_resident_memory_bytes", "gauge", "Resident host memory of the daemon.",
          static_cast<double>(ResidentBytes()));
+  if (have_prefix_) {
+    Scalar(out, "specd:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
+           static_cast<double>(prefix_queries_));
+    Scalar(out, "specd:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache (not computed).",
+           static_cast<double>(prefix_hits_));
+    Scalar(out, "specd:prefix_cache_evictions_total", "counter", "Prefix cache entries evicted.",
+           static_cast<double>(prefix_evictions_));
+    Scalar(out, "specd:prefix_cache_bytes", "gauge", "Bytes the prefix cache holds (KV blocks + GDN snapshots).",
+           static_cast<double>(prefix_bytes_));
+  }
   if (have_mem_) {
     if (mem_.device_used_bytes >= 0) {
       Scalar(out, "specd:device_memory_used_bytes", "gauge", "Device memory in use (whole device: total - free).",

@@ -46,6 +46,8 @@ class Metrics {
   void StepFailed();
   // kv_usage: the fraction of the target's KV blocks reserved by admitted requests.
   void SetGauges(int64_t waiting, int64_t running, int64_t slots_in_use, double kv_usage = 0.0);
+  // The prefix cache since the last call: prompt tokens looked up and found, evictions; its bytes now.
+  void AddPrefixCache(int64_t queried_tokens, int64_t hit_tokens, int64_t evictions, int64_t bytes);
 
   // Memory of the backend (scheduler thread, a few times a second).
   struct MemoryGauges {
@@ -75,6 +77,9 @@ class Metrics {
   int64_t waiting_ = 0, running_ = 0, slots_ = 0;
   double kv_usage_ = 0.0;
   MemoryGauges mem_;
+  uint64_t prefix_queries_ = 0, prefix_hits_ = 0, prefix_evictions_ = 0;
+  int64_t prefix_bytes_ = 0;
+  bool have_prefix_ = false;
   bool have_mem_ = false;
   Histogram ttft_, itl_, e2e_;
 };

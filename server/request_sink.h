@@ -24,6 +24,7 @@ struct RequestOutcome {
   FinishReason reason = FinishReason::kNone;
   std::string stop_string;  // the stop string that ended it (reason kStop from a string)
   size_t prompt_tokens = 0;
+  size_t cached_prompt_tokens = 0;  // of prompt_tokens, restored from the prefix cache
   size_t completion_tokens = 0;  // tokens sent to the client, the last message's included
   SpeculativeStats stats;
 };

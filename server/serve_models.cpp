@@ -139,6 +139,11 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
   eo.prefill_chunk = o.prefill_chunk;
   eo.max_prefill_tokens = o.max_prefill_tokens;
   eo.kv_cache_tokens = o.kv_cache_tokens;
+  if (o.prefix_cache == "on") {
+    eo.prefix_cache_entries = o.prefix_cache_entries;
+    eo.prefix_cache_tokens = o.prefix_cache_tokens;
+    eo.prefix_cache_interval = std::min<int64_t>(o.prefill_chunk, 128);
+  }
   return m;
 }
 

@@ -68,6 +68,16 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
                  "KV rows of the target's paged cache, all requests together (0 = max-batch x max-context); "
                  "requests wait in the queue until their rows fit")
       ->check(CLI::NonNegativeNumber);
+  s->add_option("--prefix-cache", o->prefix_cache,
+                "on: reuse the target's state after prompt prefixes seen before (chat turns, shared system prompts; "
+                "exact: the same ids as uncached); requests whose drafter is mtp do not use it yet")
+      ->check(CLI::IsMember({"on", "off"}));
+  s->add_option("--prefix-cache-entries", o->prefix_cache_entries,
+                "Prefix cache: states kept (each holds every GDN layer's state: its size is logged at startup)")
+      ->check(CLI::Range(1, 1 << 16));
+  s->add_option("--prefix-cache-tokens", o->prefix_cache_tokens,
+                "Prefix cache: KV rows it may hold beside the requests' (0 = 4 x max-context)")
+      ->check(CLI::NonNegativeNumber);
   s->add_flag("--batch-invariant", o->batch_invariant,
               "CUDA: a token's logits do not depend on how many rows share a forward, up to 64 (batched "
               "verify then runs at about a third of the speed)");

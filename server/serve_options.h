@@ -39,6 +39,10 @@ struct ServeOptions {
   int64_t prefill_chunk = 512;
   int64_t max_prefill_tokens = 2048;
   int64_t kv_cache_tokens = 0;  // 0: max_batch x max_context
+  // Prefix cache (docs/prefix-cache.md): off until it is checked on the GPU and with the MTP head.
+  std::string prefix_cache = "off";  // on | off
+  int prefix_cache_entries = 64;     // GDN snapshots kept
+  int64_t prefix_cache_tokens = 0;   // KV rows the cache may hold beside the requests' (0: 4 x max-context)
   bool batch_invariant = false;  // CUDA: projections of 17-64 rows on the row-invariant form
   double grace_seconds = 30;  // SIGTERM: time for in-flight requests before they are cancelled
   std::string port_file;     // written once serving: {"port": P, "metrics_port": M}

@@ -180,6 +180,7 @@ StatusOr<PreparedRequest> PrepareGenerate(const v1::GenerateRequest& r, const Se
     if (g.k != 0) g.k = static_cast<int>(sp.k());
   }
   g.adaptive_k = sp.has_adaptive_k() && sp.adaptive_k();
+  if (r.has_prefix_cache()) g.prefix_cache = r.prefix_cache();
   return out;
 }
 

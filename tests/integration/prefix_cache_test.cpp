@@ -1,0 +1,43 @@
+// The prefix cache through the daemon (`--prefix-cache on`, embedded demo pair): a chat's second
+// turn reuses what the first consumed (usage.cached_prompt_tokens), gives the ids an uncached
+// request gives, and the metrics count the tokens looked up and found.
+#include <gtest/gtest.h>
+
+#include "harness.h"
+
+namespace specd::itest {
+namespace {
+
+TEST(PrefixCacheOverGrpc, SecondTurnReusesTheFirst) {
+  auto srv = Server::Start({"--prefix-cache", "on", "--drafter", "draft", "--k", "3", "--prefill-chunk", "64"});
+  ASSERT_TRUE(srv);
+  auto stub = srv->Stub();
+  const auto prompt = FixtureIds("../demo/refs.safetensors", "prompt_ids");
+  StreamResult first = Generate(*stub, IdsRequest(prompt, 24));
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_EQ(first.final_msg.usage().cached_prompt_tokens(), 0u);
+  // The next turn: the first prompt, its reply, new tokens.
+  std::vector<int32_t> next = prompt;
+  next.insert(next.end(), first.ids.begin(), first.ids.end());
+  next.insert(next.end(), prompt.begin(), prompt.begin() + 7);
+  v1::GenerateRequest uncached = IdsRequest(next, 24);
+  uncached.set_prefix_cache(false);
+  const StreamResult want = Generate(*stub, uncached);
+  ASSERT_TRUE(want.status.ok()) << want.status.error_message();
+  EXPECT_EQ(want.final_msg.usage().cached_prompt_tokens(), 0u) << "a request may opt out";
+  const StreamResult got = Generate(*stub, IdsRequest(next, 24));
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_EQ(got.ids, want.ids);
+  EXPECT_EQ(got.final_msg.usage().cached_prompt_tokens(), prompt.size() + first.ids.size() - 1)
+      << "everything the first turn consumed";
+  EXPECT_EQ(got.final_msg.usage().prompt_tokens(), next.size());
+  const double hits = srv->WaitMetric("specd:prefix_cache_hits_total", static_cast<double>(prompt.size() + 23),
+                                      std::chrono::seconds(3));
+  EXPECT_EQ(hits, static_cast<double>(prompt.size() + 23));
+  // Looked up: the first prompt and the cached turn's (the opted-out one was not).
+  EXPECT_EQ(srv->Metric("specd:prefix_cache_queries_total"), static_cast<double>(prompt.size() + next.size()));
+  EXPECT_GT(srv->Metric("specd:prefix_cache_bytes"), 0);
+}
+
+}  // namespace
+}  // namespace specd::itest
