@@ -123,7 +123,9 @@ WaveRun RunWaves(const std::vector<std::vector<GenerationRequest>>& waves, int e
       const Status st = e->Step();
       EXPECT_TRUE(st.ok()) << st.ToString();
       if (!st.ok()) return r;
-      if (PrefixStore* ps = e->prefix_store()) EXPECT_LE(ps->stats().blocks_held, ps->options().max_blocks);
+      if (PrefixStore* ps = e->prefix_store()) {
+        EXPECT_LE(ps->stats().blocks_held, ps->options().max_blocks);
+      }
     }
     for (int id : ids) {
       r.out.push_back(e->Generated(id));
