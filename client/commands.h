@@ -22,8 +22,12 @@ struct BenchArgs {
   double request_rate = 0;  // requests/s, Poisson arrivals; 0 = as fast as concurrency allows
   int64_t timeout_ms = 0;
   SamplingFlags sampling;   // --max-tokens here is the default for prompts without one
+  // --multi-turn N: chat sessions of N turns instead (client/bench_multiturn.cpp).
+  int multi_turn = 0, sessions = 4;
+  int64_t system_tokens = 256, turn_tokens = 32;
 };
 int RunBench(const BenchArgs& a);
+int RunMultiTurnBench(const BenchArgs& a);
 
 // `soak`: rounds of varied requests (client/soak.cpp, docs/soak.md). Exit 0 only when nothing
 // unexpected happened: no unexpected error, no lost stream, load gauges 0 after each round,

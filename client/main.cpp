@@ -37,6 +37,14 @@ int main(int argc, char** argv) {
   bench->add_option("--warmup", ba.warmup, "Unmeasured requests first")->capture_default_str();
   bench->add_option("--timeout-ms", ba.timeout_ms, "Deadline per request (0 = none)");
   bench->add_option("--json-out", ba.json_out, "Write the summary JSON here");
+  bench->add_option("--multi-turn", ba.multi_turn,
+                    "Chat sessions of N turns instead: each turn sends the previous prompt + reply + a new user "
+                    "message (token ids); TTFT and prefix-cache reuse per turn");
+  bench->add_option("--sessions", ba.sessions, "With --multi-turn: sessions side by side")->capture_default_str();
+  bench->add_option("--system-tokens", ba.system_tokens, "With --multi-turn: the shared system prompt's tokens")
+      ->capture_default_str();
+  bench->add_option("--turn-tokens", ba.turn_tokens, "With --multi-turn: tokens of each user message")
+      ->capture_default_str();
   specd::client::AddSamplingFlags(bench, &ba.sampling, /*full=*/false);
   ba.sampling.o_max_tokens->description("Tokens per request, unless the prompt file says (default 64)");
 
@@ -88,7 +96,7 @@ int main(int argc, char** argv) {
   }
   if (*bench) {
     ba.address = address;
-    return specd::client::RunBench(ba);
+    return ba.multi_turn > 0 ? specd::client::RunMultiTurnBench(ba) : specd::client::RunBench(ba);
   }
   if (*soak) {
     sa.address = address;

@@ -2,6 +2,9 @@
 // turn reuses what the first consumed (usage.cached_prompt_tokens), gives the ids an uncached
 // request gives, and the metrics count the tokens looked up and found.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
 
 #include "harness.h"
 
@@ -37,6 +40,27 @@ TEST(PrefixCacheOverGrpc, SecondTurnReusesTheFirst) {
   // Looked up: the first prompt and the cached turn's (the opted-out one was not).
   EXPECT_EQ(srv->Metric("specd:prefix_cache_queries_total"), static_cast<double>(prompt.size() + next.size()));
   EXPECT_GT(srv->Metric("specd:prefix_cache_bytes"), 0);
+}
+
+
+// `specd-client bench --multi-turn`: each turn after the first reuses everything the session's
+// previous turn consumed (prompt + reply), and the table and JSON say so.
+TEST(PrefixCacheOverGrpc, MultiTurnBench) {
+  auto srv = Server::Start({"--prefix-cache", "on", "--drafter", "ngram"});
+  ASSERT_TRUE(srv);
+  const std::string json = ::testing::TempDir() + "/multiturn.json";
+  const CommandResult r = RunCommand(ClientBinary(), {"--address", srv->address(), "bench", "--multi-turn", "3",
+                                                      "--sessions", "2", "--system-tokens", "40", "--turn-tokens",
+                                                      "8", "--max-tokens", "6", "--json-out", json});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  std::ifstream f(json);
+  const auto j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["per_turn"].size(), 3u);
+  EXPECT_EQ(j["per_turn"][0]["prompt_tokens_mean"], 48.0);
+  EXPECT_EQ(j["per_turn"][1]["prompt_tokens_mean"], 48.0 + 6 + 8);
+  // Turn 2 finds turn 1's prompt + reply but its last (pending) token: 48 + 6 - 1.
+  EXPECT_EQ(j["per_turn"][1]["cached_tokens_mean"], 53.0);
+  EXPECT_EQ(j["per_turn"][2]["cached_tokens_mean"], 53.0 + 14);
 }
 
 }  // namespace
