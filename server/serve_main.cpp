@@ -74,6 +74,12 @@ v1::ModelInfo DescribeModel(const ServeOptions& o, const ServingModels& m) {
   info.set_has_tokenizer(m.text->has_tokenizer());
   info.set_max_k(static_cast<uint32_t>(o.max_k));
   info.set_max_queue(static_cast<uint32_t>(o.max_queue));
+  info.set_prefix_cache(m.engine.prefix_cache_entries > 0);
+  if (info.prefix_cache()) {
+    info.set_prefix_cache_entries(static_cast<uint32_t>(m.engine.prefix_cache_entries));
+    info.set_prefix_cache_tokens(static_cast<uint64_t>(m.engine.prefix_cache_tokens > 0 ? m.engine.prefix_cache_tokens
+                                                                                          : 4 * m.max_context));
+  }
   return info;
 }
 

@@ -15,6 +15,14 @@ TEST(PrefixCacheOverGrpc, SecondTurnReusesTheFirst) {
   auto srv = Server::Start({"--prefix-cache", "on", "--drafter", "draft", "--k", "3", "--prefill-chunk", "64"});
   ASSERT_TRUE(srv);
   auto stub = srv->Stub();
+  v1::ModelInfo info;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, {}, &info).ok());
+  }
+  EXPECT_TRUE(info.prefix_cache());
+  EXPECT_EQ(info.prefix_cache_entries(), 64u);
+  EXPECT_EQ(info.prefix_cache_tokens(), 4 * info.max_context());
   const auto prompt = FixtureIds("../demo/refs.safetensors", "prompt_ids");
   StreamResult first = Generate(*stub, IdsRequest(prompt, 24));
   ASSERT_TRUE(first.status.ok()) << first.status.error_message();
