@@ -40,6 +40,10 @@ struct SoakArgs {
   int min_prompt_tokens = 16, max_prompt_tokens = 400;
   std::string max_tokens_range = "8,256", k_range = "1,7", drafters = "none,ngram,draft";
   double cancel_fraction = 0.03, deadline_fraction = 0.03;
+  // Requests whose prompt starts with one of four fixed prompts of shared_prefix_tokens ids (the
+  // prefix cache's traffic); 0 = every prompt random.
+  double shared_prefix_fraction = 0;
+  int64_t shared_prefix_tokens = 96;
   double memory_growth_pct = 1.0;    // device memory (and RSS, unless rss_growth_pct is given)
   double rss_growth_pct = std::numeric_limits<double>::quiet_NaN();  // NaN: = memory_growth_pct
   bool no_rss_check = false;

@@ -63,6 +63,13 @@ int main(int argc, char** argv) {
   soak->add_option("--k-range", sa.k_range, "LO,HI (clamped to the server's max_k)")->capture_default_str();
   soak->add_option("--drafters", sa.drafters, "Per-request drafters to send (those the server accepts)")->capture_default_str();
   soak->add_option("--cancel-fraction", sa.cancel_fraction, "Requests cancelled by the client")->capture_default_str();
+  soak->add_option("--shared-prefix-fraction", sa.shared_prefix_fraction,
+                   "Requests whose prompt starts with one of four fixed prompts (prefix-cache traffic)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  soak->add_option("--shared-prefix-tokens", sa.shared_prefix_tokens, "Length of those fixed prompts")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   soak->add_option("--deadline-fraction", sa.deadline_fraction, "Requests with a 5-200 ms deadline")->capture_default_str();
   soak->add_option("--memory-growth-pct", sa.memory_growth_pct, "Largest memory growth between the last two rounds")
       ->capture_default_str();

@@ -311,7 +311,19 @@ Planned Draw(std::mt19937_64& rng, const SoakArgs& a, const Server& srv, const s
   const int64_t room = srv.max_context - k - 1;
   if (max_tokens > room - 1) max_tokens = std::max<int64_t>(1, room - 1);
   if (len + max_tokens > room) len = std::max<int64_t>(1, room - max_tokens);
-  for (int64_t i = 0; i < len; ++i) r.mutable_token_ids()->add_ids(static_cast<int32_t>(uni(3, srv.vocab - 1)));
+  if (a.shared_prefix_fraction > 0 && chance(a.shared_prefix_fraction)) {
+    // One of four fixed "system prompts" first (the same ids for the whole soak), so that the
+    // prefix cache has something to find while requests run, end, cancel and time out.
+    const int64_t j = uni(0, 3);
+    std::mt19937_64 g(a.seed * 7919 + static_cast<uint64_t>(j));
+    const int64_t n = std::min<int64_t>(a.shared_prefix_tokens, len);
+    for (int64_t i = 0; i < n; ++i) {
+      r.mutable_token_ids()->add_ids(static_cast<int32_t>(std::uniform_int_distribution<int64_t>(3, srv.vocab - 1)(g)));
+    }
+  }
+  for (int64_t i = r.token_ids().ids_size(); i < len; ++i) {
+    r.mutable_token_ids()->add_ids(static_cast<int32_t>(uni(3, srv.vocab - 1)));
+  }
 
   v1::SamplingParams* s = r.mutable_sampling();
   s->set_max_tokens(static_cast<uint32_t>(max_tokens));

@@ -56,17 +56,21 @@ int64_t PrefixStore::NewBlocks(const std::vector<int32_t>& blocks) const {
   return n;
 }
 
-PrefixStore::Hit PrefixStore::Lookup(const std::vector<int32_t>& tokens, int64_t max_len) {
+PrefixStore::Hit PrefixStore::Lookup(const std::vector<int32_t>& tokens, int64_t max_len, bool whole) {
   ++stats_.lookups;
   stats_.lookup_tokens += static_cast<int64_t>(tokens.size());
   Hit best;
   int n = 0;
   const int64_t limit = std::min<int64_t>(max_len, static_cast<int64_t>(tokens.size()));
-  for (int64_t i = 0; i < limit; ++i) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  for (int64_t i = 0; i < (whole ? T : limit); ++i) {
     const auto it = nodes_[n].children.find(tokens[i]);
     if (it == nodes_[n].children.end()) break;
     n = it->second;
-    if (nodes_[n].entry >= 0) best = Hit{nodes_[n].entry, i + 1};
+    const int e = nodes_[n].entry;
+    if (e < 0) continue;
+    if (i < limit) best = Hit{e, i + 1, nullptr};
+    if (whole && i + 1 == T && !entries_[e].logits.empty()) best = Hit{e, T, &entries_[e].logits};
   }
   if (best.length > 0) {
     entries_[best.entry].last_use = ++tick_;
@@ -129,7 +133,8 @@ void PrefixStore::Evict(int e) {
   Prune(node);
 }
 
-Status PrefixStore::Insert(const std::vector<int32_t>& tokens, int64_t len, int slot) {
+Status PrefixStore::Insert(const std::vector<int32_t>& tokens, int64_t len, int slot, const float* last_logits,
+                           int64_t vocab) {
   if (len <= 0 || len > static_cast<int64_t>(tokens.size())) {
     return InvalidArgument("prefix of {} tokens out of {}", len, tokens.size());
   }
@@ -144,7 +149,9 @@ Status PrefixStore::Insert(const std::vector<int32_t>& tokens, int64_t len, int 
     n = it == nodes_[n].children.end() ? -1 : it->second;
   }
   if (n > 0 && nodes_[n].entry >= 0) {
-    entries_[nodes_[n].entry].last_use = ++tick_;
+    Entry& x = entries_[nodes_[n].entry];
+    x.last_use = ++tick_;
+    if (last_logits != nullptr && x.logits.empty()) x.logits.assign(last_logits, last_logits + vocab);
     return Status::Ok();
   }
   const int64_t B = cache_->kv_block_size();
@@ -202,6 +209,7 @@ Status PrefixStore::Insert(const std::vector<int32_t>& tokens, int64_t len, int 
   x.node = n;
   x.length = len;
   x.blocks = std::move(blocks);
+  if (last_logits != nullptr) x.logits.assign(last_logits, last_logits + vocab);
   x.last_use = ++tick_;
   nodes_[n].entry = slot_e;
   ++stats_.entries;

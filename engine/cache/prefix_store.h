@@ -39,16 +39,21 @@ class PrefixStore {
 
   struct Hit {
     int entry = -1;
-    int64_t length = 0;  // 0: nothing found
+    int64_t length = 0;                         // 0: nothing found
+    const std::vector<float>* logits = nullptr;  // the whole of `tokens`, with its last position's logits
   };
-  // The longest stored prefix of `tokens` of at most `max_len` tokens.
-  Hit Lookup(const std::vector<int32_t>& tokens, int64_t max_len);
+  // The longest stored prefix of `tokens` of at most `max_len` tokens; or, with `whole`, all of
+  // `tokens` when that entry keeps its last position's logits (so nothing needs computing).
+  Hit Lookup(const std::vector<int32_t>& tokens, int64_t max_len, bool whole = false);
   // Gives the empty slot the entry's state: its KV rows and GDN state, length = hit.length.
   Status Restore(const Hit& hit, int slot);
   // Stores the slot's current state as the prefix tokens[0, len) (the slot must hold exactly
   // len tokens, not mid-speculation). Already stored: refreshed in the LRU order only. Evicts the
   // least recently used entries for room; a prefix that cannot fit the budget is not stored.
-  Status Insert(const std::vector<int32_t>& tokens, int64_t len, int slot);
+  // `last_logits` (V floats, or null): the logits of position len - 1, kept with the entry so that
+  // a later request with exactly these tokens as its prompt computes nothing.
+  Status Insert(const std::vector<int32_t>& tokens, int64_t len, int slot, const float* last_logits = nullptr,
+                int64_t vocab = 0);
 
   // Bytes of one entry's GDN snapshot, and of the whole snapshot pool.
   int64_t snapshot_bytes() const { return snapshot_bytes_; }
@@ -68,6 +73,7 @@ class PrefixStore {
     int node = -1;
     int64_t length = 0;
     std::vector<int32_t> blocks;  // ceil(length / B): shared full blocks, then the store's copy of a partial one
+    std::vector<float> logits;    // position length - 1's logits, when stored at a prompt's end
     uint64_t last_use = 0;
   };
   PrefixStore() = default;

@@ -152,10 +152,14 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   }
   Seq s;
   // The longest stored prefix of the prompt, short of its last token (whose logits the first
-  // generated token needs). Not for a drafter that reads the target's hidden rows: the MTP head's
-  // own cache would lack the prefix's rows (docs/prefix-cache.md).
+  // generated token needs), or the whole prompt stored with those logits. Not for a drafter that
+  // reads the target's hidden rows: the MTP head's own cache would lack the prefix's rows
+  // (docs/prefix-cache.md).
+  std::vector<float> first_logits;  // a whole-prompt hit: position P - 1's logits
   if (prefix_ && req.prefix_cache && !(drafter && drafter->reads_target_hidden())) {
-    const PrefixStore::Hit hit = prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1);
+    const PrefixStore::Hit hit =
+        prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1, /*whole=*/true);
+    if (hit.logits) first_logits = *hit.logits;
     if (hit.length > 0) {
       Status st = prefix_->Restore(hit, slot);
       if (!st.ok()) {
@@ -173,7 +177,17 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   kv_reserved_ += blocks;
   s.context = req.prompt;
   s.req = std::move(req);
-  seqs_.emplace(id, std::move(s));
+  Seq& added = seqs_.emplace(id, std::move(s)).first->second;
+  if (!first_logits.empty()) {
+    // The whole prompt came from the store: its first token is chosen from the stored logits on
+    // the host path (the same choice the device path makes, tests/unit/token_choice_test.cpp).
+    added.decoding = true;
+    const int64_t P = static_cast<int64_t>(added.req.prompt.size());
+    MaskForMinTokens(added, 0, first_logits.data());
+    std::vector<float> p;
+    ProcessedProbs(first_logits.data(), V, added.req.sampling, p);
+    if (Emit(added, SampleToken(p, added.req.sampling, P))) Finish(id, added, added.reason);
+  }
   return id;
 }
 
@@ -449,6 +463,17 @@ Status SpeculativeEngine::RunStep() {
   std::vector<int64_t> tok0(in.size());
   for (size_t i = 1; i < in.size(); ++i) tok0[i] = tok0[i - 1] + static_cast<int64_t>(in[i - 1].tokens.size());
   std::vector<TargetRows> seen;
+  // The last logits of each prompt that ends in this step, for the prefix store, copied before the
+  // token choice (which may process the rows in place).
+  std::vector<std::vector<float>> end_logits(prefilling.size());
+  if (prefix_) {
+    for (size_t i = 0; i < prefilling.size(); ++i) {
+      const Seq& s = seqs_[prefilling[i]];
+      if (s.req.prefix_cache && s.prefilled + chunk_len[i] == static_cast<int64_t>(s.req.prompt.size())) {
+        end_logits[i] = target_->backend()->DownloadF32(fo.logits.Rows(fo.row0[i], 1));
+      }
+    }
+  }
   SPECD_ASSIGN_OR_RETURN(TokenRows tr, FetchTokenRows(fo, prefilling, chunk_len, decode_ids, props));
 
   size_t row = 0;
@@ -458,12 +483,18 @@ Status SpeculativeEngine::RunStep() {
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
     s.prefilled += chunk_len[i];
     const size_t r = row++;
-    if (prefix_ && s.req.prefix_cache) SPECD_RETURN_IF_ERROR(prefix_->Insert(s.req.prompt, s.prefilled, s.slot));
+    if (prefix_ && s.req.prefix_cache && s.prefilled < P) {
+      SPECD_RETURN_IF_ERROR(prefix_->Insert(s.req.prompt, s.prefilled, s.slot));
+    }
     seen.push_back(TargetRows{id, s.prefilled - chunk_len[i], chunk_len[i], tok0[r], &s.context});
     if (s.prefilled < P) continue;
     // The prompt is in: its last logits give the first generated token (position P).
     s.decoding = true;
     int32_t tok = 0;
+    if (!end_logits[i].empty()) {
+      // The prompt's end, with its last logits: a later identical prompt computes nothing.
+      SPECD_RETURN_IF_ERROR(prefix_->Insert(s.req.prompt, P, s.slot, end_logits[i].data(), V));
+    }
     if (tr.on_device) {
       tok = tr.choice[fo.row0[r]].token;
     } else {

@@ -145,30 +145,36 @@ GenerationRequest Sampled(std::vector<int32_t> prompt, int n, uint64_t seed) {
   return r;
 }
 
-// Hits at a stored chunk end (96: the first wave's chunk was cut at that interval multiple),
-// between stored prefixes (the shared 80 tokens end mid-chunk: the hit is at 64, and 16+ tokens
-// are recomputed), on a whole prompt seen before (the hit must stop short of its last token, whose
-// logits start the reply: here the chunk end at 64), and on a chat's next turn (prompt + reply + a new message: the hit is everything the first
-// turn consumed). Greedy and sampled; every output equal to the engine without a store.
+// Hits on a whole prompt seen before (stored with its last logits: nothing is computed, the first
+// token comes from them), at a stored chunk end (96: the first wave's chunk was cut at that
+// interval multiple), between stored prefixes (the shared 80 tokens end mid-chunk: the hit is at
+// 64, the rest recomputed), and on a chat's next turn (prompt + reply + a new message: the hit is
+// everything the first turn consumed). Greedy and sampled; every output equal to the engine
+// without a store.
 TEST(PrefixCacheEngine, HitsGiveTheUncachedIds) {
   const auto sys = Ids(80, 3), a = Ids(16, 4), b = Ids(23, 5);
   const std::vector<GenerationRequest> first = {Greedy(Cat(sys, a), 24), Sampled(Cat(sys, b), 24, 9)};
-  std::vector<GenerationRequest> second = {Greedy(Cat(sys, b), 24),           // shares 80 + 16: hit at 96
-                                           Sampled(Cat(sys, Ids(30, 6)), 24, 10),  // shares 80: hit at 64
-                                           Greedy(Cat(sys, a), 24)};            // the same prompt again
+  std::vector<GenerationRequest> second = {
+      Sampled(Cat(sys, b), 24, 9),                                     // first[1] again: whole, 103
+      Sampled(Cat(sys, Ids(30, 6)), 24, 10),                           // shares 80: hit at 64
+      Greedy(Cat(sys, a), 24),                                         // first[0] again: whole, 96
+      Greedy(Cat(Cat(sys, {b.begin(), b.begin() + 16}), Ids(10, 17)), 24)};  // shares 96: the chunk end
   const WaveRun plain = RunWaves({first, second}, 0);
   // The next turn of the first chat: its prompt, its reply, a new message.
   second.push_back(Greedy(Cat(Cat(Cat(sys, a), plain.out[0]), Ids(9, 7)), 16));
   const WaveRun plain2 = RunWaves({first, second}, 0);
   const WaveRun cached = RunWaves({first, second}, 8);
   EXPECT_EQ(cached.out, plain2.out);
-  ASSERT_EQ(cached.cached.size(), 6u);
+  EXPECT_EQ(cached.out[2], cached.out[1]) << "the same sampled request, the same draws";
+  ASSERT_EQ(cached.cached.size(), 7u);
   EXPECT_EQ(cached.cached[0], 0);
   EXPECT_EQ(cached.cached[1], 0) << "admitted together with the first: nothing stored yet";
-  EXPECT_EQ(cached.cached[2], 96);
+  EXPECT_EQ(cached.cached[2], 103) << "a whole prompt";
   EXPECT_EQ(cached.cached[3], 64);
-  EXPECT_EQ(cached.cached[4], 64) << "a whole prompt (96 tokens): the last stored chunk end before its last token";
-  EXPECT_EQ(cached.cached[5], 96 + 24 - 1) << "the next turn: prompt + reply, all but the pending token";
+  EXPECT_EQ(cached.cached[4], 96) << "a whole prompt";
+  EXPECT_EQ(cached.cached[5], 96);
+  EXPECT_EQ(cached.cached[6], 96 + 24 - 1) << "the next turn: prompt + reply, all but the pending token";
+  // With the host token choice too (the whole-prompt hits choose their first token there anyway).
   EXPECT_GT(cached.stats.hit_tokens, 0);
 }
 
