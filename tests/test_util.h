@@ -79,6 +79,17 @@ inline std::vector<float> RunForward(Qwen35Model& m, ModelCache& c, int slot, st
   return o.ok() ? m.backend()->DownloadF32(o->logits) : std::vector<float>{};
 }
 
+// Deterministic token ids in [10, 4010) (inside the demo pair's 4096), different per seed.
+inline std::vector<int32_t> DemoIds(size_t n, uint64_t seed) {
+  std::vector<int32_t> v(n);
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 7;
+  for (auto& t : v) {
+    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+    t = static_cast<int32_t>((s >> 20) % 4000) + 10;
+  }
+  return v;
+}
+
 inline int Argmax(const float* p, int64_t n) {
   int best = 0;
   for (int64_t i = 1; i < n; ++i) if (p[i] > p[best]) best = static_cast<int>(i);

@@ -21,15 +21,7 @@ std::unique_ptr<Qwen35Model> DemoTarget() {
   return m.ok() ? std::move(m).value() : nullptr;
 }
 
-std::vector<int32_t> Ids(size_t n, uint64_t seed) {
-  std::vector<int32_t> v(n);
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 7;
-  for (auto& t : v) {
-    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-    t = static_cast<int32_t>((s >> 20) % 4000) + 10;
-  }
-  return v;
-}
+std::vector<int32_t> Ids(size_t n, uint64_t seed) { return DemoIds(n, seed); }
 
 TEST(GpuPrefixStore, RestoredStateGivesBitwiseEqualLogits) {
   SPECD_REQUIRE_GPU();
