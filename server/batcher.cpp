@@ -238,6 +238,8 @@ void Batcher::Admit() {
         continue;
       }
       engine_ = std::move(*ne);
+    ++engine_generation_;
+      ++engine_generation_;
     }
     auto id = engine_->Add(e->req.gen);
     if (!id.ok() && id.status().code() == StatusCode::kUnavailable) {
@@ -418,14 +420,14 @@ void Batcher::PublishGauges() {
   metrics_->SetGauges(waiting, running, slots, kv);
   if (PrefixStore* ps = engine_ ? engine_->prefix_store() : nullptr) {
     // The counters go on across engine rebuilds (a rebuilt engine's store starts at zero).
-    if (prefix_engine_ != engine_.get()) prefix_seen_ = {};
+    if (prefix_generation_ != engine_generation_) prefix_seen_ = {};
     const PrefixStoreStats now = ps->stats();
     metrics_->AddPrefixCache(now.lookup_tokens - prefix_seen_.lookup_tokens, now.hit_tokens - prefix_seen_.hit_tokens,
                              now.evictions - prefix_seen_.evictions,
                              now.blocks_held * engine_->target_cache().kv_block_bytes() +
                                  static_cast<int64_t>(now.entries) * ps->snapshot_bytes());
     prefix_seen_ = now;
-    prefix_engine_ = engine_.get();
+    prefix_generation_ = engine_generation_;
   }
   // Going idle: hand the heap's free pages back to the system. Graph captures and evictions and
   // varied request sizes leave the allocator's arenas fragmented; without this the resident size

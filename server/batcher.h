@@ -64,7 +64,9 @@ class Batcher {
   void Stop();
 
  private:
-  const SpeculativeEngine* prefix_engine_ = nullptr;  // whose prefix-store counters prefix_seen_ holds
+  // Engines built so far (a rebuilt engine may reuse the freed one's address, so its counters are
+  // told apart by this), and the one whose prefix-store counters prefix_seen_ holds.
+  uint64_t engine_generation_ = 0, prefix_generation_ = 0;
   PrefixStoreStats prefix_seen_;
   struct Entry {
     PreparedRequest req;

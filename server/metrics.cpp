@@ -115,9 +115,10 @@ void Metrics::SetGauges(int64_t waiting, int64_t running, int64_t slots, double 
 
 void Metrics::AddPrefixCache(int64_t queried_tokens, int64_t hit_tokens, int64_t evictions, int64_t bytes) {
   std::lock_guard lk(mu_);
-  prefix_queries_ += static_cast<uint64_t>(queried_tokens);
-  prefix_hits_ += static_cast<uint64_t>(hit_tokens);
-  prefix_evictions_ += static_cast<uint64_t>(evictions);
+  // Counters never go down (a negative delta would wrap).
+  prefix_queries_ += static_cast<uint64_t>(std::max<int64_t>(queried_tokens, 0));
+  prefix_hits_ += static_cast<uint64_t>(std::max<int64_t>(hit_tokens, 0));
+  prefix_evictions_ += static_cast<uint64_t>(std::max<int64_t>(evictions, 0));
   prefix_bytes_ = bytes;
   have_prefix_ = true;
 }

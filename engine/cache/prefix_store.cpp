@@ -198,6 +198,8 @@ Status PrefixStore::Insert(const std::vector<int32_t>& tokens, int64_t len, int 
     backend_->CopyRows(gdn[l].conv.Rows(slot, 1), conv);
     backend_->CopyRows(gdn[l].rec.Rows(slot, 1), rec);
   }
+  std::vector<float> logits;
+  if (last_logits != nullptr) logits.assign(last_logits, last_logits + vocab);  // before anything is published
   // The trie path (created after the evictions, which may have pruned parts of it).
   n = 0;
   for (int64_t i = 0; i < len; ++i) {
@@ -209,7 +211,7 @@ Status PrefixStore::Insert(const std::vector<int32_t>& tokens, int64_t len, int 
   x.node = n;
   x.length = len;
   x.blocks = std::move(blocks);
-  if (last_logits != nullptr) x.logits.assign(last_logits, last_logits + vocab);
+  x.logits = std::move(logits);
   x.last_use = ++tick_;
   nodes_[n].entry = slot_e;
   ++stats_.entries;

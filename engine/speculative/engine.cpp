@@ -157,18 +157,21 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   // (docs/prefix-cache.md).
   std::vector<float> first_logits;  // a whole-prompt hit: position P - 1's logits
   if (prefix_ && req.prefix_cache && !(drafter && drafter->reads_target_hidden())) {
-    const PrefixStore::Hit hit =
-        prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1, /*whole=*/true);
-    if (hit.logits) first_logits = *hit.logits;
-    if (hit.length > 0) {
-      Status st = prefix_->Restore(hit, slot);
-      if (!st.ok()) {
-        if (drafter) drafter->RemoveSequence(id);
-        cache_->FreeSlot(slot);
-        return st;
+    // A failed restore leaves the slot empty (the store is optional: a miss, never an error).
+    try {
+      const PrefixStore::Hit hit =
+          prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1, /*whole=*/true);
+      if (hit.length > 0 && prefix_->Restore(hit, slot).ok()) {
+        if (hit.logits) first_logits = *hit.logits;
+        s.prefilled = hit.length;
+        s.cached_tokens = hit.length;
+      } else if (hit.length > 0) {
+        cache_->ResetSlot(slot);
       }
-      s.prefilled = hit.length;
-      s.cached_tokens = hit.length;
+    } catch (const std::exception&) {
+      first_logits.clear();
+      s.prefilled = s.cached_tokens = 0;
+      cache_->ResetSlot(slot);
     }
   }
   s.slot = slot;
@@ -216,7 +219,7 @@ void SpeculativeEngine::Finish(int id, Seq& s, FinishReason r) {
   if (s.slot >= 0) {
     // What the sequence consumed is a prefix the next turn of a chat starts with.
     if (prefix_ && s.req.prefix_cache && !cache_->logging(s.slot) && cache_->length(s.slot) > 0) {
-      (void)prefix_->Insert(s.context, cache_->length(s.slot), s.slot);
+      StorePrefix(s.context, cache_->length(s.slot), s.slot);
     }
     cache_->FreeSlot(s.slot);
   }
@@ -382,6 +385,15 @@ Status SpeculativeEngine::Step() {
   }
 }
 
+// The prefix store is an optimisation: failing to store (an error, or memory) loses the entry,
+// never a request or a step.
+void SpeculativeEngine::StorePrefix(const std::vector<int32_t>& tokens, int64_t len, int slot, const float* last_logits) {
+  try {
+    (void)prefix_->Insert(tokens, len, slot, last_logits, last_logits ? target_->config().vocab_size : 0);
+  } catch (const std::exception&) {
+  }
+}
+
 // One batched Propose per drafter over its own sequences; proposals land at their request's index.
 Status SpeculativeEngine::ProposeByDrafter(const std::vector<int>& decode_ids, const std::vector<DraftRequest>& dreq,
                                            std::vector<DraftProposal>& props) {
@@ -483,9 +495,7 @@ Status SpeculativeEngine::RunStep() {
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
     s.prefilled += chunk_len[i];
     const size_t r = row++;
-    if (prefix_ && s.req.prefix_cache && s.prefilled < P) {
-      SPECD_RETURN_IF_ERROR(prefix_->Insert(s.req.prompt, s.prefilled, s.slot));
-    }
+    if (prefix_ && s.req.prefix_cache && s.prefilled < P) StorePrefix(s.req.prompt, s.prefilled, s.slot);
     seen.push_back(TargetRows{id, s.prefilled - chunk_len[i], chunk_len[i], tok0[r], &s.context});
     if (s.prefilled < P) continue;
     // The prompt is in: its last logits give the first generated token (position P).
@@ -493,7 +503,7 @@ Status SpeculativeEngine::RunStep() {
     int32_t tok = 0;
     if (!end_logits[i].empty()) {
       // The prompt's end, with its last logits: a later identical prompt computes nothing.
-      SPECD_RETURN_IF_ERROR(prefix_->Insert(s.req.prompt, P, s.slot, end_logits[i].data(), V));
+      StorePrefix(s.req.prompt, P, s.slot, end_logits[i].data());
     }
     if (tr.on_device) {
       tok = tr.choice[fo.row0[r]].token;

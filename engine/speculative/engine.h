@@ -137,6 +137,7 @@ class SpeculativeEngine {
   };
   SpeculativeEngine() = default;
   Status RunStep();
+  void StorePrefix(const std::vector<int32_t>& tokens, int64_t len, int slot, const float* last_logits = nullptr);
   Status ProposeByDrafter(const std::vector<int>& decode_ids, const std::vector<DraftRequest>& dreq,
                           std::vector<DraftProposal>& props);
   StatusOr<TokenRows> FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,

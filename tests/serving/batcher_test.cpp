@@ -98,13 +98,14 @@ Models& M() {
   return m;
 }
 
-EngineFactory Factory(int max_seqs, std::atomic<int>* built = nullptr) {
-  return [max_seqs, built]() -> StatusOr<std::unique_ptr<SpeculativeEngine>> {
+EngineFactory Factory(int max_seqs, std::atomic<int>* built = nullptr, int prefix_entries = 0) {
+  return [max_seqs, built, prefix_entries]() -> StatusOr<std::unique_ptr<SpeculativeEngine>> {
     if (built) ++*built;
     EngineOptions o;
     o.max_seqs = max_seqs;
     o.max_ctx = 512;
     o.default_k = 4;
+    o.prefix_cache_entries = prefix_entries;
     SPECD_ASSIGN_OR_RETURN(auto d, MakeDrafter("draft", M().target.get(), M().near.get(), max_seqs, 512, 16));
     return SpeculativeEngine::Create(M().target.get(), std::move(d), o);
   };
@@ -122,7 +123,8 @@ struct Harness {
   Metrics metrics;
   std::atomic<int> engines_built{0};
   Batcher batcher;
-  explicit Harness(BatcherOptions o) : batcher(Factory(o.max_batch, &engines_built), text.get(), &metrics, o) {}
+  explicit Harness(BatcherOptions o, int prefix_entries = 0)
+      : batcher(Factory(o.max_batch, &engines_built, prefix_entries), text.get(), &metrics, o) {}
 
   // Submits; returns the status and the record.
   std::pair<Status, std::shared_ptr<Seen>> Submit(PreparedRequest r) {
@@ -280,6 +282,35 @@ TEST(Batcher, FailedStepFailsInFlightRequestsAndServingGoesOn) {
                                                {specd::testing::Req(Prompt(2), 8)})
                          .out[0]);
   EXPECT_NE(h.metrics.Render().find("specd:engine_step_failures_total 1"), std::string::npos);
+}
+
+// The prefix cache's counters go on across an engine rebuild (whose store starts at zero, and
+// whose engine may sit at the freed one's address): they count exactly the prompt tokens looked
+// up and found, never going down or wrapping.
+TEST(Batcher, PrefixCacheCountersSurviveAnEngineRebuild) {
+  Harness h(BatcherOptions{4, 4, "draft", 2}, /*prefix_entries=*/8);
+  ASSERT_TRUE(h.batcher.Start().ok());
+  auto metric = [&](const std::string& name) {
+    const std::string m = h.metrics.Render();
+    const std::regex re(name + " ([0-9.e+]+)");
+    std::smatch mm;
+    return std::regex_search(m, mm, re) ? std::stod(mm[1]) : -1.0;
+  };
+  int64_t looked_up = 0, found = 0;
+  for (int i = 0; i < 4; ++i) {  // the same prompt four times: the second step fails (engine rebuilt)
+    auto [st, s] = h.Submit(Request(Prompt(0), 6));
+    ASSERT_TRUE(st.ok());
+    ASSERT_TRUE(s->WaitEnd());
+    looked_up += static_cast<int64_t>(Prompt(0).size());
+    if (s->outcome) found += static_cast<int64_t>(s->outcome->cached_prompt_tokens);
+  }
+  EXPECT_EQ(h.engines_built.load(), 2);
+  EXPECT_GT(found, 0) << "after the rebuild the prompt was stored again and found";
+  for (int i = 0; i < 50 && metric("specd:prefix_cache_queries_total") != static_cast<double>(looked_up); ++i) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(metric("specd:prefix_cache_queries_total"), static_cast<double>(looked_up));
+  EXPECT_EQ(metric("specd:prefix_cache_hits_total"), static_cast<double>(found));
 }
 
 // Shutdown never leaves a request open: draining refuses new ones, Stop fails what is left.
