@@ -56,7 +56,45 @@ int64_t PrefixStore::NewBlocks(const std::vector<int32_t>& blocks) const {
   return n;
 }
 
-PrefixStore::Hit PrefixStore::Lookup(const std::vector<int32_t>& tokens, int64_t max_len, bool whole) {
+const std::shared_ptr<void>* PrefixStore::Entry::companion(const void* owner) const {
+  for (const auto& [o, st] : companions) {
+    if (o == owner) return &st;
+  }
+  return nullptr;
+}
+
+int PrefixStore::Find(const std::vector<int32_t>& tokens, int64_t len) const {
+  if (len <= 0 || len > static_cast<int64_t>(tokens.size())) return -1;
+  int n = 0;
+  for (int64_t i = 0; i < len && n >= 0; ++i) {
+    const auto it = nodes_[n].children.find(tokens[i]);
+    n = it == nodes_[n].children.end() ? -1 : it->second;
+  }
+  return n;
+}
+
+bool PrefixStore::Lacks(const std::vector<int32_t>& tokens, int64_t len, const void* owner) const {
+  const int n = Find(tokens, len);
+  return n > 0 && nodes_[n].entry >= 0 && entries_[nodes_[n].entry].companion(owner) == nullptr;
+}
+
+Status PrefixStore::Attach(const std::vector<int32_t>& tokens, int64_t len, const void* owner,
+                           std::shared_ptr<void> state) {
+  const int n = Find(tokens, len);
+  if (n <= 0 || nodes_[n].entry < 0) return NotFound("no stored prefix of {} tokens", len);
+  Entry& x = entries_[nodes_[n].entry];
+  for (auto& [o, st] : x.companions) {
+    if (o == owner) {
+      st = std::move(state);
+      return Status::Ok();
+    }
+  }
+  x.companions.emplace_back(owner, std::move(state));
+  return Status::Ok();
+}
+
+PrefixStore::Hit PrefixStore::Lookup(const std::vector<int32_t>& tokens, int64_t max_len, bool whole,
+                                     const void* need) {
   ++stats_.lookups;
   stats_.lookup_tokens += static_cast<int64_t>(tokens.size());
   Hit best;
@@ -69,8 +107,10 @@ PrefixStore::Hit PrefixStore::Lookup(const std::vector<int32_t>& tokens, int64_t
     n = it->second;
     const int e = nodes_[n].entry;
     if (e < 0) continue;
-    if (i < limit) best = Hit{e, i + 1, nullptr};
-    if (whole && i + 1 == T && !entries_[e].logits.empty()) best = Hit{e, T, &entries_[e].logits};
+    const std::shared_ptr<void>* c = need ? entries_[e].companion(need) : nullptr;
+    if (need && c == nullptr) continue;
+    if (i < limit) best = Hit{e, i + 1, nullptr, c ? *c : nullptr};
+    if (whole && i + 1 == T && !entries_[e].logits.empty()) best = Hit{e, T, &entries_[e].logits, c ? *c : nullptr};
   }
   if (best.length > 0) {
     entries_[best.entry].last_use = ++tick_;
@@ -143,11 +183,7 @@ Status PrefixStore::Insert(const std::vector<int32_t>& tokens, int64_t len, int 
                               cache_->logging(slot) ? " mid-speculation" : "", len);
   }
   // Already stored?
-  int n = 0;
-  for (int64_t i = 0; i < len && n >= 0; ++i) {
-    const auto it = nodes_[n].children.find(tokens[i]);
-    n = it == nodes_[n].children.end() ? -1 : it->second;
-  }
+  int n = Find(tokens, len);
   if (n > 0 && nodes_[n].entry >= 0) {
     Entry& x = entries_[nodes_[n].entry];
     x.last_use = ++tick_;

@@ -6,11 +6,16 @@
 // of token ids; the longest stored prefix of a prompt wins. Restoring an entry gives a slot
 // exactly the state it had when the entry was stored (the same bytes), so a cached request's
 // output is the uncached one's.
+//
+// Beside the target's state an entry may carry companion states, one per owner (a drafter whose
+// own state follows the target's, the MTP head: its KV rows and pending hidden row), opaque to the
+// store and released with the entry.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "cache/model_cache.h"
@@ -41,10 +46,12 @@ class PrefixStore {
     int entry = -1;
     int64_t length = 0;                         // 0: nothing found
     const std::vector<float>* logits = nullptr;  // the whole of `tokens`, with its last position's logits
+    std::shared_ptr<void> companion;             // the companion state of Lookup's `need`, if asked
   };
   // The longest stored prefix of `tokens` of at most `max_len` tokens; or, with `whole`, all of
-  // `tokens` when that entry keeps its last position's logits (so nothing needs computing).
-  Hit Lookup(const std::vector<int32_t>& tokens, int64_t max_len, bool whole = false);
+  // `tokens` when that entry keeps its last position's logits (so nothing needs computing). With
+  // `need`, only entries that carry that owner's companion state.
+  Hit Lookup(const std::vector<int32_t>& tokens, int64_t max_len, bool whole = false, const void* need = nullptr);
   // Gives the empty slot the entry's state: its KV rows and GDN state, length = hit.length.
   Status Restore(const Hit& hit, int slot);
   // Stores the slot's current state as the prefix tokens[0, len) (the slot must hold exactly
@@ -54,6 +61,12 @@ class PrefixStore {
   // a later request with exactly these tokens as its prompt computes nothing.
   Status Insert(const std::vector<int32_t>& tokens, int64_t len, int slot, const float* last_logits = nullptr,
                 int64_t vocab = 0);
+
+  // Whether the entry of exactly tokens[0, len) exists and lacks `owner`'s companion state.
+  bool Lacks(const std::vector<int32_t>& tokens, int64_t len, const void* owner) const;
+  // Gives that entry `owner`'s companion state (kNotFound when there is no such entry; an
+  // existing one of the same owner is replaced).
+  Status Attach(const std::vector<int32_t>& tokens, int64_t len, const void* owner, std::shared_ptr<void> state);
 
   // Bytes of one entry's GDN snapshot, and of the whole snapshot pool.
   int64_t snapshot_bytes() const { return snapshot_bytes_; }
@@ -74,10 +87,14 @@ class PrefixStore {
     int64_t length = 0;
     std::vector<int32_t> blocks;  // ceil(length / B): shared full blocks, then the store's copy of a partial one
     std::vector<float> logits;    // position length - 1's logits, when stored at a prompt's end
+    std::vector<std::pair<const void*, std::shared_ptr<void>>> companions;
     uint64_t last_use = 0;
+    const std::shared_ptr<void>* companion(const void* owner) const;
   };
   PrefixStore() = default;
   int NewNode(int parent, int32_t token);
+  // The node of exactly tokens[0, len), or -1.
+  int Find(const std::vector<int32_t>& tokens, int64_t len) const;
   void Evict(int e);
   // Drops nodes that lead to no entry, from `n` up.
   void Prune(int n);

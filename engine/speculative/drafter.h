@@ -68,6 +68,35 @@ class Drafter {
     return Status::Ok();
   }
 
+  // ---- The prefix store (docs/prefix-cache.md) ----
+  // A drafter whose own state follows what the target consumed (the MTP head: its KV rows and the
+  // pending hidden row) keeps a companion state with each prefix entry its sequences store, so
+  // its requests can start from a stored prefix too. Drafters that keep none (n-gram; the draft
+  // model recomputes its prefix) look up and store only the target's part.
+  virtual bool keeps_prefix_state() const { return false; }
+  // Room for the states of a store of up to `entries` entries over up to `rows` KV rows; called
+  // once by the engine, before any sequence.
+  virtual Status ReservePrefixStates(int64_t rows, int entries) {
+    (void)rows;
+    (void)entries;
+    return Status::Ok();
+  }
+  // The sequence's state now, which must be the one after the target consumed `len` tokens;
+  // null when it is not, or there is no room (the entry then has no state of this drafter).
+  virtual std::shared_ptr<void> SavePrefix(int seq_id, int64_t len) {
+    (void)seq_id;
+    (void)len;
+    return nullptr;
+  }
+  // A sequence that has consumed nothing yet takes a saved state (of `len` target tokens); on
+  // failure it stays empty.
+  virtual Status RestorePrefix(int seq_id, const std::shared_ptr<void>& state, int64_t len) {
+    (void)seq_id;
+    (void)state;
+    (void)len;
+    return Unimplemented("drafter {} keeps no prefix state", name());
+  }
+
   // For tests that check the drafter's own state after rollback: its cache and a sequence's slot
   // (nullptr / -1 for stateless drafters).
   virtual ModelCache* state_cache() { return nullptr; }

@@ -71,6 +71,10 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
   SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
   if (opt.prefix_cache_entries > 0) {
     SPECD_ASSIGN_OR_RETURN(e->prefix_, PrefixStore::Create(e->cache_.get(), {opt.prefix_cache_entries, store_blocks}));
+    // A drafter with state of its own (the MTP head) keeps it beside each entry: room for as many.
+    for (const auto& d : e->drafters_) {
+      if (d->keeps_prefix_state()) SPECD_RETURN_IF_ERROR(d->ReservePrefixStates(store_blocks * B, opt.prefix_cache_entries));
+    }
   }
   // The MTP head reads the target's hidden states; the target keeps them only when asked (a
   // graph then has them as a second output).
@@ -152,23 +156,28 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
   }
   Seq s;
   // The longest stored prefix of the prompt, short of its last token (whose logits the first
-  // generated token needs), or the whole prompt stored with those logits. Not for a drafter that
-  // reads the target's hidden rows: the MTP head's own cache would lack the prefix's rows
-  // (docs/prefix-cache.md).
+  // generated token needs), or the whole prompt stored with those logits. A drafter with state of
+  // its own (the MTP head) needs an entry that carries its part too; one that reads the target's
+  // hidden rows but keeps no such state cannot start from a prefix at all.
   std::vector<float> first_logits;  // a whole-prompt hit: position P - 1's logits
-  if (prefix_ && req.prefix_cache && !(drafter && drafter->reads_target_hidden())) {
-    // A failed restore leaves the slot empty (the store is optional: a miss, never an error).
+  const bool own_state = drafter && drafter->keeps_prefix_state();
+  if (prefix_ && req.prefix_cache && (own_state || !(drafter && drafter->reads_target_hidden()))) {
+    // A failed restore leaves the slots empty (the store is optional: a miss, never an error).
+    bool restored = false;
     try {
-      const PrefixStore::Hit hit =
-          prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1, /*whole=*/true);
-      if (hit.length > 0 && prefix_->Restore(hit, slot).ok()) {
+      const PrefixStore::Hit hit = prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1,
+                                                   /*whole=*/true, own_state ? drafter : nullptr);
+      if (hit.length > 0 && prefix_->Restore(hit, slot).ok() &&
+          (!own_state || drafter->RestorePrefix(id, hit.companion, hit.length).ok())) {
+        restored = true;
         if (hit.logits) first_logits = *hit.logits;
         s.prefilled = hit.length;
         s.cached_tokens = hit.length;
-      } else if (hit.length > 0) {
-        cache_->ResetSlot(slot);
       }
     } catch (const std::exception&) {
+      restored = false;
+    }
+    if (!restored && cache_->length(slot) > 0) {
       first_logits.clear();
       s.prefilled = s.cached_tokens = 0;
       cache_->ResetSlot(slot);
@@ -219,7 +228,7 @@ void SpeculativeEngine::Finish(int id, Seq& s, FinishReason r) {
   if (s.slot >= 0) {
     // What the sequence consumed is a prefix the next turn of a chat starts with.
     if (prefix_ && s.req.prefix_cache && !cache_->logging(s.slot) && cache_->length(s.slot) > 0) {
-      StorePrefix(s.context, cache_->length(s.slot), s.slot);
+      StorePrefix(id, s, s.context, cache_->length(s.slot));
     }
     cache_->FreeSlot(s.slot);
   }
@@ -386,10 +395,17 @@ Status SpeculativeEngine::Step() {
 }
 
 // The prefix store is an optimisation: failing to store (an error, or memory) loses the entry,
-// never a request or a step.
-void SpeculativeEngine::StorePrefix(const std::vector<int32_t>& tokens, int64_t len, int slot, const float* last_logits) {
+// never a request or a step. The sequence's drafter adds its own part when it keeps one and the
+// entry lacks it (an entry stored by another drafter's request gains it here).
+void SpeculativeEngine::StorePrefix(int id, const Seq& s, const std::vector<int32_t>& tokens, int64_t len,
+                                    const float* last_logits) {
   try {
-    (void)prefix_->Insert(tokens, len, slot, last_logits, last_logits ? target_->config().vocab_size : 0);
+    if (!prefix_->Insert(tokens, len, s.slot, last_logits, last_logits ? target_->config().vocab_size : 0).ok()) return;
+    if (s.drafter && s.drafter->keeps_prefix_state() && prefix_->Lacks(tokens, len, s.drafter)) {
+      if (std::shared_ptr<void> st = s.drafter->SavePrefix(id, len)) {
+        (void)prefix_->Attach(tokens, len, s.drafter, std::move(st));
+      }
+    }
   } catch (const std::exception&) {
   }
 }
@@ -495,16 +511,11 @@ Status SpeculativeEngine::RunStep() {
     const int64_t P = static_cast<int64_t>(s.req.prompt.size());
     s.prefilled += chunk_len[i];
     const size_t r = row++;
-    if (prefix_ && s.req.prefix_cache && s.prefilled < P) StorePrefix(s.req.prompt, s.prefilled, s.slot);
     seen.push_back(TargetRows{id, s.prefilled - chunk_len[i], chunk_len[i], tok0[r], &s.context});
     if (s.prefilled < P) continue;
     // The prompt is in: its last logits give the first generated token (position P).
     s.decoding = true;
     int32_t tok = 0;
-    if (!end_logits[i].empty()) {
-      // The prompt's end, with its last logits: a later identical prompt computes nothing.
-      StorePrefix(s.req.prompt, P, s.slot, end_logits[i].data());
-    }
     if (tr.on_device) {
       tok = tr.choice[fo.row0[r]].token;
     } else {
@@ -514,7 +525,7 @@ Status SpeculativeEngine::RunStep() {
       ProcessedProbs(l, V, s.req.sampling, p);
       tok = SampleToken(p, s.req.sampling, P);
     }
-    if (Emit(s, tok)) Finish(id, s, s.reason);
+    Emit(s, tok);  // a sequence done here finishes at the end of the step
   }
   std::vector<DraftOutcome> outcomes;
   for (size_t i = 0; i < decode_ids.size(); ++i) {
@@ -557,8 +568,14 @@ Status SpeculativeEngine::RunStep() {
     if (!mine.empty()) SPECD_RETURN_IF_ERROR(d->Accept(mine));
   }
   // After Accept (which dropped the drafter's speculative rows): the rows of the sequences that
-  // go on, their emitted tokens included.
-  std::erase_if(seen, [&](const TargetRows& t) { return seqs_[t.seq_id].reason != FinishReason::kNone; });
+  // go on, their emitted tokens included; and of those that finished when the prefix store will
+  // keep what they consumed with their drafter's state (which must then have seen all of it).
+  std::erase_if(seen, [&](const TargetRows& t) {
+    const Seq& s = seqs_[t.seq_id];
+    if (s.reason == FinishReason::kNone) return false;
+    return !(prefix_ && s.req.prefix_cache && s.drafter && s.drafter->keeps_prefix_state() &&
+             t.pos0 + t.kept <= static_cast<int64_t>(s.context.size()));
+  });
   for (const auto& d : drafters_) {
     if (!d->reads_target_hidden()) continue;
     std::vector<TargetRows> mine;
@@ -573,9 +590,22 @@ Status SpeculativeEngine::RunStep() {
     }
     SPECD_RETURN_IF_ERROR(d->ObserveTarget(target_->last_hidden(), mine));
   }
-  for (int id : decode_ids) {
-    Seq& s = seqs_[id];
-    if (s.reason != FinishReason::kNone && s.slot >= 0) Finish(id, s, s.reason);
+  // The prefix store, after every drafter saw the step: each chunk end, and each prompt's end with
+  // its last logits (a later identical prompt computes nothing); the slots hold exactly that.
+  if (prefix_) {
+    for (size_t i = 0; i < prefilling.size(); ++i) {
+      Seq& s = seqs_[prefilling[i]];
+      if (!s.req.prefix_cache) continue;
+      const int64_t P = static_cast<int64_t>(s.req.prompt.size());
+      StorePrefix(prefilling[i], s, s.req.prompt, s.prefilled, s.prefilled == P && !end_logits[i].empty()
+                                                                  ? end_logits[i].data() : nullptr);
+    }
+  }
+  for (const std::vector<int>* ids : {&prefilling, &decode_ids}) {
+    for (int id : *ids) {
+      Seq& s = seqs_[id];
+      if (s.reason != FinishReason::kNone && s.slot >= 0) Finish(id, s, s.reason);
+    }
   }
   return Status::Ok();
 }

@@ -137,7 +137,8 @@ class SpeculativeEngine {
   };
   SpeculativeEngine() = default;
   Status RunStep();
-  void StorePrefix(const std::vector<int32_t>& tokens, int64_t len, int slot, const float* last_logits = nullptr);
+  void StorePrefix(int id, const Seq& s, const std::vector<int32_t>& tokens, int64_t len,
+                   const float* last_logits = nullptr);
   Status ProposeByDrafter(const std::vector<int>& decode_ids, const std::vector<DraftRequest>& dreq,
                           std::vector<DraftProposal>& props);
   StatusOr<TokenRows> FetchTokenRows(ForwardOutput& fo, const std::vector<int>& prefilling,
@@ -155,7 +156,8 @@ class SpeculativeEngine {
   Qwen35Model* target_ = nullptr;
   std::vector<std::unique_ptr<Drafter>> drafters_;
   std::unique_ptr<ModelCache> cache_;
-  std::unique_ptr<PrefixStore> prefix_;  // after cache_: released first, it holds the cache's blocks
+  // After cache_ and drafters_: released first, it holds the cache's blocks and the drafters' states.
+  std::unique_ptr<PrefixStore> prefix_;
   int64_t kv_request_blocks_ = 0;        // the pool's blocks that requests reserve (the rest: the store's)
   EngineOptions opt_;
   std::map<int, Seq> seqs_;

@@ -14,6 +14,15 @@
 //   Accept: Commit(slot, 0). The chained rows were computed from the head's own outputs, not
 //     from the target's; the accepted positions come back with real states at the next
 //     ObserveTarget. The rollback is the KV length, nothing is re-run.
+//
+// Prefix entries (docs/prefix-cache.md): the head's state after the target consumed n tokens is
+// its KV rows [0, n - 1) and h_{n-1}. A saved state shares the full KV blocks (refcounted in the
+// head cache's pool, which ReservePrefixStates grows by the store's budget), copies a partial last
+// block, and copies h_{n-1} into a row of its own; a restored sequence continues exactly as if the
+// head had observed the prefix itself.
+#include <algorithm>
+#include <unordered_map>
+
 #include "qwen35/model.h"
 #include "speculative/draft_choice.h"
 #include "speculative/drafter.h"
@@ -35,6 +44,87 @@ class MtpDrafter final : public SlotDrafter<MtpSeq> {
   }
   std::string name() const override { return "mtp"; }
   bool reads_target_hidden() const override { return true; }
+  bool keeps_prefix_state() const override { return true; }
+
+  Status ReservePrefixStates(int64_t rows, int entries) override {
+    if (!seqs_.empty()) return FailedPrecondition("mtp: prefix states reserved with sequences running");
+    if (rows < 0 || entries < 1) return InvalidArgument("mtp: prefix states for {} rows in {} entries", rows, entries);
+    CacheOptions co = cache_->options();
+    const int64_t B = co.kv_block_size;
+    // The full blocks of `rows` rows, and one copied partial block per entry.
+    state_budget_ = (rows + B - 1) / B + entries;
+    co.kv_blocks = cache_->kv_blocks_total() + state_budget_;
+    SPECD_ASSIGN_OR_RETURN(cache_, model_->NewMtpCache(co));
+    Backend& be = *model_->backend();
+    try {
+      saved_hidden_ = be.Alloc(be.act_dtype(), {entries, model_->config().hidden_size});
+    } catch (const std::bad_alloc&) {
+      return ResourceExhausted("not enough {} memory for {} MTP prefix states", be.name(), entries);
+    }
+    free_rows_.clear();
+    for (int r = entries - 1; r >= 0; --r) free_rows_.push_back(r);
+    return Status::Ok();
+  }
+
+  std::shared_ptr<void> SavePrefix(int seq_id, int64_t len) override {
+    auto it = seqs_.find(seq_id);
+    if (it == seqs_.end() || free_rows_.empty()) return nullptr;
+    const MtpSeq& s = it->second;
+    const int64_t rows = len - 1;
+    if (rows < 0 || !s.has_pending || cache_->logging(s.slot) || cache_->length(s.slot) != rows) return nullptr;
+    const int64_t B = cache_->kv_block_size(), nb = (rows + B - 1) / B;
+    const bool partial = rows % B != 0;
+    std::vector<int32_t> blocks = cache_->kv_blocks(s.slot);
+    if (static_cast<int64_t>(blocks.size()) < nb) return nullptr;
+    blocks.resize(static_cast<size_t>(nb));
+    int64_t fresh = partial ? 1 : 0;
+    for (int64_t j = 0; j < nb - (partial ? 1 : 0); ++j) fresh += held_.count(blocks[j]) == 0;
+    if (held_blocks_ + fresh > state_budget_) return nullptr;  // the pool keeps every slot's room
+    // Owned from here on: a throw below releases what it holds.
+    auto st = std::make_shared<State>(this, rows);
+    for (int64_t j = 0; j < nb - (partial ? 1 : 0); ++j) {
+      Hold(blocks[j]);
+      st->blocks.push_back(blocks[j]);
+    }
+    if (partial) {
+      auto copy = cache_->CopyBlock(blocks.back());  // its writer goes on writing the original
+      if (!copy.ok()) return nullptr;
+      ++held_[*copy];  // CopyBlock's reference is the state's
+      ++held_blocks_;
+      st->blocks.push_back(*copy);
+    }
+    Backend& be = *model_->backend();
+    st->hidden_row = free_rows_.back();
+    free_rows_.pop_back();
+    Tensor dst = saved_hidden_.Rows(st->hidden_row, 1);
+    be.CopyRows(pending_.Rows(s.slot, 1), dst);
+    return st;
+  }
+
+  Status RestorePrefix(int seq_id, const std::shared_ptr<void>& state, int64_t len) override {
+    auto it = seqs_.find(seq_id);
+    if (it == seqs_.end()) return Internal("mtp: unknown sequence {}", seq_id);
+    MtpSeq& s = it->second;
+    // The store hands back only states this drafter saved (it keys them by their owner).
+    const auto* st = static_cast<const State*>(state.get());
+    if (st == nullptr || st->owner != this || st->rows != len - 1 || st->hidden_row < 0) {
+      return InvalidArgument("mtp: no head state for a prefix of {} tokens", len);
+    }
+    if (s.has_pending || cache_->length(s.slot) != 0) {
+      return FailedPrecondition("mtp: sequence {} is not empty (head row {})", seq_id, cache_->length(s.slot));
+    }
+    if (st->rows > 0) SPECD_RETURN_IF_ERROR(cache_->AdoptKvPrefix(s.slot, st->blocks, st->rows));
+    try {
+      Backend& be = *model_->backend();
+      Tensor dst = pending_.Rows(s.slot, 1);
+      be.CopyRows(saved_hidden_.Rows(st->hidden_row, 1), dst);
+    } catch (...) {
+      cache_->ResetSlot(s.slot);
+      throw;
+    }
+    s.has_pending = true;
+    return Status::Ok();
+  }
 
   Status ObserveTarget(const Tensor& hidden, const std::vector<TargetRows>& rows) override {
     Backend& be = *model_->backend();
@@ -172,8 +262,44 @@ class MtpDrafter final : public SlotDrafter<MtpSeq> {
     return out;
   }
 
+  // A saved head state (SavePrefix): its blocks (shared full ones, then its own copy of a partial
+  // one) and its row of saved_hidden_, returned to the drafter when the store lets go of it.
+  struct State {
+    State(MtpDrafter* o, int64_t r) : owner(o), rows(r) {}
+    ~State() {
+      for (int32_t b : blocks) owner->Drop(b);
+      if (hidden_row >= 0) owner->free_rows_.push_back(hidden_row);
+    }
+    MtpDrafter* owner;
+    int64_t rows;
+    std::vector<int32_t> blocks;
+    int hidden_row = -1;
+  };
+
+  // One pool reference per distinct block the states hold (like the prefix store's).
+  void Hold(int32_t b) {
+    if (++held_[b] == 1) {
+      cache_->RefBlock(b);
+      ++held_blocks_;
+    }
+  }
+  void Drop(int32_t b) {
+    auto it = held_.find(b);
+    if (it == held_.end()) return;
+    if (--it->second == 0) {
+      held_.erase(it);
+      cache_->UnrefBlock(b);
+      --held_blocks_;
+    }
+  }
+
   Qwen35Model* model_;
   Tensor pending_;  // [slots, H]: each sequence's last real target hidden state
+  // Prefix states (ReservePrefixStates): h_{n-1} of each, the free rows, the blocks they hold.
+  Tensor saved_hidden_;
+  std::vector<int> free_rows_;
+  std::unordered_map<int32_t, int> held_;
+  int64_t held_blocks_ = 0, state_budget_ = 0;
 };
 
 }  // namespace

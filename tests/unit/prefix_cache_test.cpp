@@ -27,6 +27,7 @@ struct Pair {
   Pair() {
     target = std::move(Qwen35Model::Load(DemoDir("target"), be.get())).value();
     draft = std::move(Qwen35Model::Load(DemoDir("draft"), be.get())).value();
+    EXPECT_TRUE(target->LoadMtpHead(DemoDir("target")).ok());  // the demo target's own MTP head
   }
 };
 Pair& P() {
@@ -87,12 +88,16 @@ TEST(PrefixStore, RestoredStateGivesBitwiseEqualLogits) {
 struct WaveRun {
   std::vector<std::vector<int32_t>> out;
   std::vector<int64_t> cached;
+  std::vector<std::pair<int64_t, int64_t>> drafts;  // per request: draft tokens proposed, accepted
   PrefixStoreStats stats;
+  // The MTP head cache's pool after the last wave (every request released): free and total blocks.
+  int64_t head_free = -1, head_total = -1;
 };
 
 // Runs `waves` of requests on one engine (each wave to completion, so later waves can hit what
-// earlier ones stored); `drafter`: none, ngram, draft.
-WaveRun RunWaves(const std::vector<std::vector<GenerationRequest>>& waves, int entries, const std::string& drafter = "none",
+// earlier ones stored); `drafters`: comma-separated among ngram, draft, mtp (first = default),
+// or none.
+WaveRun RunWaves(const std::vector<std::vector<GenerationRequest>>& waves, int entries, const std::string& drafters = "none",
              int k = 0, int64_t store_tokens = 0) {
   EngineOptions o;
   o.max_seqs = 64;
@@ -102,10 +107,17 @@ WaveRun RunWaves(const std::vector<std::vector<GenerationRequest>>& waves, int e
   o.prefix_cache_entries = entries;
   o.prefix_cache_tokens = store_tokens;
   o.prefix_cache_interval = 32;
-  std::unique_ptr<Drafter> d;
-  if (drafter == "ngram") d = MakeNgramDrafter();
-  if (drafter == "draft") d = std::move(MakeDraftModelDrafter(P().draft.get(), 4096, 64, 512, 16)).value();
-  auto e = std::move(SpeculativeEngine::Create(P().target.get(), std::move(d), o)).value();
+  std::vector<std::unique_ptr<Drafter>> ds;
+  for (size_t a = 0; a < drafters.size();) {
+    size_t b = drafters.find(',', a);
+    if (b == std::string::npos) b = drafters.size();
+    const std::string d = drafters.substr(a, b - a);
+    if (d == "ngram") ds.push_back(MakeNgramDrafter());
+    if (d == "draft") ds.push_back(std::move(MakeDraftModelDrafter(P().draft.get(), 4096, 64, 512, 16)).value());
+    if (d == "mtp") ds.push_back(std::move(MakeMtpDrafter(P().target.get(), 64, 512, 16)).value());
+    a = b + 1;
+  }
+  auto e = std::move(SpeculativeEngine::Create(P().target.get(), std::move(ds), o)).value();
   WaveRun r;
   for (const auto& wave : waves) {
     std::vector<int> ids;
@@ -121,10 +133,15 @@ WaveRun RunWaves(const std::vector<std::vector<GenerationRequest>>& waves, int e
     for (int id : ids) {
       r.out.push_back(e->Generated(id));
       r.cached.push_back(e->CachedTokens(id));
+      r.drafts.emplace_back(e->Stats(id).draft_tokens, e->Stats(id).accepted_tokens);
       e->Release(id);
     }
   }
   if (e->prefix_store()) r.stats = e->prefix_store()->stats();
+  if (Drafter* m = e->drafter("mtp")) {
+    r.head_free = m->state_cache()->kv_blocks_free();
+    r.head_total = m->state_cache()->kv_blocks_total();
+  }
   return r;
 }
 
@@ -246,6 +263,78 @@ TEST(PrefixCacheEngine, WithDrafters) {
     EXPECT_EQ(cached.out, plain.out) << d;
     EXPECT_GT(cached.cached[1], 0) << d;
   }
+}
+
+// The MTP drafter over cached prefixes: an entry its requests store carries the head's part (its
+// KV rows and the pending hidden row), so a request that starts from it drafts exactly as if the
+// head had seen the prefix itself. Greedy and sampled, hits at a chunk end, on a whole prompt and
+// on a chat's next turn: the ids equal plain decoding's, and every request's drafts and
+// acceptances equal those of the same requests on an engine without a store (the drafts are a
+// function of the head's state, so a wrong restored row would change them).
+TEST(PrefixCacheEngine, MtpRequestsStartFromStoredPrefixes) {
+  const auto sys = Ids(90, 21), a = Ids(10, 22), b = Ids(7, 23);
+  GenerationRequest coupled = Sampled(Cat(sys, b), 24, 5);
+  coupled.sampling.mode = SamplingMode::kCoupled;  // the same draws as plain sampling
+  const std::vector<GenerationRequest> w1 = {Greedy(Cat(sys, a), 32), coupled};
+  const WaveRun first = RunWaves({w1}, 0);
+  const std::vector<GenerationRequest> w2 = {
+      Greedy(Cat(sys, Ids(12, 24)), 32),                               // shares 90: hit at 64
+      Greedy(Cat(sys, a), 32),                                         // whole, 100
+      Greedy(Cat(Cat(Cat(sys, a), first.out[0]), Ids(9, 25)), 24),     // the next turn
+      coupled};                                                        // whole, 97, sampled
+  const WaveRun plain = RunWaves({w1, w2}, 0);
+  const WaveRun uncached = RunWaves({w1, w2}, 0, "mtp", 3);
+  const WaveRun cached = RunWaves({w1, w2}, 8, "mtp", 3);
+  EXPECT_EQ(uncached.out, plain.out);
+  EXPECT_EQ(cached.out, plain.out);
+  EXPECT_EQ(cached.drafts, uncached.drafts) << "the head drafts as if it had seen the prefix";
+  ASSERT_EQ(cached.cached.size(), 6u);
+  EXPECT_EQ(cached.cached[2], 64);
+  EXPECT_EQ(cached.cached[3], 100) << "a whole prompt";
+  EXPECT_EQ(cached.cached[4], 100 + 32 - 1) << "the next turn: prompt + reply, all but the pending token";
+  EXPECT_EQ(cached.cached[5], 97) << "a whole prompt";
+  int64_t accepted = 0;
+  for (size_t i = 2; i < 6; ++i) accepted += cached.drafts[i].second;
+  EXPECT_GT(accepted, 20) << "the demo head drafts well from restored states";
+}
+
+// One store, several drafters: an entry an n-gram request stored has no head state, so an MTP
+// request does not start from it (it computes the prefix, and its own store gives the entry the
+// head's part); the next MTP request then does. The head cache's pool keeps no block beyond the
+// states' budget once every request is gone, under eviction too.
+TEST(PrefixCacheEngine, MtpBesideOtherDrafters) {
+  const auto sys = Ids(80, 26);
+  auto named = [](GenerationRequest r, const char* d) {
+    r.drafter = d;
+    return r;
+  };
+  const std::vector<std::vector<GenerationRequest>> waves = {
+      {named(Greedy(Cat(sys, Ids(6, 27)), 20), "ngram")},
+      {named(Greedy(Cat(sys, Ids(6, 28)), 20), "mtp")},
+      {named(Greedy(Cat(sys, Ids(6, 29)), 20), "mtp"), named(Greedy(Cat(sys, Ids(6, 30)), 20), "ngram")}};
+  std::vector<std::vector<GenerationRequest>> plain_waves = waves;
+  for (auto& w : plain_waves) {
+    for (auto& r : w) r.drafter = "none";
+  }
+  const WaveRun plain = RunWaves(plain_waves, 0, "mtp,ngram", 3);
+  const WaveRun cached = RunWaves(waves, 8, "mtp,ngram", 3);
+  EXPECT_EQ(cached.out, plain.out);
+  ASSERT_EQ(cached.cached.size(), 4u);
+  EXPECT_EQ(cached.cached[0], 0);
+  EXPECT_EQ(cached.cached[1], 0) << "the n-gram request's entries carry no head state";
+  EXPECT_EQ(cached.cached[2], 64) << "the MTP request's store gave the entry at 64 the head's part";
+  EXPECT_EQ(cached.cached[3], 64);
+  // 20 distinct MTP prompts through 2 entries of at most 12 blocks: evictions free the head's blocks.
+  std::vector<std::vector<GenerationRequest>> many;
+  for (int w = 0; w < 5; ++w) {
+    std::vector<GenerationRequest> wave;
+    for (int i = 0; i < 4; ++i) wave.push_back(named(Greedy(Ids(40 + 13 * i, 400 + w * 4 + i), 12), "mtp"));
+    many.push_back(wave);
+  }
+  const WaveRun evicting = RunWaves(many, 2, "mtp", 3, 12 * 16);
+  EXPECT_GT(evicting.stats.evictions, 10);
+  ASSERT_GT(evicting.head_total, 0);
+  EXPECT_LE(evicting.head_total - evicting.head_free, 12 + 2) << "only the stored states' blocks are held";
 }
 
 // A request may opt out: it neither looks up nor stores.
