@@ -410,6 +410,10 @@ struct Round {
   std::vector<std::string> samples;                          // the first few unexpected/lost, for the log
   bool scraped = false, load_zero = false;
   std::optional<double> running, waiting, device, rss, graphs, graph_bytes;
+  // The device memory the daemon's allocations hold: whole-device use less the freed blocks its
+  // allocator keeps for reuse (capped, and refilled at random by the traffic: up to 2 GiB of
+  // round-to-round noise in `device`, which would hide a leak of a few MiB or fake one).
+  std::optional<double> device_live;
   std::string rss_source, graph_bytes_name;
 };
 
@@ -420,17 +424,18 @@ std::string CodesString(const std::map<std::string, int>& m) {
 }
 
 const char* kHeader =
-    "round requests concurrency     wall_s   tok/s     ok  lost unexpected  load(run/wait) device_MiB  rss_MiB  "
-    "graphs graph_MiB  codes\n";
+    "round requests concurrency     wall_s   tok/s     ok  lost unexpected  load(run/wait) device_MiB   live_MiB  "
+    "rss_MiB  graphs graph_MiB  codes\n";
 
 void PrintRound(const Round& r, const std::string& levels) {
   int unexpected = 0;
   for (const auto& [k, v] : r.unexpected) unexpected += v;
   const std::string load = r.scraped ? Num(r.running) + "/" + Num(r.waiting) : "n/a";
-  std::printf("%5d %8d %-14s %7.1f %7.0f %6d %5d %10d  %14s %10s %8s %7s %9s  %s\n", r.index, r.requests,
+  std::printf("%5d %8d %-14s %7.1f %7.0f %6d %5d %10d  %14s %10s %10s %8s %7s %9s  %s\n", r.index, r.requests,
               levels.c_str(), r.wall_s, r.wall_s > 0 ? static_cast<double>(r.tokens) / r.wall_s : 0.0,
               r.outcomes.count("ok") ? r.outcomes.at("ok") : 0, r.outcomes.count("lost") ? r.outcomes.at("lost") : 0,
-              unexpected, load.c_str(), Mib(r.device).c_str(), Mib(r.rss).c_str(), Num(r.graphs).c_str(),
+              unexpected, load.c_str(), Mib(r.device).c_str(), Mib(r.device_live).c_str(), Mib(r.rss).c_str(),
+              Num(r.graphs).c_str(),
               Mib(r.graph_bytes).c_str(), CodesString(r.codes).c_str());
   std::fflush(stdout);
 }
@@ -450,6 +455,7 @@ json RoundJson(const Round& r) {
           {"num_requests_running", opt(r.running)},
           {"num_requests_waiting", opt(r.waiting)},
           {"device_memory_used_bytes", opt(r.device)},
+          {"device_memory_live_bytes", opt(r.device_live)},
           {"resident_memory_bytes", opt(r.rss)},
           {"resident_memory_source", r.rss_source},
           {"cuda_graphs", opt(r.graphs)},
@@ -622,6 +628,7 @@ int RunSoak(const SoakArgs& a) {
       }
       if (!round.scraped) std::fprintf(stderr, "round %d: metrics: %s\n", ri, err.c_str());
       round.device = Get(m, "specd:device_memory_used_bytes");
+      if (round.device) round.device_live = *round.device - Get(m, "specd:device_pool_cached_bytes").value_or(0.0);
       round.rss = Get(m, "specd:process_resident_memory_bytes");
       if (round.rss) round.rss_source = "metrics";
       round.graphs = Get(m, "specd:cuda_graphs");
@@ -707,7 +714,7 @@ int RunSoak(const SoakArgs& a) {
                   Mib(p.*field).c_str(), Mib(l.*field).c_str(), p.index, l.index, g, limit);
     criterion(name, g <= limit, buf);
   };
-  growth("device_memory_growth", &Round::device, a.memory_growth_pct);
+  growth("device_memory_growth", &Round::device_live, a.memory_growth_pct);
   growth("resident_memory_growth", &Round::rss, rss_limit);
 
   std::printf("\n== soak summary (%s, device %s, %lld requests in %d rounds) ==\n", a.address.c_str(), srv.device.c_str(),

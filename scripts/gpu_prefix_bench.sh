@@ -45,7 +45,7 @@ run_one() {  # model, on|off
   local model_flag=()
   [ "$model" != demo ] && model_flag=(--model "$model")
   rm -f "$OUT/$tag.ports.json"
-  "$specd" serve --device "$DEVICE" "${model_flag[@]}" --drafter ngram --k 3 --max-batch 8 --max-context "$ctx" \
+  "$specd" serve --device "$DEVICE" "${model_flag[@]}" --drafter "${DRAFTER:-ngram}" --k 3 --max-batch 8 --max-context "$ctx" \
     --prefix-cache "$pc" --prefix-cache-entries 256 --prefix-cache-tokens $(( 4 * ctx * SESSIONS )) \
     --host 127.0.0.1 --port 0 --metrics-port 0 --http-port -1 --port-file "$OUT/$tag.ports.json" \
     --log-level info > "$OUT/$tag.serve.log" 2>&1 &
