@@ -99,12 +99,14 @@ PrefixStore::Hit PrefixStore::Lookup(const std::vector<int32_t>& tokens, int64_t
   stats_.lookup_tokens += static_cast<int64_t>(tokens.size());
   Hit best;
   int n = 0;
+  int64_t shared = 0;
   const int64_t limit = std::min<int64_t>(max_len, static_cast<int64_t>(tokens.size()));
   const int64_t T = static_cast<int64_t>(tokens.size());
   for (int64_t i = 0; i < (whole ? T : limit); ++i) {
     const auto it = nodes_[n].children.find(tokens[i]);
     if (it == nodes_[n].children.end()) break;
     n = it->second;
+    shared = i + 1;
     const int e = nodes_[n].entry;
     if (e < 0) continue;
     const std::shared_ptr<void>* c = need ? entries_[e].companion(need) : nullptr;
@@ -112,6 +114,7 @@ PrefixStore::Hit PrefixStore::Lookup(const std::vector<int32_t>& tokens, int64_t
     if (i < limit) best = Hit{e, i + 1, nullptr, c ? *c : nullptr};
     if (whole && i + 1 == T && !entries_[e].logits.empty()) best = Hit{e, T, &entries_[e].logits, c ? *c : nullptr};
   }
+  best.shared = std::max(shared, best.length);
   if (best.length > 0) {
     entries_[best.entry].last_use = ++tick_;
     ++stats_.hits;

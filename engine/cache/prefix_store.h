@@ -47,6 +47,10 @@ class PrefixStore {
     int64_t length = 0;                         // 0: nothing found
     const std::vector<float>* logits = nullptr;  // the whole of `tokens`, with its last position's logits
     std::shared_ptr<void> companion;             // the companion state of Lookup's `need`, if asked
+    // The longest prefix `tokens` shares with any stored prefix's path (>= length): where this
+    // prompt leaves what is known. An entry stored there serves the next prompt that leaves at
+    // the same token (a system prompt shared by many users, whatever its length).
+    int64_t shared = 0;
   };
   // The longest stored prefix of `tokens` of at most `max_len` tokens; or, with `whole`, all of
   // `tokens` when that entry keeps its last position's logits (so nothing needs computing). With

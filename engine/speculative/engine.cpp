@@ -167,6 +167,7 @@ StatusOr<int> SpeculativeEngine::Add(GenerationRequest req) {
     try {
       const PrefixStore::Hit hit = prefix_->Lookup(req.prompt, static_cast<int64_t>(req.prompt.size()) - 1,
                                                    /*whole=*/true, own_state ? drafter : nullptr);
+      s.cut_at = hit.shared;
       if (hit.length > 0 && prefix_->Restore(hit, slot).ok() &&
           (!own_state || drafter->RestorePrefix(id, hit.companion, hit.length).ok())) {
         restored = true;
@@ -466,6 +467,10 @@ Status SpeculativeEngine::RunStep() {
       // end is stored, so a prompt sharing only part of this one still finds a prefix.
       const int64_t I = opt_.prefix_cache_interval, end = s.prefilled + len;
       if (end % I != 0 && end / I * I > s.prefilled) len = end / I * I - s.prefilled;
+      // And at the token where the prompt left every stored prefix: the entry stored there is
+      // exactly the part this prompt shares with an earlier one (a system prompt, say), which
+      // the next prompt that shares it finds whole.
+      if (s.cut_at > s.prefilled && s.cut_at < s.prefilled + len) len = s.cut_at - s.prefilled;
     }
     budget -= len;
     prefilling.push_back(id);

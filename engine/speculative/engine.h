@@ -125,6 +125,7 @@ class SpeculativeEngine {
     int probe = 0;
     int64_t kv_reserved = 0;  // KV blocks reserved at admission, returned when it finishes
     int64_t cached_tokens = 0;  // prompt tokens restored from the prefix store
+    int64_t cut_at = 0;         // a prefill chunk ends here: where the prompt left the store's known prefixes
   };
   // What the token choice of one step reads: with the backend's token choice, one (token,
   // accept) per logits row; otherwise a host copy of every row for the host path.

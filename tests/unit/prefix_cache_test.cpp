@@ -251,6 +251,20 @@ TEST(PrefixCacheEngine, SixtyFourRequestsSharingASystemPrompt) {
   EXPECT_EQ(second_wave_hits, 64);
 }
 
+// A system prompt of 90 tokens (no multiple of the 32-token interval or the 64-token chunk)
+// shared by three users: the first stores at its chunk ends (64, 96, its end); the second finds 64
+// and leaves the stored path at 90, so its prefill cuts a chunk there and stores the system
+// prompt whole; the third finds all 90 tokens.
+TEST(PrefixCacheEngine, ASharedSystemPromptIsStoredWhereUsersDiverge) {
+  const auto sys = Ids(90, 31);
+  const std::vector<std::vector<GenerationRequest>> waves = {
+      {Greedy(Cat(sys, Ids(12, 32)), 16)}, {Greedy(Cat(sys, Ids(9, 33)), 16)}, {Greedy(Cat(sys, Ids(14, 34)), 16)}};
+  const WaveRun plain = RunWaves(waves, 0);
+  const WaveRun cached = RunWaves(waves, 8);
+  EXPECT_EQ(cached.out, plain.out);
+  EXPECT_EQ(cached.cached, (std::vector<int64_t>{0, 64, 90}));
+}
+
 // With speculation: the n-gram and draft-model drafters over cached prefixes (the draft model
 // computes its own prefix: docs/prefix-cache.md) give plain greedy's ids.
 TEST(PrefixCacheEngine, WithDrafters) {
@@ -322,8 +336,10 @@ TEST(PrefixCacheEngine, MtpBesideOtherDrafters) {
   ASSERT_EQ(cached.cached.size(), 4u);
   EXPECT_EQ(cached.cached[0], 0);
   EXPECT_EQ(cached.cached[1], 0) << "the n-gram request's entries carry no head state";
-  EXPECT_EQ(cached.cached[2], 64) << "the MTP request's store gave the entry at 64 the head's part";
-  EXPECT_EQ(cached.cached[3], 64);
+  // The MTP request left the n-gram one's path at 80 (the shared prompt's end), so it cut a chunk
+  // there and stored an entry with the head's part.
+  EXPECT_EQ(cached.cached[2], 80) << "the MTP request's store, at the shared prompt's end";
+  EXPECT_EQ(cached.cached[3], 80);
   // 20 distinct MTP prompts through 2 entries of at most 12 blocks: evictions free the head's blocks.
   std::vector<std::vector<GenerationRequest>> many;
   for (int w = 0; w < 5; ++w) {
