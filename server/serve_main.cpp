@@ -77,8 +77,7 @@ v1::ModelInfo DescribeModel(const ServeOptions& o, const ServingModels& m) {
   info.set_prefix_cache(m.engine.prefix_cache_entries > 0);
   if (info.prefix_cache()) {
     info.set_prefix_cache_entries(static_cast<uint32_t>(m.engine.prefix_cache_entries));
-    info.set_prefix_cache_tokens(static_cast<uint64_t>(m.engine.prefix_cache_tokens > 0 ? m.engine.prefix_cache_tokens
-                                                                                          : 4 * m.max_context));
+    info.set_prefix_cache_tokens(static_cast<uint64_t>(m.engine.prefix_cache_tokens));
   }
   return info;
 }

@@ -140,9 +140,20 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
   eo.max_prefill_tokens = o.max_prefill_tokens;
   eo.kv_cache_tokens = o.kv_cache_tokens;
   if (o.prefix_cache == "on") {
-    eo.prefix_cache_entries = o.prefix_cache_entries;
+    // A byte budget alone splits itself; the entries flag, when given, caps it.
+    eo.prefix_cache_entries = o.prefix_cache_bytes > 0 && !o.prefix_cache_entries_given ? (1 << 16) : o.prefix_cache_entries;
     eo.prefix_cache_tokens = o.prefix_cache_tokens;
+    eo.prefix_cache_bytes = o.prefix_cache_bytes;
     eo.prefix_cache_interval = std::min<int64_t>(o.prefill_chunk, 128);
+    // The plan, resolved here so that the log and ModelInfo tell what every engine will hold.
+    const DType act = m.backend->act_dtype();
+    SPECD_RETURN_IF_ERROR(ResolvePrefixCacheBudget(eo, cfg, act, m.serves("mtp")));
+    if (eo.prefix_cache_tokens == 0) eo.prefix_cache_tokens = 4 * m.max_context;
+    const double snap = static_cast<double>(PrefixSnapshotBytes(cfg, act)) / 1e6;
+    const double kv = static_cast<double>(KvBytesPerToken(cfg, act) * eo.prefix_cache_tokens) / 1e6;
+    spdlog::info("prefix cache: {} entries of {:.1f} MB of GDN state + {} KV rows ({:.1f} MB) = {:.1f} MB{}",
+                 eo.prefix_cache_entries, snap, eo.prefix_cache_tokens, kv, eo.prefix_cache_entries * snap + kv,
+                 m.serves("mtp") ? " (+ the MTP head's rows)" : "");
   }
   return m;
 }

@@ -70,11 +70,17 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
       ->check(CLI::NonNegativeNumber);
   s->add_option("--prefix-cache", o->prefix_cache,
                 "on: reuse the target's state after prompt prefixes seen before (chat turns, shared system prompts; "
-                "exact: the same ids as uncached); requests whose drafter is mtp do not use it yet")
+                "exact: the same ids as uncached; with every drafter, the MTP head's own state included)")
       ->check(CLI::IsMember({"on", "off"}));
+  s->add_option("--prefix-cache-bytes", o->prefix_cache_bytes,
+                "Prefix cache: one memory budget for its states and KV rows, e.g. 4G (0 = --prefix-cache-entries and "
+                "--prefix-cache-tokens as given; with it, --prefix-cache-entries is the most entries it keeps)")
+      ->transform(CLI::AsSizeValue(false));
   s->add_option("--prefix-cache-entries", o->prefix_cache_entries,
-                "Prefix cache: states kept (each holds every GDN layer's state: its size is logged at startup)")
-      ->check(CLI::Range(1, 1 << 16));
+                "Prefix cache: states kept (each holds every GDN layer's state: its size is logged at startup); "
+                "with --prefix-cache-bytes, the most it keeps")
+      ->check(CLI::Range(1, 1 << 16))
+      ->each([o](const std::string&) { o->prefix_cache_entries_given = true; });
   s->add_option("--prefix-cache-tokens", o->prefix_cache_tokens,
                 "Prefix cache: KV rows it may hold beside the requests' (0 = 4 x max-context)")
       ->check(CLI::NonNegativeNumber);

@@ -40,7 +40,9 @@ struct ServeOptions {
   int64_t max_prefill_tokens = 2048;
   int64_t kv_cache_tokens = 0;  // 0: max_batch x max_context
   // Prefix cache (docs/prefix-cache.md): off until it is checked on the GPU and with the MTP head.
-  std::string prefix_cache = "off";  // on | off
+  std::string prefix_cache = "on";   // on | off
+  int64_t prefix_cache_bytes = 0;    // one budget for the whole cache (0: entries and tokens as given)
+  bool prefix_cache_entries_given = false;  // --prefix-cache-entries was set (with a budget: a cap)
   int prefix_cache_entries = 64;     // GDN snapshots kept
   int64_t prefix_cache_tokens = 0;   // KV rows the cache may hold beside the requests' (0: 4 x max-context)
   bool batch_invariant = false;  // CUDA: projections of 17-64 rows on the row-invariant form

@@ -81,6 +81,8 @@ class Drafter {
     (void)entries;
     return Status::Ok();
   }
+  // Bytes ReservePrefixStates set aside.
+  virtual int64_t prefix_state_bytes() const { return 0; }
   // The sequence's state now, which must be the one after the target consumed `len` tokens;
   // null when it is not, or there is no room (the entry then has no state of this drafter).
   virtual std::shared_ptr<void> SavePrefix(int seq_id, int64_t len) {

@@ -60,20 +60,27 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
   e->kv_request_blocks_ = opt.kv_cache_tokens > 0 ? (opt.kv_cache_tokens + B - 1) / B
                                                   : (opt.max_ctx + B - 1) / B * opt.max_seqs;
   int64_t store_blocks = 0;
-  if (opt.prefix_cache_entries < 0 || opt.prefix_cache_tokens < 0 || opt.prefix_cache_interval <= 0) {
-    return InvalidArgument("prefix cache: entries and tokens must be >= 0 and the interval positive");
+  if (opt.prefix_cache_entries < 0 || opt.prefix_cache_tokens < 0 || opt.prefix_cache_interval <= 0 ||
+      opt.prefix_cache_bytes < 0) {
+    return InvalidArgument("prefix cache: entries, tokens and bytes must be >= 0 and the interval positive");
   }
-  if (opt.prefix_cache_entries > 0) {
-    const int64_t rows = opt.prefix_cache_tokens > 0 ? opt.prefix_cache_tokens : 4 * opt.max_ctx;
+  {
+    bool head = false;
+    for (const auto& d : e->drafters_) head = head || d->keeps_prefix_state();
+    SPECD_RETURN_IF_ERROR(ResolvePrefixCacheBudget(e->opt_, target->config(), target->backend()->act_dtype(), head));
+  }
+  if (e->opt_.prefix_cache_entries > 0) {
+    const int64_t rows = e->opt_.prefix_cache_tokens > 0 ? e->opt_.prefix_cache_tokens : 4 * opt.max_ctx;
     store_blocks = (rows + B - 1) / B;
   }
   co.kv_blocks = e->kv_request_blocks_ + store_blocks;
   SPECD_ASSIGN_OR_RETURN(e->cache_, target->NewCache(co));
-  if (opt.prefix_cache_entries > 0) {
-    SPECD_ASSIGN_OR_RETURN(e->prefix_, PrefixStore::Create(e->cache_.get(), {opt.prefix_cache_entries, store_blocks}));
+  if (e->opt_.prefix_cache_entries > 0) {
+    const int entries = e->opt_.prefix_cache_entries;
+    SPECD_ASSIGN_OR_RETURN(e->prefix_, PrefixStore::Create(e->cache_.get(), {entries, store_blocks}));
     // A drafter with state of its own (the MTP head) keeps it beside each entry: room for as many.
     for (const auto& d : e->drafters_) {
-      if (d->keeps_prefix_state()) SPECD_RETURN_IF_ERROR(d->ReservePrefixStates(store_blocks * B, opt.prefix_cache_entries));
+      if (d->keeps_prefix_state()) SPECD_RETURN_IF_ERROR(d->ReservePrefixStates(store_blocks * B, entries));
     }
   }
   // The MTP head reads the target's hidden states; the target keeps them only when asked (a
@@ -82,6 +89,13 @@ StatusOr<std::unique_ptr<SpeculativeEngine>> SpeculativeEngine::Create(Qwen35Mod
     if (d->reads_target_hidden()) target->set_keep_hidden(true);
   }
   return e;
+}
+
+int64_t SpeculativeEngine::prefix_cache_reserved_bytes() const {
+  if (!prefix_) return 0;
+  int64_t n = prefix_->pool_bytes() + prefix_->options().max_blocks * cache_->kv_block_bytes();
+  for (const auto& d : drafters_) n += d->prefix_state_bytes();
+  return n;
 }
 
 Drafter* SpeculativeEngine::drafter(std::string_view name) {
@@ -612,6 +626,45 @@ Status SpeculativeEngine::RunStep() {
       if (s.reason != FinishReason::kNone && s.slot >= 0) Finish(id, s, s.reason);
     }
   }
+  return Status::Ok();
+}
+
+int64_t PrefixSnapshotBytes(const ModelConfig& cfg, DType act) {
+  const GdnDims d{cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
+                  cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim};
+  int64_t gdn = 0;
+  for (LayerType t : cfg.layer_types) gdn += t == LayerType::kLinearAttention;
+  // As ModelCache holds them: the conv window in the activation dtype, the recurrent state in fp32.
+  const int64_t conv = int64_t{d.conv_kernel} * d.conv_dim() * static_cast<int64_t>(DTypeSize(act));
+  const int64_t rec = int64_t{d.num_v_heads} * d.head_k * d.head_v * 4;
+  return gdn * (conv + rec);
+}
+
+int64_t KvBytesPerToken(const ModelConfig& cfg, DType act) {
+  int64_t attn = 0;
+  for (LayerType t : cfg.layer_types) attn += t == LayerType::kFullAttention;
+  return attn * 2 * int64_t{cfg.num_key_value_heads} * cfg.head_dim * static_cast<int64_t>(DTypeSize(act));
+}
+
+Status ResolvePrefixCacheBudget(EngineOptions& o, const ModelConfig& cfg, DType act, bool head) {
+  if (o.prefix_cache_entries <= 0 || o.prefix_cache_bytes <= 0) return Status::Ok();
+  if (o.prefix_cache_interval <= 0) return InvalidArgument("prefix cache: the interval must be positive");
+  // Each entry costs its snapshot, the head's part (its pending row and a copied partial KV
+  // block) and an interval of KV rows (the target's, and the head's); the rest is KV rows.
+  const int64_t B = CacheOptions{}.kv_block_size, act_size = static_cast<int64_t>(DTypeSize(act));
+  const int64_t head_row = head ? 2 * int64_t{cfg.num_key_value_heads} * cfg.head_dim * act_size : 0;
+  const int64_t row = KvBytesPerToken(cfg, act) + head_row;
+  const int64_t fixed = PrefixSnapshotBytes(cfg, act) + (head ? cfg.hidden_size * act_size + B * head_row : 0);
+  const int64_t per_entry = fixed + o.prefix_cache_interval * row;
+  const int64_t n = std::min<int64_t>(o.prefix_cache_bytes / per_entry, o.prefix_cache_entries);
+  if (n < 1) {
+    return InvalidArgument("prefix cache: {} bytes hold no entry (one takes {}: {} bytes of state and {} tokens of {} bytes)",
+                           o.prefix_cache_bytes, per_entry, fixed, o.prefix_cache_interval, row);
+  }
+  o.prefix_cache_entries = static_cast<int>(n);
+  // Whole blocks only, so the pool's share stays within the budget.
+  o.prefix_cache_tokens = std::max<int64_t>((o.prefix_cache_bytes - n * fixed) / row / B * B, B);
+  o.prefix_cache_bytes = 0;  // resolved
   return Status::Ok();
 }
 

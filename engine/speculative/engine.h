@@ -63,7 +63,20 @@ struct EngineOptions {
   int prefix_cache_entries = 0;
   int64_t prefix_cache_tokens = 0;
   int64_t prefix_cache_interval = 128;
+  // One budget instead (> 0, with entries > 0: entries is then the most it may keep): the
+  // snapshots, the KV rows and the drafters' states together take at most this many bytes, split
+  // so that each entry has an interval's worth of KV rows of its own and the rest goes to KV rows.
+  int64_t prefix_cache_bytes = 0;
 };
+
+// Bytes of one prefix entry's GDN snapshot (every GDN layer's conv window and recurrent state),
+// and of one token's KV rows over the attention layers, for a model on a backend of `act` dtype.
+int64_t PrefixSnapshotBytes(const ModelConfig& cfg, DType act);
+int64_t KvBytesPerToken(const ModelConfig& cfg, DType act);
+// Turns prefix_cache_bytes (> 0, with entries > 0) into entries and tokens, and clears it; `head`:
+// a drafter keeps its own part of each entry (the MTP head). kInvalidArgument when the budget
+// holds no entry. SpeculativeEngine::Create calls it; a server calls it first to report the plan.
+Status ResolvePrefixCacheBudget(EngineOptions& o, const ModelConfig& cfg, DType act, bool head);
 
 class SpeculativeEngine {
  public:
@@ -105,6 +118,8 @@ class SpeculativeEngine {
   // The names of the drafters, default first.
   std::vector<std::string> drafter_names() const;
   Backend* backend() const { return target_->backend(); }
+  // What the prefix cache reserved at creation: snapshots, its KV blocks, the drafters' states.
+  int64_t prefix_cache_reserved_bytes() const;
   ModelCache& target_cache() { return *cache_; }
   int target_slot(int id) const { return seqs_.at(id).slot; }
   // Logits rows copied to the host so far (the device token choice copies none for greedy).

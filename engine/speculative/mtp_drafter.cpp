@@ -66,6 +66,10 @@ class MtpDrafter final : public SlotDrafter<MtpSeq> {
     return Status::Ok();
   }
 
+  int64_t prefix_state_bytes() const override {
+    return saved_hidden_.defined() ? saved_hidden_.nbytes() + state_budget_ * cache_->kv_block_bytes() : 0;
+  }
+
   std::shared_ptr<void> SavePrefix(int seq_id, int64_t len) override {
     auto it = seqs_.find(seq_id);
     if (it == seqs_.end() || free_rows_.empty()) return nullptr;

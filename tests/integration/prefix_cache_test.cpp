@@ -53,6 +53,31 @@ TEST(PrefixCacheOverGrpc, SecondTurnReusesTheFirst) {
 
 // `specd-client bench --multi-turn`: each turn after the first reuses everything the session's
 // previous turn consumed (prompt + reply), and the table and JSON say so.
+// On by default; one byte budget splits itself into entries and KV rows (ModelInfo tells the
+// plan, within the budget); a budget that holds no entry stops the daemon at startup, saying so;
+// --prefix-cache off turns it off.
+TEST(PrefixCacheOverGrpc, DefaultOnAndOneByteBudget) {
+  auto info_of = [](const std::vector<std::string>& args) {
+    v1::ModelInfo info;
+    auto srv = Server::Start(args);
+    EXPECT_TRUE(srv);
+    if (!srv) return info;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(srv->Stub()->GetModelInfo(&ctx, {}, &info).ok());
+    return info;
+  };
+  EXPECT_TRUE(info_of({}).prefix_cache()) << "on by default";
+  EXPECT_FALSE(info_of({"--prefix-cache", "off"}).prefix_cache());
+  const v1::ModelInfo b = info_of({"--prefix-cache-bytes", "32M"});
+  ASSERT_TRUE(b.prefix_cache());
+  EXPECT_GT(b.prefix_cache_entries(), 64u) << "a budget alone is not capped at the default 64 entries";
+  EXPECT_GT(b.prefix_cache_tokens(), 128u * b.prefix_cache_entries()) << "every entry has an interval of KV rows";
+  EXPECT_EQ(info_of({"--prefix-cache-bytes", "32M", "--prefix-cache-entries", "5"}).prefix_cache_entries(), 5u);
+  const CommandResult tiny = RunCommand(SpecdBinary(), {"serve", "--port", "0", "--prefix-cache-bytes", "1k"});
+  EXPECT_NE(tiny.exit_code, 0);
+  EXPECT_NE(tiny.err.find("hold no entry"), std::string::npos) << tiny.err;
+}
+
 TEST(PrefixCacheOverGrpc, MultiTurnBench) {
   auto srv = Server::Start({"--prefix-cache", "on", "--drafter", "ngram"});
   ASSERT_TRUE(srv);

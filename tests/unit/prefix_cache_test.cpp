@@ -353,6 +353,45 @@ TEST(PrefixCacheEngine, MtpBesideOtherDrafters) {
   EXPECT_LE(evicting.head_total - evicting.head_free, 12 + 2) << "only the stored states' blocks are held";
 }
 
+// One byte budget (--prefix-cache-bytes): the snapshots, the store's KV blocks and the MTP head's
+// states, as allocated, fit in it and use most of it; a budget that holds no entry is refused;
+// requests then run within it (the store's blocks never past its share) and give plain's ids.
+TEST(PrefixCacheEngine, OneByteBudget) {
+  const int64_t snapshot = PrefixSnapshotBytes(P().target->config(), P().be->act_dtype());
+  ASSERT_GT(snapshot, 0);
+  for (const int64_t budget : {6 * snapshot, 40 * snapshot}) {
+    EngineOptions o;
+    o.max_seqs = 8;
+    o.max_ctx = 512;
+    o.default_k = 3;
+    o.prefill_chunk = 64;
+    o.prefix_cache_entries = 1 << 16;
+    o.prefix_cache_bytes = budget;
+    o.prefix_cache_interval = 32;
+    std::vector<std::unique_ptr<Drafter>> ds;
+    ds.push_back(std::move(MakeMtpDrafter(P().target.get(), 8, 512, 16)).value());
+    ds.push_back(MakeNgramDrafter());
+    auto e = std::move(SpeculativeEngine::Create(P().target.get(), std::move(ds), o)).value();
+    const int64_t reserved = e->prefix_cache_reserved_bytes();
+    EXPECT_LE(reserved, budget);
+    EXPECT_GT(reserved, budget * 8 / 10) << "the budget is used, not left idle";
+    EXPECT_GE(e->options().prefix_cache_entries, 1);
+    EXPECT_LT(e->options().prefix_cache_entries, budget / snapshot) << "entries leave room for KV rows";
+    const auto sys = Ids(90, 35);
+    std::vector<int> ids;
+    for (int i = 0; i < 6; ++i) ids.push_back(*e->Add(Greedy(Cat(sys, Ids(5 + i, 36 + i)), 12)));
+    while (e->HasWork()) {
+      ASSERT_TRUE(e->Step().ok());
+      EXPECT_LE(e->prefix_store()->stats().blocks_held, e->prefix_store()->options().max_blocks);
+    }
+  }
+  EngineOptions o;
+  o.max_ctx = 512;
+  o.prefix_cache_entries = 8;
+  o.prefix_cache_bytes = snapshot / 2;
+  EXPECT_EQ(SpeculativeEngine::Create(P().target.get(), nullptr, o).status().code(), StatusCode::kInvalidArgument);
+}
+
 // A request may opt out: it neither looks up nor stores.
 TEST(PrefixCacheEngine, PerRequestOptOut) {
   const auto sys = Ids(90, 15);
