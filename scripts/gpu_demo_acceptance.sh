@@ -13,21 +13,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}/demo_acc
 mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
-BUNDLE=${BUNDLE:-.bundle/specd-gpu.tar.xz}
-if [ -n "${SPECD:-}" ]; then
-  specd=$SPECD; client=${SPECD_CLIENT:?SPECD_CLIENT too}
-else
-  dir=${BUNDLE_DIR:-/tmp/specd-bundle}
-  if [ ! -x "$dir/bin/specd" ]; then
-    rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xJf "$BUNDLE" ||
-      { echo "gpu_demo_acceptance: cannot unpack $BUNDLE" >&2; exit 1; }
-  fi
-  export LD_LIBRARY_PATH=$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
-  done
-  specd=$dir/bin/specd; client=$dir/bin/specd-client
-fi
+# shellcheck source=bundle_env.sh
+source scripts/bundle_env.sh
 rm -f "$OUT/ports.json"
 "$specd" serve --device "$DEVICE" --drafter mtp,draft,ngram --max-k 8 --max-batch 4 --host 127.0.0.1 --port 0 \
   --metrics-port 0 --http-port -1 --port-file "$OUT/ports.json" > "$OUT/serve.log" 2>&1 &

@@ -20,21 +20,8 @@ TURN=${TURN:-128}        # user message tokens per turn
 REPLY=${REPLY:-64}       # max_tokens per turn (ignore_eos: the reply is exactly this long)
 TURNS=${TURNS:-8}
 SESSIONS=${SESSIONS:-4}
-BUNDLE=${BUNDLE:-.bundle/specd-gpu.tar.xz}
-if [ -n "${SPECD:-}" ]; then
-  specd=$SPECD; client=${SPECD_CLIENT:?SPECD_CLIENT too}
-else
-  dir=${BUNDLE_DIR:-/tmp/specd-bundle}
-  if [ ! -x "$dir/bin/specd" ]; then
-    rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xJf "$BUNDLE" ||
-      { echo "gpu_prefix_bench: cannot unpack $BUNDLE (run scripts/make_gpu_bundle.sh, carry .bundle)" >&2; exit 1; }
-  fi
-  export LD_LIBRARY_PATH=$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
-  done
-  specd=$dir/bin/specd; client=$dir/bin/specd-client
-fi
+# shellcheck source=bundle_env.sh
+source scripts/bundle_env.sh
 ctx=$(( SYSTEM + TURNS * (TURN + REPLY) + 64 ))
 rows=()
 failed=0
