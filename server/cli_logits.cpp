@@ -13,7 +13,9 @@ Status RunLogits(const LogitsArgs& a) {
     return InvalidArgument("--split {} must be in [0, {})", a.split, ids.size());
   }
   SPECD_ASSIGN_OR_RETURN(auto backend, MakeBackend(a.device));
-  SPECD_ASSIGN_OR_RETURN(auto model, Qwen35Model::Load(a.model, backend.get()));
+  LoadOptions lo;
+  if (a.quantize == "fp8") lo.quantize_fp8 = Fp8Blocks{128, 128};
+  SPECD_ASSIGN_OR_RETURN(auto model, Qwen35Model::Load(a.model, backend.get(), lo));
   CacheOptions co;
   co.max_ctx = static_cast<int64_t>(ids.size());
   SPECD_ASSIGN_OR_RETURN(auto cache, model->NewCache(co));

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   logits->add_option("--ids", la.ids, "Comma-separated token ids")->required();
   logits->add_option("--split", la.split, "First N tokens are a prefill, the rest ONE cached forward");
   logits->add_option("--device", la.device, "cpu or cuda");
+  logits->add_option("--quantize", la.quantize, "none | fp8 (projections rounded to 128x128-block FP8 at load)")
+      ->check(CLI::IsMember({"none", "fp8"}));
   logits->add_option("--out", la.out, "Output .safetensors (tensor 'logits', f32 [T, V])")->required();
 
   specd::cli::GenerateArgs ga;

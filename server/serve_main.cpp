@@ -74,6 +74,7 @@ v1::ModelInfo DescribeModel(const ServeOptions& o, const ServingModels& m) {
   info.set_has_tokenizer(m.text->has_tokenizer());
   info.set_max_k(static_cast<uint32_t>(o.max_k));
   info.set_max_queue(static_cast<uint32_t>(o.max_queue));
+  info.set_weight_format(m.weight_format);
   info.set_prefix_cache(m.engine.prefix_cache_entries > 0);
   if (info.prefix_cache()) {
     info.set_prefix_cache_entries(static_cast<uint32_t>(m.engine.prefix_cache_entries));

@@ -54,9 +54,11 @@ Status ResolveModels(const ServeOptions& o, ServingModels& p) {
 
 // A model folder, or `random:NAME[:SEED]`: random weights of a released Qwen3.5 shape
 // (checkpoint/presets.h), for benchmarks and soak runs at real sizes without a checkpoint.
-StatusOr<std::unique_ptr<Qwen35Model>> LoadModel(const std::string& spec, Backend* backend, uint64_t default_seed) {
+StatusOr<std::unique_ptr<Qwen35Model>> LoadModel(const std::string& spec, Backend* backend, uint64_t default_seed,
+                                                  const LoadOptions& opt = {}) {
   constexpr std::string_view kRandom = "random:";
-  if (spec.rfind(kRandom, 0) != 0) return Qwen35Model::Load(spec, backend);
+  if (spec.rfind(kRandom, 0) != 0) return Qwen35Model::Load(spec, backend, opt);
+  if (opt.quantize_fp8) return InvalidArgument("--quantize fp8 needs a checkpoint, not {}", spec);
   std::string name = spec.substr(kRandom.size());
   uint64_t seed = default_seed;
   if (const size_t colon = name.find(':'); colon != std::string::npos) {
@@ -73,6 +75,17 @@ StatusOr<std::unique_ptr<Qwen35Model>> LoadModel(const std::string& spec, Backen
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("not enough {} memory for random weights of {}", backend->name(), name);
   }
+}
+
+// How the target's weights are held, for the log and ModelInfo.
+std::string WeightFormat(const Qwen35Model& m, const LoadOptions& lo) {
+  const std::string act = DTypeName(m.backend()->act_dtype());
+  if (m.fp8_tensors() == 0) return fmt::format("{} (as stored, converted)", act);
+  const auto& fp8 = m.config().fp8;
+  const Fp8Blocks b = fp8 ? *fp8 : *lo.quantize_fp8;
+  // The projections hold FP8 values; until the FP8 kernels land they are kept widened.
+  return fmt::format("fp8 {}x{} blocks ({}, {} tensors), held as {}", b.rows, b.cols,
+                     fp8 ? "checkpoint" : "--quantize fp8", m.fp8_tensors(), act);
 }
 
 }  // namespace
@@ -101,7 +114,12 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
                  "specd:device_pool_cached_bytes",
                  o.cuda_graph_limit, o.cuda_graph_capture_after, int64_t{o.max_batch} * kMaxVerifySpan);
   }
-  SPECD_ASSIGN_OR_RETURN(m.target, LoadModel(m.model_dir, m.backend.get(), 1));
+  LoadOptions lo;
+  if (o.quantize == "fp8") lo.quantize_fp8 = Fp8Blocks{128, 128};
+  SPECD_ASSIGN_OR_RETURN(m.target, LoadModel(m.model_dir, m.backend.get(), 1, lo));
+  m.weight_format = WeightFormat(*m.target, lo);
+  spdlog::info("weights of {}: {}, {:.1f} MB on {}", m.model_dir, m.weight_format,
+               static_cast<double>(m.target->weight_bytes()) / 1e6, m.backend->name());
   if (m.serves("mtp")) {
     // The head is loaded and checked at startup, so a checkpoint without one (or with a broken
     // one) stops here with the tensor named, never at the first request.

@@ -43,6 +43,10 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
                 "With --drafter mtp: a reduced draft vocabulary (JSON {\"ids\": [...]}, `specd draft-vocab`); the head "
                 "drafts only those tokens, verification still uses all");
   s->add_option("--tokenizer", o->tokenizer, "tokenizer.json or folder; 'none' = token ids only");
+  s->add_option("--quantize", o->quantize,
+                "none | fp8: quantize the target's projections (and its MTP head's) to block-wise FP8 at load, "
+                "128x128 blocks as Qwen's FP8 checkpoints; FP8 checkpoints load as FP8 without it (docs/fp8.md)")
+      ->check(CLI::IsMember({"none", "fp8"}));
   s->add_option("--k", o->k, "Default drafts per step")->check(CLI::Range(0, 16));
   s->add_option("--max-k", o->max_k, "Largest k a request may ask for")->check(CLI::Range(0, 16));
   s->add_option("--host", o->host, "Address to listen on");

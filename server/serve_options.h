@@ -26,6 +26,7 @@ struct ServeOptions {
   std::string mtp_vocab;  // a reduced draft vocabulary for the MTP head (speculative/draft_vocab.h)
   std::string tokenizer;  // "" = the model folder's tokenizer.json, "none", or a file/folder
   std::string device = "cpu";
+  std::string quantize = "none";  // none | fp8: the target's projections rounded to block-wise FP8 at load
   std::string host = "0.0.0.0";
   int port = 50051;          // 0 = any free port (see port_file)
   int metrics_port = 9400;   // 0 = no metrics endpoint

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 namespace specd {
@@ -101,6 +102,44 @@ Status ParseText(const json& t, ModelConfig& c) {
       }
     }
   }
+  return Status::Ok();
+}
+
+// quantization_config: only block-wise FP8 (e4m3, dynamic activations, 16..128 power-of-two
+// blocks); anything else stops here with what was found, rather than loading weights wrongly.
+Status ParseQuantization(const json& q, ModelConfig& c) {
+  if (!q.is_object()) return InvalidArgument("config key 'quantization_config' must be an object");
+  std::string method, fmt_name = "e4m3", activations = "dynamic", scale_fmt = "float";
+  SPECD_RETURN_IF_ERROR(Get(q, "quant_method", method));
+  if (method != "fp8") {
+    return Unimplemented(
+        "quantization_config.quant_method '{}' is not supported (specd reads block-wise FP8 checkpoints, "
+        "quant_method \"fp8\", and bf16/fp16/fp32 ones)",
+        method.empty() ? std::string("<missing>") : method);
+  }
+  SPECD_RETURN_IF_ERROR(Get(q, "fmt", fmt_name));
+  SPECD_RETURN_IF_ERROR(Get(q, "activation_scheme", activations));
+  SPECD_RETURN_IF_ERROR(Get(q, "scale_fmt", scale_fmt));
+  if (fmt_name != "e4m3") return Unimplemented("FP8 format '{}' is not supported (only e4m3)", fmt_name);
+  if (activations != "dynamic") {
+    return Unimplemented("FP8 activation_scheme '{}' is not supported (only dynamic)", activations);
+  }
+  if (scale_fmt != "float") {
+    return Unimplemented("FP8 scale_fmt '{}' is not supported (only float scales: F32, BF16 or F16)", scale_fmt);
+  }
+  auto bs = q.find("weight_block_size");
+  if (bs == q.end() || bs->is_null()) {
+    return Unimplemented("FP8 checkpoints without weight_block_size (per-tensor scales) are not supported");
+  }
+  std::vector<int64_t> block;
+  SPECD_RETURN_IF_ERROR(Get(q, "weight_block_size", block));
+  auto supported = [](int64_t v) { return v >= 16 && v <= 128 && (v & (v - 1)) == 0; };
+  if (block.size() != 2 || !supported(block[0]) || !supported(block[1])) {
+    return Unimplemented("FP8 weight_block_size [{}] is not supported (two powers of two in 16..128; Qwen's "
+                         "checkpoints use [128, 128])",
+                         fmt::join(block, ", "));
+  }
+  c.fp8 = Fp8Blocks{block[0], block[1]};
   return Status::Ok();
 }
 
@@ -207,6 +246,11 @@ StatusOr<ModelConfig> ParseModelConfig(const json& doc) {
     // the top-level value is the one transformers reads for the composite model.
     SPECD_RETURN_IF_ERROR(Get(doc, "tie_word_embeddings", c.tie_word_embeddings));
     if (c.eos_token_ids.empty()) SPECD_RETURN_IF_ERROR(ReadEos(doc, c.eos_token_ids));
+  }
+  // Qwen's multimodal checkpoints keep quantization_config at the top level.
+  for (const json* o : {&doc, text}) {
+    auto q = o->find("quantization_config");
+    if (q != o->end() && !q->is_null() && !c.fp8) SPECD_RETURN_IF_ERROR(ParseQuantization(*q, c));
   }
   SPECD_RETURN_IF_ERROR(Validate(c));
   return c;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,15 @@
 namespace specd {
 
 enum class LayerType { kLinearAttention, kFullAttention };
+
+// Block-wise FP8 weights (config.json quantization_config, quant_method "fp8", the format Qwen
+// publishes its FP8 checkpoints in): an F8_E4M3 weight [.., rows, cols] comes with
+// NAME_scale_inv [.., ceil(rows / this.rows), ceil(cols / this.cols)], weight = e4m3 * scale_inv.
+struct Fp8Blocks {
+  int64_t rows = 128;
+  int64_t cols = 128;
+  bool operator==(const Fp8Blocks&) const = default;
+};
 
 struct ModelConfig {
   std::string model_type;       // the text model type: qwen3_5_text or qwen3_5_moe_text
@@ -60,6 +70,8 @@ struct ModelConfig {
   int pad_token_id = -1;
   std::vector<int> eos_token_ids;
   int mtp_num_hidden_layers = 0;
+  // Set when the checkpoint stores FP8 weights (checkpoint/fp8_weights.h reads them).
+  std::optional<Fp8Blocks> fp8;
 
   // Derived sizes.
   int rotary_dim() const { return static_cast<int>(head_dim * partial_rotary_factor); }

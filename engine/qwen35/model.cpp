@@ -22,7 +22,7 @@ Qwen35Model::~Qwen35Model() {
 
 Status Qwen35Model::LoadMtpHead(const std::string& dir) {
   SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
-  SPECD_ASSIGN_OR_RETURN(MtpWeights m, LoadMtpWeights(cfg_, *ckpt, backend_));
+  SPECD_ASSIGN_OR_RETURN(MtpWeights m, LoadMtpWeights(cfg_, *ckpt, backend_, load_options_));
   SetMtpHead(std::move(m));
   return Status::Ok();
 }
@@ -32,11 +32,14 @@ void Qwen35Model::SetMtpHead(MtpWeights m) {
   mtp_ = std::move(m);
 }
 
-StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string& dir, Backend* backend) {
+StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string& dir, Backend* backend,
+                                                         const LoadOptions& opt) {
   SPECD_ASSIGN_OR_RETURN(ModelConfig cfg, LoadModelConfig(dir));
   SPECD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
-  SPECD_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(cfg, *ckpt, backend));
-  return std::unique_ptr<Qwen35Model>(new Qwen35Model(std::move(cfg), std::move(w), backend));
+  SPECD_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(cfg, *ckpt, backend, opt));
+  auto m = std::unique_ptr<Qwen35Model>(new Qwen35Model(std::move(cfg), std::move(w), backend));
+  m->load_options_ = opt;
+  return m;
 }
 
 std::unique_ptr<Qwen35Model> Qwen35Model::Random(const ModelConfig& cfg, Backend* backend, uint64_t seed) {

@@ -34,8 +34,10 @@ struct ForwardOutput {
 
 class Qwen35Model {
  public:
-  // Loads config.json + safetensors weights from `dir`.
-  static StatusOr<std::unique_ptr<Qwen35Model>> Load(const std::string& dir, Backend* backend);
+  // Loads config.json + safetensors weights from `dir` (FP8 checkpoints included; `opt` can
+  // quantize a float one to FP8 at load, and applies to the MTP head loaded later too).
+  static StatusOr<std::unique_ptr<Qwen35Model>> Load(const std::string& dir, Backend* backend,
+                                                     const LoadOptions& opt = {});
   // A model with random weights (benchmarks at real shapes).
   static std::unique_ptr<Qwen35Model> Random(const ModelConfig& cfg, Backend* backend, uint64_t seed);
 
@@ -58,6 +60,8 @@ class Qwen35Model {
   const ModelConfig& config() const { return cfg_; }
   Backend* backend() const { return backend_; }
   int64_t weight_bytes() const { return w_.bytes; }
+  // Backbone weights that are FP8 values (stored so, or rounded by LoadOptions::quantize_fp8).
+  int fp8_tensors() const { return w_.fp8_tensors; }
 
   StatusOr<std::unique_ptr<ModelCache>> NewCache(const CacheOptions& opt) const {
     return ModelCache::Create(cfg_, backend_, opt);
@@ -140,6 +144,7 @@ class Qwen35Model {
   bool keep_hidden_ = false;
   Tensor mtp_in_;  // the MTP graphs' hidden input rows (fixed address; grows, dropping those graphs)
   std::vector<int32_t> mtp_vocab_;  // the reduced draft vocabulary (empty: all tokens)
+  LoadOptions load_options_;  // how the weights were loaded (the MTP head loads the same way)
   Tensor mtp_lm_head_;              // its lm_head rows [ids, H]
   Tensor last_hidden_;
   Backend* backend_;

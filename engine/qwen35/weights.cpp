@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "checkpoint/fp8_weights.h"
 #include "checkpoint/safetensors.h"
 
 namespace specd {
@@ -10,19 +11,34 @@ namespace {
 
 class Loader {
  public:
-  Loader(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* be) : cfg_(cfg), ckpt_(ckpt), be_(be) {
+  Loader(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* be, const LoadOptions& opt)
+      : cfg_(cfg), ckpt_(ckpt), be_(be), opt_(opt) {
     // Real Qwen3.5 releases nest the text model under model.language_model.; text-only
     // checkpoints use model. directly.
     prefix_ = ckpt.Find("model.language_model.embed_tokens.weight") != nullptr ? "model.language_model."
                                                                                 : "model.";
   }
   // Names under another root (the MTP head's "mtp.", the same in both layouts).
-  Loader(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* be, std::string prefix)
-      : cfg_(cfg), ckpt_(ckpt), be_(be), prefix_(std::move(prefix)) {}
+  Loader(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* be, const LoadOptions& opt, std::string prefix)
+      : cfg_(cfg), ckpt_(ckpt), be_(be), opt_(opt), prefix_(std::move(prefix)) {}
+
+  // Every weight goes through here: FP8 ones dequantized, and with --quantize fp8 the
+  // projections of a float checkpoint rounded to FP8 as a quantized checkpoint would hold them.
+  StatusOr<std::vector<float>> Read(const std::string& full, const std::vector<int64_t>& shape) {
+    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ReadWeightF32(ckpt_, full, shape, cfg_.fp8));
+    const TensorInfo* t = ckpt_.Find(full);
+    if (t->dtype == DType::kF8E4M3) {
+      ++fp8_tensors_;
+    } else if (opt_.quantize_fp8 && IsFp8Projection(full) && t->shape.size() >= 2) {
+      RoundTripFp8(v, t->shape[t->shape.size() - 2], t->shape.back(), *opt_.quantize_fp8);
+      ++fp8_tensors_;
+    }
+    return v;
+  }
 
   StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool backbone = true) {
     const std::string full = backbone ? prefix_ + name : name;
-    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(full, shape));
+    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, Read(full, shape));
     // Stored shapes like conv1d [C, 1, K] collapse to what the op reads.
     Tensor t = be_->Upload(v.data(), DType::kF32, shape, be_->act_dtype());
     bytes_ += static_cast<int64_t>(t.nbytes());
@@ -42,7 +58,7 @@ class Loader {
     std::vector<float> all;
     int64_t rows = 0, width = 0;
     for (const auto& [name, shape] : parts) {
-      SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(prefix_ + name, shape));
+      SPECD_ASSIGN_OR_RETURN(std::vector<float> v, Read(prefix_ + name, shape));
       all.insert(all.end(), v.begin(), v.end());
       rows += shape[0];
       width = shape[1];
@@ -58,7 +74,7 @@ class Loader {
   }
   // A [rows, 2 * cols] tensor as its left and right column halves, each [rows, cols].
   Status GetColumnHalves(const std::string& name, int64_t rows, int64_t cols, Tensor* left, Tensor* right) {
-    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(prefix_ + name, {rows, 2 * cols}));
+    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, Read(prefix_ + name, {rows, 2 * cols}));
     std::vector<float> l(static_cast<size_t>(rows * cols)), r(static_cast<size_t>(rows * cols));
     for (int64_t i = 0; i < rows; ++i) {
       std::copy_n(v.begin() + i * 2 * cols, cols, l.begin() + i * cols);
@@ -72,6 +88,7 @@ class Loader {
   bool Has(const std::string& name) const { return ckpt_.Find(prefix_ + name) != nullptr; }
   const std::string& prefix() const { return prefix_; }
   int64_t bytes() const { return bytes_; }
+  int fp8_tensors() const { return fp8_tensors_; }
 
   // MoE experts: fused 3-D tensors, or per-expert 2-D ones fused here (gate rows, then up).
   Status Experts(const std::string& p, MoeTensors& m) {
@@ -84,9 +101,9 @@ class Loader {
     std::vector<float> gu(static_cast<size_t>(E * 2 * Ie * H)), dn(static_cast<size_t>(E * H * Ie));
     for (int64_t e = 0; e < E; ++e) {
       const std::string q = fmt::format("{}{}experts.{}.", prefix_, p, e);
-      SPECD_ASSIGN_OR_RETURN(auto g, ckpt_.ReadF32(q + "gate_proj.weight", {Ie, H}));
-      SPECD_ASSIGN_OR_RETURN(auto u, ckpt_.ReadF32(q + "up_proj.weight", {Ie, H}));
-      SPECD_ASSIGN_OR_RETURN(auto d, ckpt_.ReadF32(q + "down_proj.weight", {H, Ie}));
+      SPECD_ASSIGN_OR_RETURN(auto g, Read(q + "gate_proj.weight", {Ie, H}));
+      SPECD_ASSIGN_OR_RETURN(auto u, Read(q + "up_proj.weight", {Ie, H}));
+      SPECD_ASSIGN_OR_RETURN(auto d, Read(q + "down_proj.weight", {H, Ie}));
       std::copy(g.begin(), g.end(), gu.begin() + e * 2 * Ie * H);
       std::copy(u.begin(), u.end(), gu.begin() + e * 2 * Ie * H + Ie * H);
       std::copy(d.begin(), d.end(), dn.begin() + e * H * Ie);
@@ -101,8 +118,10 @@ class Loader {
   const ModelConfig& cfg_;
   const Checkpoint& ckpt_;
   Backend* be_;
+  const LoadOptions& opt_;
   std::string prefix_;
   int64_t bytes_ = 0;
+  int fp8_tensors_ = 0;
 };
 
 // One decoder layer under `p` ("layers.3.", or the MTP head's "layers.0."): its mixer (Gated
@@ -166,8 +185,9 @@ StatusOr<LayerWeights> LoadLayer(const ModelConfig& c, Loader& ld, const std::st
 
 }  // namespace
 
-StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be) {
-  Loader ld(c, ckpt, be);
+StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be,
+                                   const LoadOptions& opt) {
+  Loader ld(c, ckpt, be, opt);
   ModelWeights w;
   const int64_t H = c.hidden_size, V = c.vocab_size;
   SPECD_ASSIGN_OR_RETURN(w.embed, ld.Get("embed_tokens.weight", {V, H}));
@@ -182,6 +202,7 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
     w.layers.push_back(std::move(L));
   }
   w.bytes = ld.bytes();
+  w.fp8_tensors = ld.fp8_tensors();
   return w;
 }
 
@@ -192,7 +213,8 @@ bool HasMtpHead(const Checkpoint& ckpt) {
   return false;
 }
 
-StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be) {
+StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be,
+                                    const LoadOptions& opt) {
   if (!HasMtpHead(ckpt)) {
     return NotFound("the checkpoint has no MTP head (no mtp.* tensors; config.json says mtp_num_hidden_layers = {})",
                     c.mtp_num_hidden_layers);
@@ -202,7 +224,7 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt
                          "implements the one-layer head every Qwen3.5 release ships",
                          c.mtp_num_hidden_layers);
   }
-  Loader ld(c, ckpt, be, "mtp.");
+  Loader ld(c, ckpt, be, opt, "mtp.");
   const int64_t H = c.hidden_size;
   MtpWeights m;
   // fc acts on [embedding ; hidden]: kept as its two halves, one GEMM each, so that the two

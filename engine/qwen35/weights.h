@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,10 +48,20 @@ struct ModelWeights {
   Tensor lm_head;     // [V, H] (the embedding when tied)
   std::vector<LayerWeights> layers;
   int64_t bytes = 0;  // on the backend
+  int fp8_tensors = 0;  // read from FP8, or rounded to it by LoadOptions::quantize_fp8
+};
+
+struct LoadOptions {
+  // --quantize fp8: round the projections of a float checkpoint (those Qwen's FP8 releases
+  // quantize, IsFp8Projection) to block-wise FP8 at load, as a quantized checkpoint would hold
+  // them. Ignored for tensors the checkpoint already stores in FP8.
+  std::optional<Fp8Blocks> quantize_fp8;
 };
 
 // Loads and shape-checks every backbone tensor; `model.visual.*` and `mtp.*` are not loaded.
-StatusOr<ModelWeights> LoadWeights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* backend);
+// FP8 weights (config.fp8) are dequantized to the backend's dtype.
+StatusOr<ModelWeights> LoadWeights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* backend,
+                                   const LoadOptions& opt = {});
 
 // Qwen3.5's multi-token-prediction head (`mtp.*`, the same names in the text-only and the
 // multimodal layout; docs/mtp.md has the manifest). It has no embedding or lm_head of its own:
@@ -67,7 +78,8 @@ struct MtpWeights {
 bool HasMtpHead(const Checkpoint& ckpt);
 // Loads and shape-checks the MTP head: kNotFound when the checkpoint has none, an error naming
 // the tensor when one is missing or mis-shaped (MoE experts fused or per expert, as the backbone).
-StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* backend);
+StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* backend,
+                                    const LoadOptions& opt = {});
 
 // Random weights with the given shapes (benchmarks of real Qwen3.5 shapes), deterministic in seed.
 ModelWeights RandomWeights(const ModelConfig& cfg, Backend* backend, uint64_t seed);

@@ -8,14 +8,15 @@
 
 namespace specd {
 
-enum class DType { kF32, kBF16, kF16, kI32, kI64, kU8, kBool };
+// kF8E4M3: block-wise FP8 checkpoint weights (util/fp8.h has the codec).
+enum class DType { kF32, kBF16, kF16, kI32, kI64, kU8, kBool, kF8E4M3 };
 
 inline size_t DTypeSize(DType t) {
   switch (t) {
     case DType::kF32: case DType::kI32: return 4;
     case DType::kBF16: case DType::kF16: return 2;
     case DType::kI64: return 8;
-    case DType::kU8: case DType::kBool: return 1;
+    case DType::kU8: case DType::kBool: case DType::kF8E4M3: return 1;
   }
   return 0;
 }
@@ -30,6 +31,7 @@ inline const char* DTypeName(DType t) {
     case DType::kI64: return "I64";
     case DType::kU8: return "U8";
     case DType::kBool: return "BOOL";
+    case DType::kF8E4M3: return "F8_E4M3";
   }
   return "?";
 }
@@ -42,6 +44,7 @@ inline std::optional<DType> DTypeFromName(std::string_view s) {
   if (s == "I64") return DType::kI64;
   if (s == "U8") return DType::kU8;
   if (s == "BOOL") return DType::kBool;
+  if (s == "F8_E4M3") return DType::kF8E4M3;
   return std::nullopt;
 }
 

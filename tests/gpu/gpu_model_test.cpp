@@ -153,7 +153,9 @@ TEST_P(GpuParity, GreedyArgmaxAgreesWhereTheMarginAllows) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, GpuParity,
                          ::testing::Values(GpuCase{"dense", "dense"}, GpuCase{"dense_bf16", "dense_bf16"},
-                                           GpuCase{"moe", "moe"}, GpuCase{"dense_multimodal_layout", "dense"}),
+                                           GpuCase{"moe", "moe"}, GpuCase{"dense_multimodal_layout", "dense"},
+                                           // FP8 checkpoints: the GPU holds their weights widened to bf16.
+                                           GpuCase{"dense_fp8", "dense_fp8"}, GpuCase{"moe_fp8", "moe_fp8"}),
                          [](const auto& info) { return std::string(info.param.model); });
 
 TEST(GpuParityFixture, Bf16CheckpointAgainstTransformersRefs) {

@@ -162,7 +162,9 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, FixtureParity,
     ::testing::Values(Case{"dense", "dense"}, Case{"dense_bf16", "dense_bf16"}, Case{"moe", "moe"},
                       Case{"draft_near", "draft_near"}, Case{"draft_small", "draft_small"},
-                      Case{"dense_multimodal_layout", "dense"}),
+                      Case{"dense_multimodal_layout", "dense"},
+                      // FP8 checkpoints made by transformers, against its own dequantized forward.
+                      Case{"dense_fp8", "dense_fp8"}, Case{"moe_fp8", "moe_fp8"}),
     [](const auto& info) { return std::string(info.param.model); });
 
 // The routing hooks the GPU parity test relies on: replaying a recorded routing reproduces the
