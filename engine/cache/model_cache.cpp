@@ -28,6 +28,29 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(const ModelConfig& cfg,
   }
 }
 
+CacheBytes PlanCacheBytes(const ModelConfig& cfg, DType act, const CacheOptions& opt) {
+  // The same shapes as CreateUnchecked below, slot count including the pad slot.
+  const int64_t B = opt.kv_block_size, max_blocks = (opt.max_ctx + B - 1) / B;
+  const int64_t blocks = (opt.kv_blocks > 0 ? opt.kv_blocks : max_blocks * opt.num_slots) +
+                         (std::min<int64_t>(opt.log_capacity, max_blocks * B) + B - 1) / B;
+  const int64_t S = opt.num_slots + 1, L = opt.log_capacity, a = static_cast<int64_t>(DTypeSize(act));
+  const int64_t Hk = cfg.linear_num_key_heads, Hv = cfg.linear_num_value_heads, dk = cfg.linear_key_head_dim,
+                dv = cfg.linear_value_head_dim, K = cfg.linear_conv_kernel_dim, C = cfg.conv_dim();
+  CacheBytes b;
+  b.table = S * max_blocks * 4;
+  for (LayerType t : cfg.layer_types) {
+    if (t == LayerType::kLinearAttention) {
+      const int64_t state = S * (K * C * a + Hv * dk * dv * 4);
+      b.gdn_state += state;
+      b.verify_log += S * L * (C * a + (Hk * dk + Hv * dv + 2 * Hv) * 4);
+      if (opt.checkpoints) b.checkpoints += state;
+    } else {
+      b.kv += 2 * blocks * cfg.num_key_value_heads * B * cfg.head_dim * a;
+    }
+  }
+  return b;
+}
+
 StatusOr<std::unique_ptr<ModelCache>> ModelCache::CreateUnchecked(const ModelConfig& cfg, Backend* backend,
                                                                   const CacheOptions& opt) {
   if (opt.num_slots <= 0) return InvalidArgument("cache needs at least one slot");
@@ -45,6 +68,11 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::CreateUnchecked(const ModelCon
     return InvalidArgument("cache KV pool of {} blocks: block ids are int32", num_blocks);
   }
   auto c = std::unique_ptr<ModelCache>(new ModelCache());
+  auto alloc = [&](DType dt, std::vector<int64_t> shape) {
+    Tensor t = backend->Alloc(dt, std::move(shape));
+    c->allocated_bytes_ += static_cast<int64_t>(t.nbytes());
+    return t;
+  };
   c->backend_ = backend;
   c->opt_ = opt;
   c->meta_.resize(opt.num_slots);
@@ -59,7 +87,7 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::CreateUnchecked(const ModelCon
   for (int64_t j = 0; j < pad_blocks; ++j) c->table_[opt.num_slots * max_blocks + j] = static_cast<int32_t>(num_blocks + j);
   c->slot_blocks_.assign(static_cast<size_t>(S), 0);
   c->slot_blocks_[opt.num_slots] = static_cast<int32_t>(pad_blocks);
-  c->table_tensor_ = backend->Alloc(DType::kI32, {S, max_blocks});
+  c->table_tensor_ = alloc(DType::kI32, {S, max_blocks});
   c->table_dirty_ = true;
   GdnDims d{cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
             cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim};
@@ -70,27 +98,27 @@ StatusOr<std::unique_ptr<ModelCache>> ModelCache::CreateUnchecked(const ModelCon
   for (int i = 0; i < cfg.num_hidden_layers; ++i) {
     if (cfg.layer_types[i] == LayerType::kLinearAttention) {
       GdnLayerState g;
-      g.conv = backend->Alloc(act, {S, d.conv_kernel, C});
-      g.rec = backend->Alloc(DType::kF32, {S, d.num_v_heads, d.head_k, d.head_v});
-      g.log_raw = backend->Alloc(act, {S, L, C});
-      g.log_k = backend->Alloc(DType::kF32, {S, L, d.num_k_heads, d.head_k});
-      g.log_v = backend->Alloc(DType::kF32, {S, L, d.num_v_heads, d.head_v});
-      g.log_g = backend->Alloc(DType::kF32, {S, L, d.num_v_heads});
-      g.log_beta = backend->Alloc(DType::kF32, {S, L, d.num_v_heads});
+      g.conv = alloc(act, {S, d.conv_kernel, C});
+      g.rec = alloc(DType::kF32, {S, d.num_v_heads, d.head_k, d.head_v});
+      g.log_raw = alloc(act, {S, L, C});
+      g.log_k = alloc(DType::kF32, {S, L, d.num_k_heads, d.head_k});
+      g.log_v = alloc(DType::kF32, {S, L, d.num_v_heads, d.head_v});
+      g.log_g = alloc(DType::kF32, {S, L, d.num_v_heads});
+      g.log_beta = alloc(DType::kF32, {S, L, d.num_v_heads});
       c->live_bytes_ += (g.conv.nbytes() + g.rec.nbytes()) / S;
       c->scratch_bytes_ += (g.log_raw.nbytes() + g.log_k.nbytes() + g.log_v.nbytes() +
                             g.log_g.nbytes() + g.log_beta.nbytes()) / S;
       if (opt.checkpoints) {
-        g.ckpt_conv = backend->Alloc(act, {S, d.conv_kernel, C});
-        g.ckpt_rec = backend->Alloc(DType::kF32, {S, d.num_v_heads, d.head_k, d.head_v});
+        g.ckpt_conv = alloc(act, {S, d.conv_kernel, C});
+        g.ckpt_rec = alloc(DType::kF32, {S, d.num_v_heads, d.head_k, d.head_v});
         c->scratch_bytes_ += (g.ckpt_conv.nbytes() + g.ckpt_rec.nbytes()) / S;
       }
       c->state_index_.push_back(static_cast<int>(c->gdn_.size()));
       c->gdn_.push_back(std::move(g));
     } else {
       AttnLayerState a;
-      a.k = backend->Alloc(act, {num_blocks + pad_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
-      a.v = backend->Alloc(act, {num_blocks + pad_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
+      a.k = alloc(act, {num_blocks + pad_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
+      a.v = alloc(act, {num_blocks + pad_blocks, cfg.num_key_value_heads, opt.kv_block_size, cfg.head_dim});
       a.block_table = c->table_tensor_;
       // What a slot holding max_ctx rows uses (the pool may be smaller than slots x that).
       c->live_bytes_ += 2 * int64_t{cfg.num_key_value_heads} * opt.max_ctx * cfg.head_dim * act_size;

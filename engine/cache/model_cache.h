@@ -30,6 +30,18 @@ struct CacheOptions {
   bool checkpoints = false;  // keep a rollback checkpoint per slot (draft models)
 };
 
+// What ModelCache::Create allocates for `opt` on a backend whose activation dtype is `act`, by
+// part: the memory plan's figures for a cache not created yet (tests check them against Create).
+struct CacheBytes {
+  int64_t kv = 0;           // the KV pool of every attention layer (with the pad slot's blocks)
+  int64_t gdn_state = 0;    // conv windows and recurrent states of every slot
+  int64_t verify_log = 0;   // the verify log (raw rows, keys, values, gates of logged tokens)
+  int64_t checkpoints = 0;  // rollback checkpoints (caches of draft models)
+  int64_t table = 0;        // the block table
+  int64_t total() const { return kv + gdn_state + verify_log + checkpoints + table; }
+};
+CacheBytes PlanCacheBytes(const ModelConfig& cfg, DType act, const CacheOptions& opt);
+
 class ModelCache {
  public:
   static StatusOr<std::unique_ptr<ModelCache>> Create(const ModelConfig& cfg, Backend* backend,
@@ -98,6 +110,8 @@ class ModelCache {
   Status AdoptKvPrefix(int slot, const std::vector<int32_t>& blocks, int64_t rows);
   // K and V bytes of one block over all attention layers (a pool's cost per block).
   int64_t kv_block_bytes() const { return kv_block_bytes_; }
+  // Bytes of every tensor Create allocated (PlanCacheBytes predicts it).
+  int64_t allocated_bytes() const { return allocated_bytes_; }
   // Rows [0, rows) of one slot in attn()[state] as fp32 [Hkv, rows, D], gathered through the
   // table (tests and diagnostics: the pool's own layout is the backend's business).
   std::vector<float> SlotKvF32(int state, bool values, int slot, int64_t rows) const;
@@ -134,7 +148,7 @@ class ModelCache {
   std::vector<AttnLayerState> attn_;
   std::vector<int> state_index_;
   std::vector<SlotMeta> meta_;
-  int64_t live_bytes_ = 0, scratch_bytes_ = 0;
+  int64_t live_bytes_ = 0, scratch_bytes_ = 0, allocated_bytes_ = 0;
   int64_t kv_blocks_total_ = 0, max_blocks_per_slot_ = 0, kv_block_bytes_ = 0, pad_rows_ = 0;
   std::vector<int32_t> free_blocks_;  // a stack: the most recently returned block is reused first
   std::vector<int32_t> block_refs_;   // owners of each pool block (0 = free)

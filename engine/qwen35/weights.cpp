@@ -240,6 +240,49 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt
 
 namespace {
 
+// Elements of one decoder layer held in the activation dtype, and in fp32 (dt_bias, A_log).
+std::pair<int64_t, int64_t> LayerElements(const ModelConfig& c, LayerType type) {
+  const int64_t H = c.hidden_size, C = c.conv_dim();
+  const int64_t Hv = c.linear_num_value_heads, dv = c.linear_value_head_dim;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  int64_t act = 2 * H, f32 = 0;  // the two norms
+  if (type == LayerType::kLinearAttention) {
+    act += (C + Hv * dv + 2 * Hv) * H + C * c.linear_conv_kernel_dim + dv + H * Hv * dv;
+    f32 += 2 * Hv;
+  } else {
+    act += (2 * Hq * D + 2 * Hkv * D) * H + H * Hq * D + 2 * D;
+  }
+  if (c.is_moe) {
+    const int64_t E = c.num_experts, Ie = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size;
+    act += E * H + E * 2 * Ie * H + E * H * Ie;
+    if (Is > 0) act += 2 * Is * H + H * Is + H;
+  } else {
+    act += 3 * c.intermediate_size * H;
+  }
+  return {act, f32};
+}
+
+}  // namespace
+
+int64_t WeightBytes(const ModelConfig& c, DType act) {
+  const int64_t a = static_cast<int64_t>(DTypeSize(act));
+  int64_t n = c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) + c.hidden_size;
+  int64_t bytes = 0;
+  for (LayerType t : c.layer_types) {
+    auto [e, f] = LayerElements(c, t);
+    n += e;
+    bytes += 4 * f;
+  }
+  return bytes + n * a;
+}
+
+int64_t MtpWeightBytes(const ModelConfig& c, DType act) {
+  auto [e, f] = LayerElements(c, LayerType::kFullAttention);
+  return (e + 2 * c.hidden_size * c.hidden_size + 3 * c.hidden_size) * static_cast<int64_t>(DTypeSize(act)) + 4 * f;
+}
+
+namespace {
+
 // Deterministic random tensors in the backend's activation dtype (or `dt`), counted in `bytes`.
 struct RandomMaker {
   Backend* be;

@@ -81,6 +81,11 @@ bool HasMtpHead(const Checkpoint& ckpt);
 StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* backend,
                                     const LoadOptions& opt = {});
 
+// The bytes LoadWeights / LoadMtpWeights (and the Random forms) put on a backend whose
+// activation dtype is `act`, from the config alone: the memory plan of a model not loaded yet.
+int64_t WeightBytes(const ModelConfig& cfg, DType act);
+int64_t MtpWeightBytes(const ModelConfig& cfg, DType act);
+
 // Random weights with the given shapes (benchmarks of real Qwen3.5 shapes), deterministic in seed.
 ModelWeights RandomWeights(const ModelConfig& cfg, Backend* backend, uint64_t seed);
 // A random MTP head of the config's shapes (benchmarks), deterministic in seed.

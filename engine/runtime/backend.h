@@ -208,6 +208,8 @@ class Backend {
   virtual GraphStats graph_stats() const { return {}; }
   // Device memory in use by the whole device (total - free), -1 where there is no device.
   virtual int64_t device_memory_used() const { return -1; }
+  // The device's memory, -1 where there is no device (the memory plan's budget).
+  virtual int64_t device_memory_total() const { return -1; }
   // After an allocation failure: drops every graph and gives cached blocks back to the device,
   // so that what is left can serve the next step.
   virtual void ReleaseCachedMemory() {}

@@ -90,6 +90,7 @@ class CudaBackend final : public Backend {
   bool CapturesGraphs() const override { return graphs_enabled_ && !profiling_ && keeper_.limit() > 0; }
   GraphStats graph_stats() const override;
   int64_t device_memory_used() const override;
+  int64_t device_memory_total() const override;
   void ReleaseCachedMemory() override;
   void SetProfiling(bool on) override;
   std::string ProfileReport() override;

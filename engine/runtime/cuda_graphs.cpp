@@ -160,6 +160,15 @@ int64_t CudaBackend::device_memory_used() const {
   return static_cast<int64_t>(total - free);
 }
 
+int64_t CudaBackend::device_memory_total() const {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return static_cast<int64_t>(total);
+}
+
 void CudaBackend::ReleaseCachedMemory() {
   if (capturing_) return;
   DropGraphs("");
