@@ -8,6 +8,7 @@
 
 #include "server/cli_generate.h"
 #include "server/cli_logits.h"
+#include "server/cli_plan.h"
 #include "server/cli_draft_vocab.h"
 #include "server/cli_tokenize.h"
 #ifdef SPECD_HAVE_SERVE
@@ -67,6 +68,23 @@ int main(int argc, char** argv) {
   dvoc->add_option("--out", dva.out, "The vocabulary file to write (JSON)")->required();
   dvoc->add_option("files", dva.files, "Corpus text files")->required();
 
+  specd::cli::PlanArgs pa;
+  auto* plan = app.add_subcommand("plan", "The memory plan of a serving configuration on a device of a given size, "
+                                          "from config.json alone (docs/memory.md)");
+  plan->add_option("--model", pa.model, "Model folder or random:NAME (0.8B, 2B, 4B, 9B, 27B, 35B-A3B)")->required();
+  plan->add_option("--draft", pa.draft, "Draft model folder or random:NAME");
+  plan->add_flag("--mtp", pa.mtp, "The MTP head drafts");
+  plan->add_option("--device-memory", pa.device_memory, "Device memory, e.g. 141G or 80G")
+      ->required()
+      ->transform(CLI::AsSizeValue(false));
+  plan->add_option("--gpu-memory-fraction", pa.fraction)->check(CLI::Range(0.01, 1.0));
+  plan->add_option("--max-batch", pa.max_batch)->check(CLI::Range(1, 4096));
+  plan->add_option("--max-context", pa.max_context)->check(CLI::PositiveNumber);
+  plan->add_option("--k", pa.k, "max k (the verify log holds k + 1 rows)")->check(CLI::Range(0, 16));
+  plan->add_option("--max-prefill-tokens", pa.max_prefill_tokens)->check(CLI::PositiveNumber);
+  plan->add_option("--prefix-cache-bytes", pa.prefix_cache_bytes)->transform(CLI::AsSizeValue(false));
+  plan->add_flag("--json", pa.json, "Print one JSON object");
+
 #ifdef SPECD_HAVE_SERVE
   specd::serve::ServeOptions so;
   auto* serve = app.add_subcommand("serve", "Run the gRPC daemon (no --model: the embedded default pair)");
@@ -95,6 +113,7 @@ int main(int argc, char** argv) {
   if (*gen) st = specd::cli::RunGenerate(ga);
   if (*tokz) st = specd::cli::RunTokenize(ta);
   if (*dvoc) st = specd::cli::RunDraftVocab(dva);
+  if (*plan) st = specd::cli::RunPlan(pa);
 #ifdef SPECD_HAVE_SERVE
   if (*serve) st = specd::serve::RunServe(so);
 #endif

@@ -146,6 +146,12 @@ int64_t Metrics::slots_in_use() const {
   return slots_;
 }
 
+void Metrics::SetMemoryPlan(std::vector<std::pair<std::string, int64_t>> parts, int64_t budget) {
+  std::lock_guard lk(mu_);
+  plan_ = std::move(parts);
+  plan_budget_ = budget;
+}
+
 std::string Metrics::Render() const {
   std::lock_guard lk(mu_);
   std::string out;
@@ -207,6 +213,15 @@ std::string Metrics::Render() const {
          kv_usage_);
   Scalar(out, "specd:process_resident_memory_bytes", "gauge", "Resident host memory of the daemon.",
          static_cast<double>(ResidentBytes()));
+  if (!plan_.empty()) {
+    Header(out, "specd:memory_plan_bytes", "gauge",
+           "The startup memory plan by part (docs/memory.md; workspace parts are estimates).");
+    for (const auto& [part, bytes] : plan_) out += fmt::format("specd:memory_plan_bytes{{part=\"{}\"}} {}\n", part, bytes);
+    if (plan_budget_ >= 0) {
+      Scalar(out, "specd:memory_budget_bytes", "gauge", "The device memory the plan was sized for (--gpu-memory-fraction).",
+             static_cast<double>(plan_budget_));
+    }
+  }
   if (have_prefix_) {
     Scalar(out, "specd:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
            static_cast<double>(prefix_queries_));

@@ -57,6 +57,8 @@ class Metrics {
     int64_t alloc_failures = 0;
   };
   void SetMemory(const MemoryGauges& m);
+  // The startup memory plan, by part (constant for the process's life).
+  void SetMemoryPlan(std::vector<std::pair<std::string, int64_t>> parts, int64_t budget);
 
   std::string Render() const;
 
@@ -77,6 +79,8 @@ class Metrics {
   int64_t waiting_ = 0, running_ = 0, slots_ = 0;
   double kv_usage_ = 0.0;
   MemoryGauges mem_;
+  std::vector<std::pair<std::string, int64_t>> plan_;
+  int64_t plan_budget_ = -1;
   uint64_t prefix_queries_ = 0, prefix_hits_ = 0, prefix_evictions_ = 0;
   int64_t prefix_bytes_ = 0;
   bool have_prefix_ = false;

@@ -75,6 +75,14 @@ v1::ModelInfo DescribeModel(const ServeOptions& o, const ServingModels& m) {
   info.set_max_k(static_cast<uint32_t>(o.max_k));
   info.set_max_queue(static_cast<uint32_t>(o.max_queue));
   info.set_weight_format(m.weight_format);
+  for (const MemoryPart& p : m.memory.parts) {
+    auto* part = info.add_memory_plan();
+    part->set_name(p.name);
+    part->set_bytes(static_cast<uint64_t>(p.bytes));
+    part->set_estimate(p.estimate);
+  }
+  info.set_memory_budget_bytes(m.memory.budget > 0 ? static_cast<uint64_t>(m.memory.budget) : 0);
+  info.set_kv_cache_tokens(static_cast<uint64_t>(m.memory.kv_tokens));
   info.set_prefix_cache(m.engine.prefix_cache_entries > 0);
   if (info.prefix_cache()) {
     info.set_prefix_cache_entries(static_cast<uint32_t>(m.engine.prefix_cache_entries));
@@ -118,6 +126,11 @@ Status RunServe(const ServeOptions& o) {
   const std::string drafter = models.drafter_list();
 
   Metrics metrics;
+  {
+    std::vector<std::pair<std::string, int64_t>> parts;
+    for (const MemoryPart& p : models.memory.parts) parts.emplace_back(p.name, p.bytes);
+    metrics.SetMemoryPlan(std::move(parts), models.memory.budget);
+  }
   Batcher batcher(models.MakeEngineFactory(), models.text.get(), &metrics,
                   BatcherOptions{o.max_batch, o.max_queue, drafter, o.debug_fail_step});
   SPECD_RETURN_IF_ERROR(batcher.Start());

@@ -88,6 +88,45 @@ std::string WeightFormat(const Qwen35Model& m, const LoadOptions& lo) {
                      fp8 ? "checkpoint" : "--quantize fp8", m.fp8_tensors(), act);
 }
 
+// The memory plan of what the engine will allocate, with the weights as loaded. With a device (or
+// --debug-device-memory), the budget is --gpu-memory-fraction of it less what others use, and the
+// KV pool is sized from it unless --kv-cache-tokens fixes it; a plan that cannot fit stops here.
+Status PlanServingMemory(const ServeOptions& o, ServingModels& m) {
+  MemoryPlanInput in;
+  in.target = m.target->config();
+  in.act = m.backend->act_dtype();
+  in.target_weight_bytes = m.target->weight_bytes();
+  in.mtp = m.serves("mtp");
+  if (m.draft) {
+    in.draft = m.draft->config();
+    in.draft_weight_bytes = m.draft->weight_bytes();
+  }
+  in.graphs = m.backend->CapturesGraphs();
+  in.engine = m.engine;
+  int64_t total = o.debug_device_memory > 0 ? o.debug_device_memory : m.backend->device_memory_total();
+  if (total <= 0) {
+    SPECD_ASSIGN_OR_RETURN(m.memory, PlanMemory(in));
+  } else {
+    // Others' use: what the device has in use beyond the weights this process just loaded.
+    int64_t ours = in.target_weight_bytes + in.draft_weight_bytes * (m.draft ? 1 : 0);
+    if (in.mtp) ours += m.target->mtp_head()->bytes;
+    const int64_t used = o.debug_device_memory > 0 ? ours : m.backend->device_memory_used();
+    const int64_t others = std::max<int64_t>(used - ours, 0);
+    const int64_t budget = static_cast<int64_t>(o.gpu_memory_fraction * static_cast<double>(total)) - others;
+    StatusOr<MemoryPlan> plan = PlanMemoryWithin(in, budget);
+    if (!plan.ok()) {
+      return Status(plan.status().code(),
+                    fmt::format("{} (device {:.1f} MB, --gpu-memory-fraction {}, {:.1f} MB in use by others)",
+                                plan.status().message(), static_cast<double>(total) / 1e6, o.gpu_memory_fraction,
+                                static_cast<double>(others) / 1e6));
+    }
+    m.memory = std::move(plan).value();
+    m.engine.kv_cache_tokens = m.memory.kv_tokens;
+  }
+  spdlog::info("memory plan ({} KV rows for requests):\n{}", m.memory.kv_tokens, m.memory.Table());
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
@@ -173,6 +212,7 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
                  eo.prefix_cache_entries, snap, eo.prefix_cache_tokens, kv, eo.prefix_cache_entries * snap + kv,
                  m.serves("mtp") ? " (+ the MTP head's rows)" : "");
   }
+  SPECD_RETURN_IF_ERROR(PlanServingMemory(o, m));
   return m;
 }
 

@@ -72,6 +72,11 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
                  "KV rows of the target's paged cache, all requests together (0 = max-batch x max-context); "
                  "requests wait in the queue until their rows fit")
       ->check(CLI::NonNegativeNumber);
+  s->add_option("--gpu-memory-fraction", o->gpu_memory_fraction,
+                "CUDA: the share of the device's memory the daemon plans for (weights, caches, KV pool, workspaces; "
+                "other processes' use counts against it); the KV pool gets what is left, and a configuration that "
+                "cannot fit stops at startup with the plan (docs/memory.md)")
+      ->check(CLI::Range(0.01, 1.0));
   s->add_option("--prefix-cache", o->prefix_cache,
                 "on: reuse the target's state after prompt prefixes seen before (chat turns, shared system prompts; "
                 "exact: the same ids as uncached; with every drafter, the MTP head's own state included)")
@@ -114,6 +119,10 @@ void AddServeFlags(CLI::App* s, ServeOptions* o) {
       ->check(CLI::Range(1, 1000));
   s->add_option("--debug-fail-alloc", o->debug_fail_alloc,
                 "Testing only: backend allocation N (counted from when serving starts) fails as if memory ran out");
+  s->add_option("--debug-device-memory", o->debug_device_memory,
+                "Testing only: plan memory as if the backend were a device of this many bytes, nothing else on it")
+      ->group("")
+      ->transform(CLI::AsSizeValue(false));
   s->add_option("--debug-fail-step", o->debug_fail_step, "Testing only: make step N fail")
       ->group("")  // hidden from --help
       ->check(CLI::NonNegativeNumber);

@@ -39,7 +39,9 @@ struct ServeOptions {
   int64_t max_context = 0;   // tokens per sequence; 0 = the model's max_position_embeddings
   int64_t prefill_chunk = 512;
   int64_t max_prefill_tokens = 2048;
-  int64_t kv_cache_tokens = 0;  // 0: max_batch x max_context
+  int64_t kv_cache_tokens = 0;  // 0: max_batch x max_context, or what the memory budget leaves
+  double gpu_memory_fraction = 0.9;  // of the device's memory, for everything the plan counts
+  int64_t debug_device_memory = 0;   // testing only: budget as if the backend had a device this large
   // Prefix cache (docs/prefix-cache.md): off until it is checked on the GPU and with the MTP head.
   std::string prefix_cache = "on";   // on | off
   int64_t prefix_cache_bytes = 0;    // one budget for the whole cache (0: entries and tokens as given)
