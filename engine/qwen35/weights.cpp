@@ -36,18 +36,36 @@ class Loader {
     return v;
   }
 
+  // Writes weight `full` (checked to have `shape`) into dst from element `offset` on. A float
+  // tensor stored as is goes from the mapped file to the backend without a host copy
+  // (Backend::UploadInto converts on the way); FP8 ones, ones --quantize fp8 rounds, and every
+  // error case go through Read.
+  Status Write(const std::string& full, const std::vector<int64_t>& shape, Tensor& dst, int64_t offset) {
+    const TensorInfo* t = ckpt_.Find(full);
+    const bool as_stored = t != nullptr && t->shape == shape &&
+                           (t->dtype == DType::kF32 || t->dtype == DType::kBF16 || t->dtype == DType::kF16) &&
+                           ckpt_.Find(Fp8ScaleName(full)) == nullptr && !(opt_.quantize_fp8 && IsFp8Projection(full));
+    if (as_stored) {
+      be_->UploadInto(dst, offset, t->data, t->dtype, t->numel());
+      return Status::Ok();
+    }
+    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, Read(full, shape));
+    be_->UploadInto(dst, offset, v.data(), DType::kF32, static_cast<int64_t>(v.size()));
+    return Status::Ok();
+  }
+
   StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool backbone = true) {
     const std::string full = backbone ? prefix_ + name : name;
-    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, Read(full, shape));
-    // Stored shapes like conv1d [C, 1, K] collapse to what the op reads.
-    Tensor t = be_->Upload(v.data(), DType::kF32, shape, be_->act_dtype());
+    // Stored shapes like conv1d [C, 1, K] collapse to what the op reads (the caller reshapes).
+    Tensor t = be_->Empty(be_->act_dtype(), shape);
+    SPECD_RETURN_IF_ERROR(Write(full, shape, t, 0));
     bytes_ += static_cast<int64_t>(t.nbytes());
     return t;
   }
   // Fp32 parameters that stay fp32 on every backend (gate math is fp32, docs/DESIGN-NOTES.md, the forward).
   StatusOr<Tensor> GetF32(const std::string& name, std::vector<int64_t> shape) {
-    SPECD_ASSIGN_OR_RETURN(std::vector<float> v, ckpt_.ReadF32(prefix_ + name, shape));
-    Tensor t = be_->Upload(v.data(), DType::kF32, shape, DType::kF32);
+    Tensor t = be_->Empty(DType::kF32, shape);
+    SPECD_RETURN_IF_ERROR(Write(prefix_ + name, shape, t, 0));
     bytes_ += static_cast<int64_t>(t.nbytes());
     return t;
   }
@@ -55,21 +73,17 @@ class Loader {
   // projections of the same input); returns the whole and sets each part to its view.
   StatusOr<Tensor> GetStacked(const std::vector<std::pair<std::string, std::vector<int64_t>>>& parts,
                               const std::vector<Tensor*>& views) {
-    std::vector<float> all;
-    int64_t rows = 0, width = 0;
-    for (const auto& [name, shape] : parts) {
-      SPECD_ASSIGN_OR_RETURN(std::vector<float> v, Read(prefix_ + name, shape));
-      all.insert(all.end(), v.begin(), v.end());
-      rows += shape[0];
-      width = shape[1];
-    }
-    Tensor t = be_->Upload(all.data(), DType::kF32, {rows, width}, be_->act_dtype());
-    bytes_ += static_cast<int64_t>(t.nbytes());
+    int64_t rows = 0;
+    const int64_t width = parts.front().second[1];
+    for (const auto& part : parts) rows += part.second[0];
+    Tensor t = be_->Empty(be_->act_dtype(), {rows, width});
     int64_t r0 = 0;
     for (size_t i = 0; i < parts.size(); ++i) {
+      SPECD_RETURN_IF_ERROR(Write(prefix_ + parts[i].first, parts[i].second, t, r0 * width));
       *views[i] = t.Rows(r0, parts[i].second[0]);
       r0 += parts[i].second[0];
     }
+    bytes_ += static_cast<int64_t>(t.nbytes());
     return t;
   }
   // A [rows, 2 * cols] tensor as its left and right column halves, each [rows, cols].
@@ -98,18 +112,14 @@ class Loader {
       SPECD_ASSIGN_OR_RETURN(m.down, Get(p + "experts.down_proj", {E, H, Ie}));
       return Status::Ok();
     }
-    std::vector<float> gu(static_cast<size_t>(E * 2 * Ie * H)), dn(static_cast<size_t>(E * H * Ie));
+    m.gate_up = be_->Empty(be_->act_dtype(), {E, 2 * Ie, H});
+    m.down = be_->Empty(be_->act_dtype(), {E, H, Ie});
     for (int64_t e = 0; e < E; ++e) {
       const std::string q = fmt::format("{}{}experts.{}.", prefix_, p, e);
-      SPECD_ASSIGN_OR_RETURN(auto g, Read(q + "gate_proj.weight", {Ie, H}));
-      SPECD_ASSIGN_OR_RETURN(auto u, Read(q + "up_proj.weight", {Ie, H}));
-      SPECD_ASSIGN_OR_RETURN(auto d, Read(q + "down_proj.weight", {H, Ie}));
-      std::copy(g.begin(), g.end(), gu.begin() + e * 2 * Ie * H);
-      std::copy(u.begin(), u.end(), gu.begin() + e * 2 * Ie * H + Ie * H);
-      std::copy(d.begin(), d.end(), dn.begin() + e * H * Ie);
+      SPECD_RETURN_IF_ERROR(Write(q + "gate_proj.weight", {Ie, H}, m.gate_up, e * 2 * Ie * H));
+      SPECD_RETURN_IF_ERROR(Write(q + "up_proj.weight", {Ie, H}, m.gate_up, e * 2 * Ie * H + Ie * H));
+      SPECD_RETURN_IF_ERROR(Write(q + "down_proj.weight", {H, Ie}, m.down, e * H * Ie));
     }
-    m.gate_up = be_->Upload(gu.data(), DType::kF32, {E, 2 * Ie, H}, be_->act_dtype());
-    m.down = be_->Upload(dn.data(), DType::kF32, {E, H, Ie}, be_->act_dtype());
     bytes_ += static_cast<int64_t>(m.gate_up.nbytes() + m.down.nbytes());
     return Status::Ok();
   }
@@ -201,6 +211,7 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
     SPECD_ASSIGN_OR_RETURN(LayerWeights L, LoadLayer(c, ld, fmt::format("layers.{}.", i), c.layer_types[i]));
     w.layers.push_back(std::move(L));
   }
+  be->FinishUploads();
   w.bytes = ld.bytes();
   w.fp8_tensors = ld.fp8_tensors();
   return w;
@@ -234,6 +245,7 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt
   SPECD_ASSIGN_OR_RETURN(m.pre_fc_norm_hidden, ld.Get("pre_fc_norm_hidden.weight", {H}));
   SPECD_ASSIGN_OR_RETURN(m.layer, LoadLayer(c, ld, "layers.0.", LayerType::kFullAttention));
   SPECD_ASSIGN_OR_RETURN(m.norm, ld.Get("norm.weight", {H}));
+  be->FinishUploads();
   m.bytes = ld.bytes();
   return m;
 }

@@ -108,6 +108,12 @@ class Backend {
   virtual Tensor Empty(DType dtype, std::vector<int64_t> shape) { return Alloc(dtype, std::move(shape)); }
   // Copies host data of `src_dtype` into a new tensor of `dst_dtype` (converting floats).
   virtual Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) = 0;
+  // Writes n host elements of `src_dtype` (F32, BF16 or F16; any alignment) into `dst`'s storage
+  // from element `offset` on, converting to dst's dtype. The loader writes weights with it straight
+  // from the checkpoint's mapped file: no host copy of the tensor. The host data may be reused once
+  // it returns; the device copy is ordered before any later op. FinishUploads ends a load.
+  virtual void UploadInto(Tensor& dst, int64_t offset, const void* src, DType src_dtype, int64_t n) = 0;
+  virtual void FinishUploads() {}
   // Copies a float tensor to the host as fp32.
   virtual std::vector<float> DownloadF32(const Tensor& t) = 0;
   virtual void CopyRows(const Tensor& src, Tensor& dst) = 0;  // same numel, same dtype

@@ -51,6 +51,27 @@ Tensor CpuBackend::Upload(const void* src, DType src_dtype, std::vector<int64_t>
   return t;
 }
 
+void CpuBackend::UploadInto(Tensor& dst, int64_t offset, const void* src, DType src_dtype, int64_t n) {
+  if (offset < 0 || n < 0 || offset + n > dst.numel()) throw std::invalid_argument("UploadInto: out of the tensor");
+  const auto* s = static_cast<const unsigned char*>(src);
+  if (src_dtype == dst.dtype) {
+    std::memcpy(static_cast<char*>(dst.data) + offset * DTypeSize(dst.dtype), s, static_cast<size_t>(n) * DTypeSize(src_dtype));
+    return;
+  }
+  if (dst.dtype != DType::kF32 || (src_dtype != DType::kBF16 && src_dtype != DType::kF16)) {
+    throw std::invalid_argument("UploadInto: unsupported conversion");
+  }
+  float* d = dst.ptr<float>() + offset;
+  const bool bf16 = src_dtype == DType::kBF16;
+  // Checkpoint data need not be 2-byte aligned: read each element through memcpy.
+#pragma omp parallel for schedule(static) if (n > (1 << 20))
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, s + 2 * i, 2);
+    d[i] = bf16 ? Bf16ToF32(h) : F16ToF32(h);
+  }
+}
+
 std::vector<float> CpuBackend::DownloadF32(const Tensor& t) {
   std::vector<float> out(static_cast<size_t>(t.numel()));
   if (t.dtype == DType::kF32) {

@@ -14,6 +14,7 @@ class CpuBackend final : public Backend {
   DType act_dtype() const override { return DType::kF32; }
 
   Tensor Alloc(DType dtype, std::vector<int64_t> shape) override;
+  void UploadInto(Tensor& dst, int64_t offset, const void* src, DType src_dtype, int64_t n) override;
   Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) override;
   std::vector<float> DownloadF32(const Tensor& t) override;
   void CopyRows(const Tensor& src, Tensor& dst) override;

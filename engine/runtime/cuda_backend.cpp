@@ -26,6 +26,7 @@ CudaBackend::CudaBackend()
 
 CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
+  FinishUploads();
   DropGraphs("");
   if (pinned_) cudaFreeHost(pinned_);
   cudaFree(blas_ws_);
@@ -105,6 +106,69 @@ Tensor CudaBackend::Upload(const void* src, DType src_dtype, std::vector<int64_t
   Check(cudaMemcpyAsync(t.data, from, t.nbytes(), cudaMemcpyHostToDevice, stream_), "upload");
   Check(cudaStreamSynchronize(stream_), "upload sync");  // host buffers die with this scope
   return t;
+}
+
+void CudaBackend::UploadInto(Tensor& dst, int64_t offset, const void* src, DType src_dtype, int64_t n) {
+  if (offset < 0 || n < 0 || offset + n > dst.numel()) throw std::invalid_argument("UploadInto: out of the tensor");
+  const DType to = dst.dtype;
+  const bool same = src_dtype == to;
+  if (!same && !(to == DType::kBF16 && (src_dtype == DType::kF32 || src_dtype == DType::kF16)) &&
+      !(to == DType::kF32 && (src_dtype == DType::kBF16 || src_dtype == DType::kF16))) {
+    throw std::invalid_argument("cuda UploadInto: unsupported conversion");
+  }
+  const size_t in_size = DTypeSize(src_dtype), out_size = DTypeSize(to);
+  const auto* s = static_cast<const unsigned char*>(src);
+  char* d = static_cast<char*>(dst.data) + static_cast<size_t>(offset) * out_size;
+  const int64_t per_chunk = static_cast<int64_t>(kLoadStageBytes / out_size);
+  for (int64_t done = 0; done < n;) {
+    const int64_t m = std::min(n - done, per_chunk);
+    LoadStage& st = load_stages_[next_load_stage_];
+    next_load_stage_ ^= 1;
+    if (st.buf == nullptr) {
+      Check(cudaHostAlloc(&st.buf, kLoadStageBytes, cudaHostAllocDefault), "pinned load staging");
+      Check(cudaEventCreateWithFlags(&st.copied, cudaEventDisableTiming), "load staging event");
+    } else {
+      Check(cudaEventSynchronize(st.copied), "load staging reuse");  // its previous copy is done
+    }
+    const unsigned char* from = s + static_cast<size_t>(done) * in_size;
+    if (same) {
+      std::memcpy(st.buf, from, static_cast<size_t>(m) * out_size);
+    } else {
+      // Elements read through memcpy: checkpoint data need not be aligned.
+#pragma omp parallel for schedule(static) if (m > (1 << 20))
+      for (int64_t i = 0; i < m; ++i) {
+        float f;
+        if (src_dtype == DType::kF32) {
+          std::memcpy(&f, from + 4 * i, 4);
+        } else {
+          uint16_t h;
+          std::memcpy(&h, from + 2 * i, 2);
+          f = src_dtype == DType::kBF16 ? Bf16ToF32(h) : F16ToF32(h);
+        }
+        if (to == DType::kBF16) {
+          static_cast<uint16_t*>(st.buf)[i] = F32ToBf16(f);
+        } else {
+          static_cast<float*>(st.buf)[i] = f;
+        }
+      }
+    }
+    Check(cudaMemcpyAsync(d + static_cast<size_t>(done) * out_size, st.buf, static_cast<size_t>(m) * out_size,
+                          cudaMemcpyHostToDevice, stream_),
+          "load copy");
+    Check(cudaEventRecord(st.copied, stream_), "load copy event");
+    done += m;
+  }
+}
+
+void CudaBackend::FinishUploads() {
+  for (LoadStage& st : load_stages_) {
+    if (st.buf == nullptr) continue;
+    cudaEventSynchronize(st.copied);
+    cudaEventDestroy(st.copied);
+    cudaFreeHost(st.buf);
+    st = LoadStage{};
+  }
+  next_load_stage_ = 0;
 }
 
 std::vector<float> CudaBackend::DownloadF32(const Tensor& t) {

@@ -58,6 +58,8 @@ class CudaBackend final : public Backend {
   // ResourceExhausted); before that, cached blocks and (outside a capture) every graph go back.
   Tensor Empty(DType dtype, std::vector<int64_t> shape) override;
   Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) override;
+  void UploadInto(Tensor& dst, int64_t offset, const void* src, DType src_dtype, int64_t n) override;
+  void FinishUploads() override;
   std::vector<float> DownloadF32(const Tensor& t) override;
   void CopyRows(const Tensor& src, Tensor& dst) override;
   void Zero(Tensor& t) override { Check(cudaMemsetAsync(t.data, 0, t.nbytes(), stream_), "zero"); }
@@ -232,6 +234,15 @@ class CudaBackend final : public Backend {
   void* staged_base_ = nullptr;
   void* pinned_ = nullptr;
   size_t staged_bytes_ = 0;
+  // Weight loading (UploadInto): two pinned buffers taken in turn, so that the host converts or
+  // copies one chunk while the previous one's copy to the device runs.
+  struct LoadStage {
+    void* buf = nullptr;
+    cudaEvent_t copied = nullptr;
+  };
+  static constexpr size_t kLoadStageBytes = size_t{64} << 20;
+  LoadStage load_stages_[2];
+  int next_load_stage_ = 0;
   int64_t cap_tokens_ = 0, cap_seqs_ = 0;
   StagingLayout layout_;
   char* staged_rows_ = nullptr;
