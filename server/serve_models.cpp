@@ -1,6 +1,7 @@
 #include "server/serve_models.h"
 
 #include <algorithm>
+#include <chrono>
 #include <string_view>
 
 #include <fmt/ranges.h>
@@ -155,10 +156,14 @@ StatusOr<ServingModels> LoadServingModels(const ServeOptions& o) {
   }
   LoadOptions lo;
   if (o.quantize == "fp8") lo.quantize_fp8 = Fp8Blocks{128, 128};
+  const auto t0 = std::chrono::steady_clock::now();
   SPECD_ASSIGN_OR_RETURN(m.target, LoadModel(m.model_dir, m.backend.get(), 1, lo));
+  m.backend->Synchronize();
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   m.weight_format = WeightFormat(*m.target, lo);
-  spdlog::info("weights of {}: {}, {:.1f} MB on {}", m.model_dir, m.weight_format,
-               static_cast<double>(m.target->weight_bytes()) / 1e6, m.backend->name());
+  const double mb = static_cast<double>(m.target->weight_bytes()) / 1e6;
+  spdlog::info("weights of {}: {}, {:.1f} MB on {}, loaded in {:.2f} s ({:.2f} GB/s into the backend)", m.model_dir,
+               m.weight_format, mb, m.backend->name(), load_s, mb / 1e3 / std::max(load_s, 1e-9));
   if (m.serves("mtp")) {
     // The head is loaded and checked at startup, so a checkpoint without one (or with a broken
     // one) stops here with the tensor named, never at the first request.

@@ -1,7 +1,10 @@
 #include "qwen35/weights.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+
+#include <spdlog/spdlog.h>
 
 #include "checkpoint/fp8_weights.h"
 #include "checkpoint/safetensors.h"
@@ -207,9 +210,17 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
   } else {
     SPECD_ASSIGN_OR_RETURN(w.lm_head, ld.Get("lm_head.weight", {V, H}, /*backbone=*/false));
   }
+  // Progress for models that take a while: a line at each quarter of the layers.
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool large = WeightBytes(c, be->act_dtype()) > (int64_t{4} << 30);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     SPECD_ASSIGN_OR_RETURN(LayerWeights L, LoadLayer(c, ld, fmt::format("layers.{}.", i), c.layer_types[i]));
     w.layers.push_back(std::move(L));
+    if (large && (4 * (i + 1)) / c.num_hidden_layers != (4 * i) / c.num_hidden_layers) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      spdlog::info("loading: {} of {} layers, {:.1f} GB in {:.1f} s", i + 1, c.num_hidden_layers,
+                   static_cast<double>(ld.bytes()) / 1e9, s);
+    }
   }
   be->FinishUploads();
   w.bytes = ld.bytes();
