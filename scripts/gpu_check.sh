@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 echo "commit: ${SPECD_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} (SPECD_COMMIT: the caller's HEAD; the copy's .git may lag)" | tee -a "$OUT/gpu.txt"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPECD_SERVER=OFF -DSPECD_TOKENIZER=OFF \
   -DSPECD_CUDA=ON -DSPECD_BENCH=ON -DSPECD_TESTS=ON > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-ninja -C build-gpu specd_gpu_tests gpu_bench gpu_e2e_bench gdn_bench mtp_bench > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+ninja -C build-gpu specd_gpu_tests gpu_bench gpu_e2e_bench gdn_bench mtp_bench checkpoint_load_bench > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
 echo "build ok"
 filter=${GPU_TEST_FILTER:-*}
 ./build-gpu/tests/gpu/specd_gpu_tests --gtest_filter="$filter" > "$OUT/gpu_tests.log" 2>&1

@@ -1,8 +1,8 @@
 // Checkpoint loading speed (issue 17, docs/PERFORMANCE.md): specd's load of a checkpoint folder
 // against a plain sequential read of the same .safetensors files, page cache warm, in one run.
 //
-//   load_bench DIR [--device cpu|cuda] [--repeat N]
-//   load_bench DIR --write-random SHAPE   (first writes a bf16 checkpoint of a released shape
+//   checkpoint_load_bench DIR [--device cpu|cuda] [--repeat N]
+//   checkpoint_load_bench DIR --write-random SHAPE   (first writes a bf16 checkpoint of a released shape
 //                                          into DIR: one shard per layer, random values)
 //
 // Prints the plain read's and the load's GB/s (median of N) and their ratio.
@@ -146,7 +146,7 @@ int WriteRandom(const fs::path& dir, const std::string& shape) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fmt::print(stderr, "usage: load_bench DIR [--device cpu|cuda] [--repeat N] [--write-random SHAPE]\n");
+    fmt::print(stderr, "usage: checkpoint_load_bench DIR [--device cpu|cuda] [--repeat N] [--write-random SHAPE]\n");
     return 2;
   }
   const fs::path dir = argv[1];
