@@ -75,7 +75,7 @@ Status RunPlan(const PlanArgs& a) {
     j["max_batch_at_full_context"] = max_batch;
     j["max_context_at_full_batch"] = max_ctx;
     std::printf("%s\n", j.dump(1).c_str());
-    return Status::Ok();
+    return plan.ok() ? Status::Ok() : plan.status();
   }
   std::printf("%s on a %.1f GB device at --gpu-memory-fraction %.2f (budget %.1f GB), batch %d, context %lld, k %d%s%s\n",
               a.model.c_str(), static_cast<double>(a.device_memory) / 1e9, a.fraction,

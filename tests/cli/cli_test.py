@@ -107,5 +107,30 @@ with tempfile.TemporaryDirectory() as d:
             worst = max(worst, num / den) if num == num else float("inf")
         check(worst <= 1e-4, f"logits --split 30 vs transformers: worst row rel err {worst:.3g}")
 
+# 5. plan: the memory plan of a configuration from its config alone (docs/memory.md).
+def plan(*args):
+    r = run("plan", "--json", *args)
+    return r, (json.loads(r.stdout) if r.returncode == 0 or r.stdout.startswith("{") else None)
+
+
+base = ("--model", "random:9B", "--mtp", "--device-memory", "139G", "--k", "4", "--max-context", "32768")
+r, j = plan(*base, "--max-batch", "16")
+check(r.returncode == 0 and j is not None and j["fits"], f"plan 9B fits: {r.stderr.strip()}")
+if j is not None and j["fits"]:
+    check(17e9 < j["parts"]["target weights"] < 19e9, "9B shapes in bf16: 17-19 GB of weights")
+    check(j["total_bytes"] <= j["budget_bytes"], "the plan is within its budget")
+    check(j["kv_cache_tokens"] == 16 * 32768, "16 slots at full context fit on an H200")
+    n = j["max_batch_at_full_context"]
+    _, at = plan(*base, "--max-batch", str(n))
+    _, past = plan(*base, "--max-batch", str(n + 1))
+    check(at is not None and at["kv_cache_tokens"] == n * 32768, "at the largest batch, every slot gets full context")
+    check(past is not None and past["fits"] and past["kv_cache_tokens"] < (n + 1) * 32768,
+          "one slot more: the KV pool is what is left")
+r, j = plan("--model", "random:27B", "--device-memory", "40G", "--max-batch", "1")
+check(r.returncode != 0 and j is not None and not j["fits"] and "does not fit" in j["error"],
+      "27B on 40 GiB: does not fit, with the reason")
+r, j = plan("--model", os.path.join(fx, "dense/model"), "--device-memory", "1G", "--max-batch", "4", "--max-context", "256")
+check(r.returncode == 0 and j is not None and j["fits"], "a checkpoint folder's config.json plans too")
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
