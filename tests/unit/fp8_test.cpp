@@ -21,6 +21,7 @@
 #include "checkpoint/fp8_weights.h"
 #include "checkpoint/safetensors.h"
 #include "qwen35/weights.h"
+#include "mtp_fixture.h"
 #include "runtime/backend.h"
 #include "test_util.h"
 #include "util/fp8.h"
@@ -377,6 +378,28 @@ TEST_F(Fp8Checkpoint, QuantizeAtLoadEqualsTransformersCheckpoint) {
   ASSERT_TRUE(raw.ok());
   EXPECT_EQ(raw->fp8_tensors, 0);
   EXPECT_NE(be_->DownloadF32(raw->layers[0].mlp.down), be_->DownloadF32(a->layers[0].mlp.down));
+}
+
+// The MTP head loads the way its model did: with --quantize fp8 its decoder layer's projections
+// are rounded like the backbone's, its fc (kept in BF16 by Qwen's releases) is not.
+TEST_F(Fp8Checkpoint, QuantizeAtLoadReachesTheMtpHead) {
+  const std::string dir = MtpCheckpoint("dense");
+  LoadOptions q;
+  q.quantize_fp8 = Fp8Blocks{64, 64};
+  auto plain = Qwen35Model::Load(dir, be_.get());
+  auto rounded = Qwen35Model::Load(dir, be_.get(), q);
+  ASSERT_TRUE(plain.ok() && rounded.ok());
+  ASSERT_TRUE((*plain)->LoadMtpHead(dir).ok());
+  ASSERT_TRUE((*rounded)->LoadMtpHead(dir).ok());
+  const MtpWeights& a = *(*plain)->mtp_head();
+  const MtpWeights& b = *(*rounded)->mtp_head();
+  auto o = be_->DownloadF32(a.layer.attn.o);
+  const auto H = (*plain)->config().hidden_size;
+  RoundTripFp8(o, H, static_cast<int64_t>(o.size()) / H, {64, 64});
+  EXPECT_EQ(be_->DownloadF32(b.layer.attn.o), o);
+  EXPECT_NE(be_->DownloadF32(b.layer.attn.o), be_->DownloadF32(a.layer.attn.o));
+  EXPECT_EQ(be_->DownloadF32(b.fc_hidden), be_->DownloadF32(a.fc_hidden));
+  fs::remove_all(dir);
 }
 
 TEST_F(Fp8Checkpoint, BrokenCopiesNameTheTensor) {
