@@ -91,6 +91,8 @@ Status RunPlan(const PlanArgs& a) {
   std::printf("largest batch with every slot at context %lld: %lld\n", static_cast<long long>(a.max_context),
               static_cast<long long>(max_batch));
   std::printf("longest context with all %d slots full: %lld\n", a.max_batch, static_cast<long long>(max_ctx));
+  std::printf("(the daemon's budget is also less what the device already holds at startup: the CUDA context "
+              "and other processes; and its allocator rounds blocks up, which the fraction's headroom covers)\n");
   return plan.ok() ? Status::Ok() : plan.status();
 }
 

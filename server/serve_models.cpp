@@ -109,7 +109,7 @@ Status PlanServingMemory(const ServeOptions& o, ServingModels& m) {
     SPECD_ASSIGN_OR_RETURN(m.memory, PlanMemory(in));
   } else {
     // Others' use: what the device has in use beyond the weights this process just loaded.
-    int64_t ours = in.target_weight_bytes + in.draft_weight_bytes * (m.draft ? 1 : 0);
+    int64_t ours = in.target_weight_bytes + (m.draft ? in.draft_weight_bytes : 0);
     if (in.mtp) ours += m.target->mtp_head()->bytes;
     const int64_t used = o.debug_device_memory > 0 ? ours : m.backend->device_memory_used();
     const int64_t others = std::max<int64_t>(used - ours, 0);

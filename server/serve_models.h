@@ -30,8 +30,8 @@ struct ServingModels {
   std::unique_ptr<Qwen35Model> target, draft;  // draft: only when drafter "draft" is served
   std::unique_ptr<cli::TextCodec> text;
   int64_t max_context = 0;
-  std::string weight_format;
-  MemoryPlan memory;  // the startup plan (ModelInfo, /metrics, the log)  // how the target's weights are held (ModelInfo.weight_format)
+  std::string weight_format;  // how the target's weights are held (ModelInfo.weight_format)
+  MemoryPlan memory;          // the startup plan (ModelInfo, /metrics, the log)
   EngineOptions engine;
   // Builds the drafters + engine over target/draft (which must outlive it).
   EngineFactory MakeEngineFactory() const;

@@ -167,6 +167,11 @@ def make_ops():
     vals = torch.cat([vals, torch.tensor([0.0, -0.0, 448.0, -448.0, 2.0 ** -9, 2.0 ** -10, 3 * 2.0 ** -10,
                                           2.0 ** -6, 1.0625, 1.1875, 17.0, 19.0, 240.0, 232.0, 416.0])])
     vals = vals.clamp(-448.0, 448.0)
+    # Past the largest finite value: torch's CPU cast saturates to +-448 (infinities too); NaN keeps
+    # its sign.
+    nan = torch.tensor([float("nan")])
+    vals = torch.cat([vals, torch.tensor([456.0, 460.0, 464.0, 464.5, 470.0, 480.0, 500.0, -470.0, 1e6,
+                                          float("inf"), float("-inf")]), nan, -nan])
     out["cast_in"] = vals.float()
     out["cast_out"] = vals.to(torch.float8_e4m3fn).view(torch.uint8)
     every = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()

@@ -250,7 +250,16 @@ StatusOr<ModelConfig> ParseModelConfig(const json& doc) {
   // Qwen's multimodal checkpoints keep quantization_config at the top level.
   for (const json* o : {&doc, text}) {
     auto q = o->find("quantization_config");
-    if (q != o->end() && !q->is_null() && !c.fp8) SPECD_RETURN_IF_ERROR(ParseQuantization(*q, c));
+    if (q == o->end() || q->is_null()) continue;
+    if (c.fp8) {  // both places have one: they must agree
+      ModelConfig other;
+      SPECD_RETURN_IF_ERROR(ParseQuantization(*q, other));
+      if (other.fp8 != c.fp8) {
+        return InvalidArgument("quantization_config at the top level and in text_config disagree");
+      }
+      continue;
+    }
+    SPECD_RETURN_IF_ERROR(ParseQuantization(*q, c));
   }
   SPECD_RETURN_IF_ERROR(Validate(c));
   return c;

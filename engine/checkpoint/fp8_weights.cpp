@@ -46,6 +46,7 @@ void DequantizeFp8(const uint8_t* q, const float* scale_inv, int64_t rows, int64
 
 void RoundTripFp8(std::vector<float>& w, int64_t rows, int64_t cols, Fp8Blocks b) {
   const int64_t n = rows * cols;
+  if (n <= 0) return;
   std::vector<uint8_t> q(static_cast<size_t>(n));
   std::vector<float> s(static_cast<size_t>(Fp8ScaleRows(rows, b) * Fp8ScaleCols(cols, b)));
   for (size_t off = 0; off + static_cast<size_t>(n) <= w.size(); off += static_cast<size_t>(n)) {

@@ -12,6 +12,25 @@
 namespace specd {
 namespace {
 
+// Ends a load's uploads on every path: early error returns free the staging too; Finish also
+// returns an upload's failure (and any device error the load hit).
+class UploadsDone {
+ public:
+  explicit UploadsDone(Backend* be) : be_(be) {}
+  ~UploadsDone() {
+    if (!done_) (void)be_->FinishUploads();
+  }
+  Status Finish() {
+    done_ = true;
+    SPECD_RETURN_IF_ERROR(be_->FinishUploads());
+    return be_->TakeError();
+  }
+
+ private:
+  Backend* be_;
+  bool done_ = false;
+};
+
 class Loader {
  public:
   Loader(const ModelConfig& cfg, const Checkpoint& ckpt, Backend* be, const LoadOptions& opt)
@@ -201,6 +220,7 @@ StatusOr<LayerWeights> LoadLayer(const ModelConfig& c, Loader& ld, const std::st
 StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, Backend* be,
                                    const LoadOptions& opt) {
   Loader ld(c, ckpt, be, opt);
+  UploadsDone uploads(be);
   ModelWeights w;
   const int64_t H = c.hidden_size, V = c.vocab_size;
   SPECD_ASSIGN_OR_RETURN(w.embed, ld.Get("embed_tokens.weight", {V, H}));
@@ -222,7 +242,7 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt,
                    static_cast<double>(ld.bytes()) / 1e9, s);
     }
   }
-  be->FinishUploads();
+  SPECD_RETURN_IF_ERROR(uploads.Finish());
   w.bytes = ld.bytes();
   w.fp8_tensors = ld.fp8_tensors();
   return w;
@@ -247,6 +267,7 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt
                          c.mtp_num_hidden_layers);
   }
   Loader ld(c, ckpt, be, opt, "mtp.");
+  UploadsDone uploads(be);
   const int64_t H = c.hidden_size;
   MtpWeights m;
   // fc acts on [embedding ; hidden]: kept as its two halves, one GEMM each, so that the two
@@ -256,7 +277,7 @@ StatusOr<MtpWeights> LoadMtpWeights(const ModelConfig& c, const Checkpoint& ckpt
   SPECD_ASSIGN_OR_RETURN(m.pre_fc_norm_hidden, ld.Get("pre_fc_norm_hidden.weight", {H}));
   SPECD_ASSIGN_OR_RETURN(m.layer, LoadLayer(c, ld, "layers.0.", LayerType::kFullAttention));
   SPECD_ASSIGN_OR_RETURN(m.norm, ld.Get("norm.weight", {H}));
-  be->FinishUploads();
+  SPECD_RETURN_IF_ERROR(uploads.Finish());
   m.bytes = ld.bytes();
   return m;
 }

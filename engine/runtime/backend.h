@@ -113,7 +113,8 @@ class Backend {
   // from the checkpoint's mapped file: no host copy of the tensor. The host data may be reused once
   // it returns; the device copy is ordered before any later op. FinishUploads ends a load.
   virtual void UploadInto(Tensor& dst, int64_t offset, const void* src, DType src_dtype, int64_t n) = 0;
-  virtual void FinishUploads() {}
+  // Waits for the uploads in flight and frees their staging; an upload's failure is returned here.
+  virtual Status FinishUploads() { return Status::Ok(); }
   // Copies a float tensor to the host as fp32.
   virtual std::vector<float> DownloadF32(const Tensor& t) = 0;
   virtual void CopyRows(const Tensor& src, Tensor& dst) = 0;  // same numel, same dtype

@@ -26,7 +26,7 @@ CudaBackend::CudaBackend()
 
 CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
-  FinishUploads();
+  (void)FinishUploads();
   DropGraphs("");
   if (pinned_) cudaFreeHost(pinned_);
   cudaFree(blas_ws_);
@@ -124,15 +124,28 @@ void CudaBackend::UploadInto(Tensor& dst, int64_t offset, const void* src, DType
     const int64_t m = std::min(n - done, per_chunk);
     LoadStage& st = load_stages_[next_load_stage_];
     next_load_stage_ ^= 1;
-    if (st.buf == nullptr) {
-      Check(cudaHostAlloc(&st.buf, kLoadStageBytes, cudaHostAllocDefault), "pinned load staging");
-      Check(cudaEventCreateWithFlags(&st.copied, cudaEventDisableTiming), "load staging event");
-    } else {
+    if (st.buf == nullptr && !load_unpinned_) {
+      // Pinned memory may be refused (memlock limits): then each chunk goes from the heap,
+      // synchronously, which is slower but loads the same bytes.
+      if (cudaHostAlloc(&st.buf, kLoadStageBytes, cudaHostAllocDefault) != cudaSuccess ||
+          cudaEventCreateWithFlags(&st.copied, cudaEventDisableTiming) != cudaSuccess) {
+        cudaGetLastError();
+        if (st.buf != nullptr) cudaFreeHost(st.buf);
+        st = LoadStage{};
+        load_unpinned_ = true;
+      }
+    } else if (st.buf != nullptr) {
       Check(cudaEventSynchronize(st.copied), "load staging reuse");  // its previous copy is done
+    }
+    std::vector<unsigned char> heap;
+    void* buf = st.buf;
+    if (buf == nullptr) {
+      heap.resize(static_cast<size_t>(m) * out_size);
+      buf = heap.data();
     }
     const unsigned char* from = s + static_cast<size_t>(done) * in_size;
     if (same) {
-      std::memcpy(st.buf, from, static_cast<size_t>(m) * out_size);
+      std::memcpy(buf, from, static_cast<size_t>(m) * out_size);
     } else {
       // Elements read through memcpy: checkpoint data need not be aligned.
 #pragma omp parallel for schedule(static) if (m > (1 << 20))
@@ -146,29 +159,37 @@ void CudaBackend::UploadInto(Tensor& dst, int64_t offset, const void* src, DType
           f = src_dtype == DType::kBF16 ? Bf16ToF32(h) : F16ToF32(h);
         }
         if (to == DType::kBF16) {
-          static_cast<uint16_t*>(st.buf)[i] = F32ToBf16(f);
+          static_cast<uint16_t*>(buf)[i] = F32ToBf16(f);
         } else {
-          static_cast<float*>(st.buf)[i] = f;
+          static_cast<float*>(buf)[i] = f;
         }
       }
     }
-    Check(cudaMemcpyAsync(d + static_cast<size_t>(done) * out_size, st.buf, static_cast<size_t>(m) * out_size,
+    Check(cudaMemcpyAsync(d + static_cast<size_t>(done) * out_size, buf, static_cast<size_t>(m) * out_size,
                           cudaMemcpyHostToDevice, stream_),
           "load copy");
-    Check(cudaEventRecord(st.copied, stream_), "load copy event");
+    if (st.buf != nullptr) {
+      Check(cudaEventRecord(st.copied, stream_), "load copy event");
+    } else {
+      Check(cudaStreamSynchronize(stream_), "load copy sync");  // `heap` dies with this iteration
+    }
     done += m;
   }
 }
 
-void CudaBackend::FinishUploads() {
+Status CudaBackend::FinishUploads() {
+  Status result = Status::Ok();
   for (LoadStage& st : load_stages_) {
     if (st.buf == nullptr) continue;
-    cudaEventSynchronize(st.copied);
+    const cudaError_t e = cudaEventSynchronize(st.copied);
+    if (e != cudaSuccess && result.ok()) result = Internal("cuda weight upload: {}", cudaGetErrorString(e));
     cudaEventDestroy(st.copied);
     cudaFreeHost(st.buf);
     st = LoadStage{};
   }
   next_load_stage_ = 0;
+  load_unpinned_ = false;
+  return result;
 }
 
 std::vector<float> CudaBackend::DownloadF32(const Tensor& t) {

@@ -59,7 +59,7 @@ class CudaBackend final : public Backend {
   Tensor Empty(DType dtype, std::vector<int64_t> shape) override;
   Tensor Upload(const void* src, DType src_dtype, std::vector<int64_t> shape, DType dst_dtype) override;
   void UploadInto(Tensor& dst, int64_t offset, const void* src, DType src_dtype, int64_t n) override;
-  void FinishUploads() override;
+  Status FinishUploads() override;
   std::vector<float> DownloadF32(const Tensor& t) override;
   void CopyRows(const Tensor& src, Tensor& dst) override;
   void Zero(Tensor& t) override { Check(cudaMemsetAsync(t.data, 0, t.nbytes(), stream_), "zero"); }
@@ -243,6 +243,7 @@ class CudaBackend final : public Backend {
   static constexpr size_t kLoadStageBytes = size_t{64} << 20;
   LoadStage load_stages_[2];
   int next_load_stage_ = 0;
+  bool load_unpinned_ = false;  // pinned memory could not be had: chunks go synchronously from the heap
   int64_t cap_tokens_ = 0, cap_seqs_ = 0;
   StagingLayout layout_;
   char* staged_rows_ = nullptr;

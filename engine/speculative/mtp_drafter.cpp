@@ -54,6 +54,9 @@ class MtpDrafter final : public SlotDrafter<MtpSeq> {
     // The full blocks of `rows` rows, and one copied partial block per entry.
     state_budget_ = (rows + B - 1) / B + entries;
     co.kv_blocks = cache_->kv_blocks_total() + state_budget_;
+    // The old cache goes first, so that the two never take memory at the same time (the memory
+    // plan counts one); no sequence holds it (checked above).
+    cache_.reset();
     SPECD_ASSIGN_OR_RETURN(cache_, model_->NewMtpCache(co));
     Backend& be = *model_->backend();
     try {

@@ -27,14 +27,14 @@ inline float Fp8E4M3ToF32(uint8_t b) {
   return (b & 0x80) ? -v : v;
 }
 
-// Round to nearest even. |x| past the largest finite value by at least half a step (and NaN)
-// becomes NaN, as in torch; callers that quantize clamp to +-448 first.
+// Round to nearest even, as torch's CPU cast: finite values past the largest (and infinities)
+// saturate to +-448, NaN stays NaN with its sign. Callers that quantize clamp to +-448 first.
 inline uint8_t F32ToFp8E4M3(float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
   const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
   u &= 0x7fffffffu;
-  if (u > 0x7f800000u) return 0x7f;  // NaN
+  if (u > 0x7f800000u) return static_cast<uint8_t>(sign | 0x7f);  // NaN
   uint32_t code;
   if (u < (121u << 23)) {  // below 2^-6: a multiple of 2^-9 (code 8 is the smallest normal)
     float a;
@@ -43,8 +43,7 @@ inline uint8_t F32ToFp8E4M3(float x) {
   } else {
     // Keep 3 mantissa bits, round to nearest even; a carry moves into the exponent.
     const uint32_t r = (u + 0x7ffffu + ((u >> 20) & 1u)) >> 20;
-    code = r - (120u << 3);  // re-bias 127 -> 7
-    if (code > 0x7e) code = 0x7f;
+    code = u >= 0x43e00000u ? 0x7eu : r - (120u << 3);  // from 448 up: saturate; else re-bias 127 -> 7
   }
   return static_cast<uint8_t>(sign | code);
 }

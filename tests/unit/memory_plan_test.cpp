@@ -8,6 +8,7 @@
 
 #include "cache/model_cache.h"
 #include "checkpoint/presets.h"
+#include "mtp_fixture.h"
 #include "qwen35/weights.h"
 #include "runtime/backend.h"
 #include "speculative/drafter.h"
@@ -27,6 +28,15 @@ TEST(MemoryPlan, WeightBytesAreWhatTheLoaderPuts) {
     EXPECT_EQ(WeightBytes((*m)->config(), DType::kBF16), ((*m)->weight_bytes() - 4 * fp32_params) / 2 + 4 * fp32_params) << c;
     (*m)->RandomMtpHead(3);
     EXPECT_EQ(MtpWeightBytes((*m)->config(), DType::kF32), (*m)->mtp_head()->bytes) << c;
+  }
+  // A head loaded from a checkpoint (its fc split in column halves on the way).
+  for (const char* c : {"dense", "moe"}) {
+    const std::string dir = MtpCheckpoint(c);
+    auto m = Qwen35Model::Load(dir, be.get());
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE((*m)->LoadMtpHead(dir).ok());
+    EXPECT_EQ(MtpWeightBytes((*m)->config(), DType::kF32), (*m)->mtp_head()->bytes) << c;
+    std::filesystem::remove_all(dir);
   }
 }
 
