@@ -12,6 +12,12 @@
 
 namespace specd::testing {
 
+// Shows the whole message on failure, which a plain find() != npos would not.
+inline ::testing::AssertionResult Contains(const std::string& message, const std::string& part) {
+  if (message.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "\"" << message << "\" does not contain \"" << part << "\"";
+}
+
 inline std::string FixtureDir(const std::string& case_name) {
   return std::string(SPECD_FIXTURES) + "/qwen35-tiny/" + case_name;
 }

@@ -8,20 +8,13 @@
 namespace specd::itest {
 namespace {
 
-v1::ModelInfo InfoOf(const Server& srv) {
-  v1::ModelInfo info;
-  grpc::ClientContext ctx;
-  EXPECT_TRUE(srv.Stub()->GetModelInfo(&ctx, {}, &info).ok());
-  return info;
-}
-
 TEST(Fp8OverGrpc, CheckpointServesTransformersGreedyIds) {
   for (const char* c : {"dense_fp8", "moe_fp8"}) {
     SCOPED_TRACE(c);
     const std::string dir = c;
     auto srv = Server::Start({"--model", FixtureDir(dir + "/model"), "--drafter", "ngram", "--tokenizer", "none"});
     ASSERT_TRUE(srv);
-    const std::string fmt = InfoOf(*srv).weight_format();
+    const std::string fmt = srv->Info().weight_format();
     EXPECT_NE(fmt.find(dir == "dense_fp8" ? "fp8 64x64 blocks (checkpoint, 25 tensors)"
                                           : "fp8 32x32 blocks (checkpoint, 121 tensors)"),
               std::string::npos)
@@ -39,12 +32,12 @@ TEST(Fp8OverGrpc, QuantizeAtLoad) {
   {
     auto srv = Server::Start({"--model", FixtureDir("dense/model"), "--drafter", "none", "--tokenizer", "none"});
     ASSERT_TRUE(srv);
-    EXPECT_EQ(InfoOf(*srv).weight_format(), "F32 (as stored, converted)");
+    EXPECT_EQ(srv->Info().weight_format(), "F32 (as stored, converted)");
   }
   auto srv = Server::Start(
       {"--model", FixtureDir("dense/model"), "--drafter", "none", "--tokenizer", "none", "--quantize", "fp8"});
   ASSERT_TRUE(srv);
-  EXPECT_EQ(InfoOf(*srv).weight_format(), "fp8 128x128 blocks (--quantize fp8, 25 tensors), held as F32");
+  EXPECT_EQ(srv->Info().weight_format(), "fp8 128x128 blocks (--quantize fp8, 25 tensors), held as F32");
   const auto prompt = FixtureIds("dense/refs.safetensors", "prompt_ids");
   const StreamResult r = Generate(*srv->Stub(), IdsRequest(prompt, 8));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();

@@ -167,6 +167,13 @@ std::unique_ptr<v1::Specd::Stub> Server::Stub() const {
   return v1::Specd::NewStub(grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
 }
 
+v1::ModelInfo Server::Info() const {
+  v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(Stub()->GetModelInfo(&ctx, {}, &info).ok());
+  return info;
+}
+
 std::string Server::Metrics() const {
   httplib::Client c("127.0.0.1", metrics_port_);
   c.set_connection_timeout(2);

@@ -37,6 +37,7 @@ class Server {
   int metrics_port() const { return metrics_port_; }
   pid_t pid() const { return pid_; }
   std::unique_ptr<v1::Specd::Stub> Stub() const;
+  v1::ModelInfo Info() const;  // GetModelInfo (fails the test when the call does)
 
   std::string Metrics() const;                          // GET /metrics ("" on failure)
   double Metric(const std::string& series) const;       // e.g. `specd:cache_slots_in_use`; -1 if absent

@@ -8,13 +8,6 @@
 namespace specd::itest {
 namespace {
 
-v1::ModelInfo InfoOf(const Server& srv) {
-  v1::ModelInfo info;
-  grpc::ClientContext ctx;
-  EXPECT_TRUE(srv.Stub()->GetModelInfo(&ctx, {}, &info).ok());
-  return info;
-}
-
 uint64_t Part(const v1::ModelInfo& info, const std::string& name) {
   for (const auto& p : info.memory_plan()) {
     if (p.name() == name) return p.bytes();
@@ -27,7 +20,7 @@ TEST(MemoryPlanOverGrpc, ReportedAndSizedByTheBudget) {
   {
     auto srv = Server::Start({});
     ASSERT_TRUE(srv);
-    const v1::ModelInfo info = InfoOf(*srv);
+    const v1::ModelInfo info = srv->Info();
     EXPECT_EQ(info.memory_budget_bytes(), 0u) << "the CPU backend has no device budget";
     EXPECT_EQ(info.kv_cache_tokens(), uint64_t{info.max_batch()} * info.max_context());
     for (const char* p : {"target weights", "KV pool (requests)", "GDN state (slots)", "verify log", "forward workspace"}) {
@@ -42,7 +35,7 @@ TEST(MemoryPlanOverGrpc, ReportedAndSizedByTheBudget) {
   const uint64_t device = full_total * 7 / 10 * 10 / 9;
   auto srv = Server::Start({"--debug-device-memory", std::to_string(device)});
   ASSERT_TRUE(srv);
-  const v1::ModelInfo info = InfoOf(*srv);
+  const v1::ModelInfo info = srv->Info();
   EXPECT_GT(info.memory_budget_bytes(), 0u);
   EXPECT_LT(info.kv_cache_tokens(), uint64_t{info.max_batch()} * info.max_context());
   EXPECT_GE(info.kv_cache_tokens(), info.max_context());

@@ -32,11 +32,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-::testing::AssertionResult Contains(const std::string& message, const std::string& part) {
-  if (message.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << message << "\" does not contain \"" << part << "\"";
-}
-
 const Checkpoint& Ops() {
   static std::unique_ptr<Checkpoint> ck = [] {
     auto c = Checkpoint::Open(std::string(SPECD_FIXTURES) + "/fp8/ops.safetensors");

@@ -23,11 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-::testing::AssertionResult Contains(const std::string& message, const std::string& part) {
-  if (message.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << message << "\" does not contain \"" << part << "\"";
-}
-
 struct HostTensor {
   std::vector<int64_t> shape;
   std::vector<float> v;
