@@ -123,8 +123,7 @@ StatusOr<std::vector<float>> ReadWeightF32(const Checkpoint& ckpt, const std::st
     }
   }
   const size_t n = static_cast<size_t>(t->numel());
-  std::vector<uint8_t> q(n);
-  if (n > 0) std::memcpy(q.data(), t->data, n);
+  const auto* q = reinterpret_cast<const uint8_t*>(t->data);  // bytes: read in place, any alignment
   for (size_t i = 0; i < n; ++i) {
     if (Fp8E4M3IsNan(q[i])) {
       return InvalidArgument("{}: FP8 tensor '{}' holds NaN at element {}", t->file, name, i);
@@ -134,7 +133,7 @@ StatusOr<std::vector<float>> ReadWeightF32(const Checkpoint& ckpt, const std::st
   const size_t per = static_cast<size_t>(rows * cols);
   const size_t per_scale = static_cast<size_t>(want[want.size() - 2] * want.back());
   for (size_t m = 0; per > 0 && m * per < n; ++m) {
-    DequantizeFp8(q.data() + m * per, scale.data() + m * per_scale, rows, cols, *fp8, out.data() + m * per);
+    DequantizeFp8(q + m * per, scale.data() + m * per_scale, rows, cols, *fp8, out.data() + m * per);
   }
   return out;
 }
